@@ -1,3 +1,26 @@
-"""tensorc: an einsum compiler for deep learning."""
-from .errors import TensorcError
+"""tensorc: an einsum compiler for deep learning.
+
+    import tensorc as tc
+    kern = tc.compile("y[n,o,h,w] = relu(x[n,c,h+u,w+v] * k[o,c,u,v] + b[o])",
+                      x=(8, 3, 32, 32), k=(16, 3, 3, 3), b=(16,))
+    print(kern.plan); print(kern.source)
+    y = kern(x=x, k=k, b=b)
+"""
+
+from .errors import (
+    BackendError, BoundsError, CallError, DtypeError, NameResolutionError, ParseError,
+    RangeError, RankError, ShapeError, TensorcError,
+)
 from .parser import parse
+from .check import check
+from .plan import plan_program
+from .kernel import Kernel, compile
+from .einsum import einsum
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "parse", "check", "plan_program", "compile", "einsum", "Kernel", "TensorcError",
+    "ParseError", "NameResolutionError", "RankError", "ShapeError", "RangeError",
+    "BoundsError", "DtypeError", "CallError", "BackendError",
+]

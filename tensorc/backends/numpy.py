@@ -1,0 +1,567 @@
+"""Render a plan as a standalone, deterministic NumPy module that a person can read and run.
+
+Safety rule for everything below: user text reaches the generated source only as
+identifiers the grammar accepted (re-checked by `python_name`) and numbers formatted
+by `repr` of parsed ints and floats. Nothing else from the program is ever spliced in.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+import textwrap
+from dataclasses import dataclass
+
+from ..ir import IndexMap
+from ..plan import (
+    ConstNode, ContractNode, ElementwiseNode, IndexNode, Node, PairStep, ProgramPlan,
+    ReduceNode, StatementPlan, ViewNode, format_plan,
+)
+
+__all__ = ["render_module", "python_name", "NUMPY_PAD_MODES"]
+
+NUMPY_PAD_MODES = {"zero": "constant", "circular": "wrap", "reflect": "reflect",
+                   "symmetric": "symmetric", "replicate": "edge"}
+
+# Names the generated module defines itself; user names that collide get a trailing '_'.
+_MODULE_NAMES = {"np", "as_strided", "DTYPE", "kernel", "math", "_erf"}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def python_name(name: str) -> str:
+    """A user identifier as a safe Python name (keywords and module names get a '_')."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not an identifier: {name!r}")  # the grammar never lets one through
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in _MODULE_NAMES \
+            or name.endswith("_"):
+        return name + "_"
+    return name
+
+
+# Elementwise operators and functions: a template over argument expressions, and whether
+# the template repeats its argument (then the argument is first bound to a name).
+_ELEMENTWISE = {
+    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}",
+    "pow": "{0} ** {1}", "neg": "-{0}",
+    "lt": "np.less({0}, {1}).astype(DTYPE)", "le": "np.less_equal({0}, {1}).astype(DTYPE)",
+    "gt": "np.greater({0}, {1}).astype(DTYPE)", "ge": "np.greater_equal({0}, {1}).astype(DTYPE)",
+    "eq": "np.equal({0}, {1}).astype(DTYPE)", "ne": "np.not_equal({0}, {1}).astype(DTYPE)",
+    "exp": "np.exp({0})", "log": "np.log({0})", "sqrt": "np.sqrt({0})",
+    "rsqrt": "1 / np.sqrt({0})", "abs": "np.abs({0})", "tanh": "np.tanh({0})",
+    "sigmoid": "np.exp(-np.logaddexp(0, -{0}))", "relu": "np.maximum({0}, 0)",
+    "gelu": "0.5 * {0} * (1 + _erf({0} * 0.7071067811865476))",
+    "silu": "{0} * np.exp(-np.logaddexp(0, -{0}))", "softplus": "np.logaddexp(0, {0})",
+    "elu": "np.where({0} > 0, {0}, np.expm1(np.minimum({0}, 0)))", "erf": "_erf({0})",
+    "sin": "np.sin({0})", "cos": "np.cos({0})", "log1p": "np.log1p({0})",
+    "expm1": "np.expm1({0})", "sign": "np.sign({0})",
+    "max": "np.maximum({0}, {1})", "min": "np.minimum({0}, {1})",
+}
+_INFIX = {"add", "sub", "mul", "div", "pow", "neg"}
+# In-place forms, used when the first operand is a fresh temporary of the result's shape.
+_IN_PLACE = {
+    "add": "{0} += {1}", "sub": "{0} -= {1}", "mul": "{0} *= {1}", "div": "{0} /= {1}",
+    "neg": "np.negative({0}, out={0})", "exp": "np.exp({0}, out={0})",
+    "log": "np.log({0}, out={0})", "sqrt": "np.sqrt({0}, out={0})",
+    "abs": "np.abs({0}, out={0})", "tanh": "np.tanh({0}, out={0})",
+    "relu": "np.maximum({0}, 0, out={0})", "max": "np.maximum({0}, {1}, out={0})",
+    "min": "np.minimum({0}, {1}, out={0})", "sin": "np.sin({0}, out={0})",
+    "cos": "np.cos({0}, out={0})", "log1p": "np.log1p({0}, out={0})",
+    "expm1": "np.expm1({0}, out={0})", "softplus": "np.logaddexp(0, {0}, out={0})",
+}
+_REDUCERS = {"sum": "np.sum", "mean": "np.mean", "max": "np.max", "min": "np.min"}
+_WINDOW_UPDATE = {"sum": "np.add", "mean": "np.add", "max": "np.maximum", "min": "np.minimum"}
+
+_ERF_HELPER = '''
+try:  # SciPy's erf when present; otherwise math.erf elementwise (exact, slower)
+    from scipy.special import erf as _erf
+except ImportError:  # pragma: no cover - depends on the machine
+    import math
+    _erf = np.vectorize(math.erf, otypes=[DTYPE])
+'''
+
+
+@dataclass
+class _Value:
+    code: str  # a Python expression
+    axes: tuple[str, ...]
+    shape: tuple[int, ...]
+    owned: bool = False  # a fresh array of this statement: may be updated in place
+    atomic: bool = True  # safe to subscript or call a method on without parentheses
+
+    @property
+    def is_name(self) -> bool:
+        return _IDENTIFIER.match(self.code) is not None
+
+
+def _tuple(items) -> str:
+    items = list(items)
+    return f"({items[0]},)" if len(items) == 1 else f"({', '.join(str(i) for i in items)})"
+
+
+def _arguments(items) -> str:
+    """Call arguments for reshape/transpose: `(2, 27, 36)`, `(5)`, or `(())` for a 0-d shape."""
+    items = list(items)
+    return f"({', '.join(str(i) for i in items)})" if items else "(())"
+
+
+def _number(value) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if math.isinf(value):
+        return "np.inf" if value > 0 else "-np.inf"
+    if math.isnan(value):
+        return "np.nan"
+    return repr(value)
+
+
+def _flops(value: int) -> str:
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.3g} {prefix}FLOP"
+    return f"{value} FLOP"
+
+
+class _StatementRenderer:
+    def __init__(self, module: _ModuleRenderer, sp: StatementPlan) -> None:
+        self.module = module
+        self.sp = sp
+        self.sizes = sp.statement.ranges
+        self.lines: list[str] = []
+        self.padded: dict[tuple, str] = {}
+        self.views: dict[tuple, _Value] = {}
+
+    def emit(self, line: str) -> None:
+        self.lines.append(line)
+
+    def fresh(self, hint: str) -> str:
+        return self.module.fresh(hint)
+
+    # ---- alignment ----
+    def aligned(self, value: _Value, axes: tuple[str, ...]) -> str:
+        """`value` indexed with None so that it broadcasts against an array with `axes`."""
+        if value.axes == axes or not value.axes:
+            return value.code
+        start = axes.index(value.axes[0])
+        index = [":" if a in value.axes else "None" for a in axes[start:]]
+        while index and index[-1] == ":":
+            index.pop()
+        if not index:
+            return value.code
+        code = value.code if value.atomic else f"({value.code})"
+        return f"{code}[{', '.join(index)}]"
+
+    def materialized(self, value: _Value, hint: str) -> _Value:
+        if value.is_name:
+            return value
+        name = self.fresh(hint)
+        self.emit(f"{name} = {value.code}")
+        return _Value(name, value.axes, value.shape, value.owned, True)
+
+    # ---- nodes ----
+    def render(self, node: Node, name_hint: str = "t") -> _Value:
+        if isinstance(node, ViewNode):
+            return self.render_view(node)
+        if isinstance(node, ConstNode):
+            code = _number(node.value)
+            return _Value(code, (), (), False, not code.startswith("-"))
+        if isinstance(node, IndexNode):
+            size = node.shape[0]
+            return _Value(f"np.arange({node.start}, {node.start + size}, dtype=DTYPE)",
+                          node.axes, node.shape, True)
+        if isinstance(node, ElementwiseNode):
+            return self.render_elementwise(node, name_hint)
+        if isinstance(node, ContractNode):
+            return self.render_contraction(node, name_hint)
+        if isinstance(node, ReduceNode):
+            return self.render_reduce(node, name_hint)
+        raise AssertionError(f"unknown plan node {node!r}")
+
+    def render_view(self, node: ViewNode) -> _Value:
+        read = node.read
+        tensor = self.module.variable(read.tensor)
+        if node.kind == "scalar":
+            return _Value(tensor, (), ())
+        key = (read.tensor, read.maps, read.boundary, node.axes)
+        if key in self.views:
+            return self.views[key]
+        if node.kind == "whole":
+            dims = [m.terms[0][0] for m in read.maps]
+            permutation = [dims.index(a) for a in node.axes]
+            code = tensor if permutation == sorted(permutation) else \
+                f"{tensor}.transpose{_arguments(permutation)}"
+            value = _Value(code, node.axes, node.shape)
+            self.views[key] = value
+            return value
+        source = tensor
+        pad = node.pad or tuple((0, 0) for _ in read.maps)
+        if node.pad is not None:
+            pad_key = (read.tensor, node.pad, read.boundary)
+            if pad_key not in self.padded:
+                name = self.fresh(f"{tensor}_pad")
+                widths = ", ".join(f"({a}, {b})" for a, b in node.pad)
+                self.emit(f"{name} = np.pad({tensor}, ({widths},), "
+                          f"mode={NUMPY_PAD_MODES[read.boundary]!r})  "
+                          f"# boundary '{read.boundary}'")
+                self.padded[pad_key] = name
+            source = self.padded[pad_key]
+        starts = [m.offset + before for m, (before, _) in zip(read.maps, pad)]
+        if any(starts):
+            source = f"{source}[{', '.join(f'{s}:' if s else ':' for s in starts)}]"
+        strides_name = self.fresh(f"{tensor}_strides")
+        self.emit(f"{strides_name} = {self.padded.get((read.tensor, node.pad, read.boundary), tensor)}.strides")
+        strides = []
+        for axis in node.axes:
+            parts = []
+            for dim, m in enumerate(read.maps):
+                coefficient = dict(m.terms).get(axis, 0)
+                if coefficient:
+                    stride = f"{strides_name}[{dim}]"
+                    parts.append(stride if coefficient == 1 else
+                                 f"-{stride}" if coefficient == -1 else f"{coefficient}*{stride}")
+            strides.append(" + ".join(parts).replace("+ -", "- "))
+        name = self.fresh(f"{tensor}_win")
+        self.emit(f"{name} = as_strided({source}, shape={_tuple(node.shape)}, "
+                  f"strides={_tuple(strides)}, writeable=False)  # {read} over {_tuple(node.axes)}"
+                  .replace("'", ""))
+        value = _Value(name, node.axes, node.shape)
+        self.views[key] = value
+        return value
+
+    def render_elementwise(self, node: ElementwiseNode, name_hint: str) -> _Value:
+        args = [self.render(arg, name_hint if i == 0 else "t") for i, arg in enumerate(node.args)]
+        if node.op in ("gelu", "erf"):
+            self.module.needs_erf = True
+        first = args[0]
+        if node.op in _IN_PLACE and first.owned and first.is_name and first.axes == node.axes \
+                and (len(args) == 1 or set(args[1].axes) <= set(node.axes)):
+            other = self.aligned(args[1], node.axes) if len(args) > 1 else ""
+            self.emit(_IN_PLACE[node.op].format(first.code, other))
+            return first
+        if node.op == "pow" and isinstance(node.args[1], ConstNode) and node.args[1].value == 2:
+            return _Value(f"np.square({self.aligned(first, node.axes)})", node.axes,
+                          node.shape, True)
+        template = _ELEMENTWISE[node.op]
+        if template.count("{0}") > 1 and not first.is_name:
+            first = self.materialized(first, "t")
+            args[0] = first
+        codes = []
+        for i, arg in enumerate(args):
+            code = self.aligned(arg, node.axes)
+            needs_parens = node.op in _INFIX and not arg.atomic and (
+                node.op in ("mul", "div", "pow", "neg") or i == 1)
+            codes.append(f"({code})" if needs_parens and not code.endswith("]") else code)
+        code = template.format(*codes)
+        return _Value(code, node.axes, node.shape, True, node.op not in _INFIX)
+
+    def operand(self, node: Node) -> _Value:
+        value = self.render(node)
+        if isinstance(node, ViewNode):
+            return value
+        return self.materialized(value, "t")
+
+    def render_contraction(self, node: ContractNode, name_hint: str) -> _Value:
+        working = [self.operand(o) for o in node.operands]
+        total = len(node.steps)
+        for number, step in enumerate(node.steps, 1):
+            last = number == total
+            result = self.fresh(name_hint if last else "t")
+            self.emit(f"# step {number}/{total}: {self.describe(step)}")
+            value = self.render_step(step, working, result)
+            for i in sorted({step.left, step.right}, reverse=True):
+                working.pop(i)
+            working.append(value)
+        value = working[-1]
+        factor = node.scale / node.mean_count
+        if factor != 1:
+            if value.axes:
+                self.emit(f"{value.code} *= {_number(factor)}")
+            else:
+                self.emit(f"{value.code} = {value.code} * {_number(factor)}")
+        return value
+
+    def describe(self, step: PairStep) -> str:
+        sizes = self.sizes
+        if step.kind == "reduce":
+            return f"sum over {','.join(step.presum_left)}"
+        size = lambda axes: math.prod(sizes[a] for a in axes)  # noqa: E731
+        if step.kind == "multiply":
+            return f"broadcast product -> {_tuple(step.result_axes)}".replace("'", "")
+        gemm = (f"[{size(step.kept_left)}x{size(step.contracted)}] x "
+                f"[{size(step.contracted)}x{size(step.kept_right)}]")
+        calls = size(step.batch)
+        how = f"GEMM {gemm}" if calls == 1 else f"batched GEMM {calls} x {gemm}"
+        return f"sum over {','.join(step.contracted)} - {how}, {_flops(step.flops)}"
+
+    def presummed(self, value: _Value, axes: tuple[str, ...]) -> _Value:
+        if not axes:
+            return value
+        positions = [value.axes.index(a) for a in axes]
+        kept = tuple(a for a in value.axes if a not in axes)
+        return _Value(f"np.sum({value.code}, axis={_tuple(positions)})", kept,
+                      tuple(self.sizes[a] for a in kept), True)
+
+    def render_step(self, step: PairStep, working: list[_Value], result: str) -> _Value:
+        out_shape = tuple(self.sizes[a] for a in step.result_axes)
+        if step.kind == "reduce":
+            value = self.presummed(working[step.left], step.presum_left)
+            self.emit(f"{result} = {value.code}")
+            return _Value(result, value.axes, value.shape, bool(value.axes))
+        a = self.presummed(working[step.left], step.presum_left)
+        b = self.presummed(working[step.right], step.presum_right)
+        if step.kind == "multiply":
+            code = f"{self.aligned(a, step.result_axes)} * {self.aligned(b, step.result_axes)}"
+            union = tuple(x for x in step.result_axes if x in a.axes or x in b.axes)
+            if union != step.result_axes:
+                code = f"np.broadcast_to({code}, {_tuple(out_shape)}).copy()"
+            self.emit(f"{result} = {code}")
+            return _Value(result, step.result_axes, out_shape, bool(out_shape))
+        first, second = (b, a) if step.swap else (a, b)
+        left = self.gemm_operand(first, step.batch, step.kept_left, step.contracted)
+        right = self.gemm_operand(second, step.batch, step.contracted, step.kept_right)
+        code = f"np.matmul({left}, {right})"
+        natural = step.batch + step.kept_left + step.kept_right
+        natural_shape = tuple(self.sizes[x] for x in natural)
+        gemm_shape = tuple(self.sizes[x] for x in step.batch) + (
+            math.prod(self.sizes[x] for x in step.kept_left),
+            math.prod(self.sizes[x] for x in step.kept_right))
+        if natural_shape != gemm_shape:
+            code += f".reshape{_arguments(natural_shape)}"
+        if step.final_transpose is not None:
+            code += f".transpose{_arguments(step.final_transpose)}"
+        self.emit(f"{result} = {code}")
+        return _Value(result, step.result_axes, out_shape, bool(out_shape))
+
+    def gemm_operand(self, value: _Value, batch: tuple[str, ...], first: tuple[str, ...],
+                     second: tuple[str, ...]) -> str:
+        """Arrange an operand as [batch..., first, second] (size-1 batch axes it lacks)."""
+        present = [g for g in batch if g in value.axes]
+        order = present + list(first) + list(second)
+        permutation = [value.axes.index(x) for x in order]
+        code = value.code if value.atomic else f"({value.code})"
+        if permutation != list(range(len(permutation))):
+            code += f".transpose{_arguments(permutation)}"
+        current = tuple(self.sizes[x] for x in order)
+        if present:
+            lead = tuple(self.sizes[g] if g in value.axes else 1 for g in batch)
+        else:
+            lead = ()
+        wanted = lead + (math.prod(self.sizes[x] for x in first),
+                         math.prod(self.sizes[x] for x in second))
+        if current != wanted:
+            code += f".reshape{_arguments(wanted)}"
+        return code
+
+    def render_reduce(self, node: ReduceNode, name_hint: str) -> _Value:
+        body = self.render(node.body)
+        positions = [body.axes.index(a) for a in node.reduced]
+        result = self.fresh(name_hint)
+        if node.strategy == "window-loop":
+            sizes = [self.sizes[a] for a in node.reduced]
+            loop_names = [self.module.index_variable(a) for a in node.reduced]
+            index = [":"] * len(body.axes)
+            for p, name in zip(positions, loop_names):
+                index[p] = name
+            first = [":" if i not in positions else "0" for i in range(len(body.axes))]
+            self.emit(f"# {node.op} over {','.join(node.reduced)}: running update over "
+                      f"{node.count} strided window slices")
+            self.emit(f"{result} = {body.code}[{', '.join(first)}].copy()")
+            if len(sizes) == 1:
+                header = f"for {loop_names[0]} in range(1, {sizes[0]}):"
+            else:
+                header = (f"for {', '.join(loop_names)} in "
+                          f"list(np.ndindex{_tuple(sizes)})[1:]:")
+            self.emit(header)
+            update = _WINDOW_UPDATE[node.op]
+            self.emit(f"    {update}({result}, {body.code}[{', '.join(index)}], out={result})")
+            if node.op == "mean":
+                self.emit(f"{result} *= {_number(1 / node.count)}")
+            return _Value(result, node.axes, node.shape, True)
+        code = f"{_REDUCERS[node.op]}({body.code}, axis={_tuple(positions)})"
+        self.emit(f"{result} = {code}")
+        return _Value(result, node.axes, node.shape, bool(node.axes))
+
+    # ---- statements ----
+    def render_statement(self) -> list[str]:
+        sp = self.sp
+        statement = sp.statement
+        target = self.module.variable(statement.target)
+        self.emit(f"# statement {sp.number + 1} (line {statement.line}): {statement.text}")
+        self.emit(f"#   {sp.strategy}")
+        if statement.accumulate:
+            self.render_accumulation(target)
+        else:
+            value = self.render(sp.root, target)
+            shape = self.module.plan.program.tensors[statement.target].shape
+            lhs = tuple(m.terms[0][0] for m in statement.target_maps)
+            self.assign(target, value, lhs, shape)
+        self.module.defined.add(statement.target)
+        return self.lines
+
+    def assign(self, target: str, value: _Value, lhs: tuple[str, ...],
+               shape: tuple[int, ...]) -> None:
+        if not lhs:
+            self.emit(f"{target} = np.asarray({value.code}, dtype=DTYPE)")
+        elif not value.axes and not value.owned:
+            self.emit(f"{target} = np.full({_tuple(shape)}, {value.code}, dtype=DTYPE)")
+        elif value.axes != lhs:
+            self.emit(f"{target} = np.array(np.broadcast_to({self.aligned(value, lhs)}, "
+                      f"{_tuple(shape)}), dtype=DTYPE)")
+        elif value.code == target:
+            pass
+        elif value.owned:
+            self.emit(f"{target} = {value.code}")
+        else:  # a view of an input: copy, so outputs never alias inputs
+            self.emit(f"{target} = np.array({value.code}, dtype=DTYPE)")
+
+    def render_accumulation(self, target: str) -> None:
+        statement = self.sp.statement
+        program = self.module.plan.program
+        shape = program.tensors[statement.target].shape
+        if statement.target not in self.module.defined:
+            if statement.target in program.inputs:
+                self.emit(f"{target} = np.array({target}, dtype=DTYPE)  # accumulate into a copy")
+            else:
+                self.emit(f"{target} = np.zeros({_tuple(shape)}, dtype=DTYPE)")
+        maps = statement.target_maps
+        order = [a for a in self.sp.order if any(a in m.indices() for m in maps)]
+        value = self.render(self.sp.root, "contribution")
+        value = self.materialized(value, "contribution")
+        pad = [(0, 0)] * len(maps)
+        destination = target
+        if statement.target_boundary == "zero":
+            for dim, (m, size) in enumerate(zip(maps, shape)):
+                low, high = m.extent(self.sizes)
+                pad[dim] = (max(0, -low), max(0, high - (size - 1)))
+            if any(p != (0, 0) for p in pad):
+                destination = self.fresh(f"{target}_padded")
+                padded_shape = tuple(s + a + b for s, (a, b) in zip(shape, pad))
+                self.emit(f"{destination} = np.zeros({_tuple(padded_shape)}, dtype=DTYPE)  "
+                          "# out-of-range contributions land in the margin and are dropped")
+        # Each dimension is sliced along one index that only it uses; the rest are looped.
+        slice_index: list[str | None] = []
+        for m in maps:
+            only_here = [n for n, c in m.terms if c > 0
+                         and sum(n in other.indices() for other in maps) == 1
+                         and n not in slice_index]
+            slice_index.append(max(only_here, key=lambda n: self.sizes[n]) if only_here else None)
+        loops = [a for a in order if a not in slice_index]
+        loop_names = {a: self.module.index_variable(a) for a in loops}
+        subscripts = []
+        for m, s, (before, _) in zip(maps, slice_index, pad):
+            offset = [f"{c}*{loop_names[n]}" if c != 1 else loop_names[n]
+                      for n, c in m.terms if n != s]
+            constant = m.offset + before
+            start = " + ".join(offset + ([str(constant)] if constant or not offset else []))
+            start = start.replace("+ -", "- ")
+            if s is None:
+                subscripts.append(start)
+                continue
+            coefficient = dict(m.terms)[s]
+            length = coefficient * (self.sizes[s] - 1) + 1
+            stop = f"{start} + {length}" if offset else str(constant + length)
+            step = f":{coefficient}" if coefficient != 1 else ""
+            start_text = "" if start == "0" else start
+            subscripts.append(f"{start_text}:{stop}{step}")
+        value_index = []
+        for a in order:
+            if a in value.axes:
+                value_index.append(loop_names[a] if a in loop_names else ":")
+        sliced_axes = [a for a in order if a in value.axes and a not in loop_names]
+        dims_order = [s for s in slice_index if s is not None]
+        contribution = value.code
+        if any(i != ":" for i in value_index):
+            contribution += f"[{', '.join(value_index)}]"
+        present = [a for a in dims_order if a in sliced_axes]
+        if present != sliced_axes:
+            permutation = [sliced_axes.index(a) for a in present]
+            contribution += f".transpose{_arguments(permutation)}"
+        # broadcast over target indices the contribution does not depend on
+        missing = [a for a in dims_order if a not in sliced_axes]
+        if missing:
+            contribution = self.aligned(_Value(contribution, tuple(present), (), True, True),
+                                        tuple(dims_order))
+        line = f"{destination}[{', '.join(subscripts)}] += {contribution}"
+        if loops:
+            sizes = [self.sizes[a] for a in loops]
+            names = [loop_names[a] for a in loops]
+            header = (f"for {names[0]} in range({sizes[0]}):" if len(loops) == 1 else
+                      f"for {', '.join(names)} in np.ndindex{_tuple(sizes)}:")
+            self.emit(header)
+            self.emit("    " + line)
+        else:
+            self.emit(line)
+        if destination != target:
+            crop = ", ".join(f"{a}:{a + s}" if (a, b) != (0, 0) else ":"
+                             for (a, b), s in zip(pad, shape))
+            self.emit(f"{target} += {destination}[{crop}]")
+
+
+class _ModuleRenderer:
+    def __init__(self, plan: ProgramPlan) -> None:
+        self.plan = plan
+        program = plan.program
+        self.variables = {name: python_name(name) for name in program.tensors}
+        self.taken = set(self.variables.values()) | _MODULE_NAMES
+        for statement in program.statements:
+            self.taken |= {python_name(index) for index in statement.ranges}
+        self.counters: dict[str, int] = {}
+        self.needs_erf = False
+        self.defined: set[str] = set()
+
+    def variable(self, tensor: str) -> str:
+        return self.variables[tensor]
+
+    def index_variable(self, index: str) -> str:
+        return python_name(index)
+
+    def fresh(self, hint: str) -> str:
+        """A new temporary name, deterministic: hint, hint_2, ... avoiding user names."""
+        base = hint if hint not in ("t",) else "t"
+        count = self.counters.get(base, 0)
+        while True:
+            count += 1
+            name = base if count == 1 and base not in self.taken else f"{base}_{count}" \
+                if base != "t" else f"t{count}"
+            if name not in self.taken:
+                break
+        self.counters[base] = count
+        self.taken.add(name)
+        return name
+
+    def render(self) -> str:
+        program = self.plan.program
+        body: list[str] = []
+        # A statement's target may be named as the user wrote it: free it for the root value.
+        for sp in self.plan.statements:
+            self.taken.discard(self.variable(sp.statement.target))
+            lines = _StatementRenderer(self, sp).render_statement()
+            self.taken.add(self.variable(sp.statement.target))
+            body.extend(lines)
+            body.append("")
+        outputs = [self.variable(n) for n in program.outputs]
+        if len(outputs) == 1:
+            body.append(f"return {outputs[0]}")
+        else:
+            pairs = ", ".join(f"{name!r}: {self.variable(name)}" for name in program.outputs)
+            body.append(f"return {{{pairs}}}")
+        arguments = ", ".join(self.variable(n) for n in program.inputs)
+        source_lines = "\n".join(f"    {s.text}" for s in program.statements)
+        plan_text = textwrap.indent(format_plan(self.plan), "    ")
+        header = (f'"""Generated by tensorc for the NumPy backend: regenerate, do not edit.\n\n'
+                  f"Program:\n{source_lines}\n\nPlan:\n{plan_text}\n\"\"\"\n")
+        parts = [header, "import numpy as np", "from numpy.lib.stride_tricks import as_strided",
+                 "", f"DTYPE = np.{self.plan.dtype}"]
+        if self.needs_erf:
+            parts.append(_ERF_HELPER.rstrip())
+        parts += ["", "", f"def kernel({arguments}):"]
+        parts += [("    " + line) if line else "" for line in body]
+        return "\n".join(parts).rstrip() + "\n"
+
+
+def render_module(plan: ProgramPlan) -> str:
+    """The plan as the source of a module defining `kernel(<inputs>)`."""
+    return _ModuleRenderer(plan).render()

@@ -1,0 +1,269 @@
+"""Kernel: a compiled program, specialized and cached by shapes, dtypes and backend."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import linecache
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from . import syntax as S
+from .check import DTYPES, check, program_inputs
+from .errors import BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError
+from .ir import CheckedProgram
+from .parser import parse
+from .plan import ProgramPlan, plan_program
+
+__all__ = ["Kernel", "compile", "BACKENDS"]
+
+BACKENDS = ("numpy", "cupy")
+
+
+@dataclass(frozen=True)
+class Specialization:
+    """Everything compiled for one set of input shapes and one dtype."""
+
+    program: CheckedProgram
+    plan: ProgramPlan
+    source: str
+    function: Callable[..., Any]
+
+
+_CACHE: dict[tuple, Specialization] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _render(plan: ProgramPlan, backend: str) -> str:
+    if backend == "numpy":
+        from .backends.numpy import render_module
+        return render_module(plan)
+    raise BackendError(f"backend '{backend}' is not available yet; use backend='numpy'")
+
+
+def _load(source: str, backend: str) -> Callable[..., Any]:
+    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+    filename = f"<tensorc-{backend}-{digest}>"
+    # Registered so that tracebacks and inspect show the generated lines.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": f"tensorc_generated_{digest}"}
+    exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102 - our own rendered code
+    return namespace["kernel"]
+
+
+def _specialize(program: S.Program, backend: str, shapes: dict[str, tuple[int, ...]],
+                sizes: dict[str, int], dtype: str, dtypes: dict[str, str]) -> Specialization:
+    key = (str(program), backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
+           dtype)
+    cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
+    with _CACHE_LOCK:  # one builder per key; others wait and then reuse its result
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        checked = check(program, shapes, sizes, dtypes)
+        import numpy as np
+        plan = plan_program(checked, dtype, np.dtype(dtype).itemsize)
+        source = _render(plan, backend)
+        specialization = Specialization(checked, plan, source, _load(source, backend))
+        _CACHE[key] = specialization
+        return specialization
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,)
+    try:
+        return tuple(int(d) for d in value)
+    except TypeError:
+        raise CallError(f"a shape is a tuple of ints, not {value!r}") from None
+
+
+class Kernel:
+    """A compiled tensorc program. Call it with arrays by name; inspect source, plan, ir."""
+
+    def __init__(self, program: S.Program, backend: str = "numpy",
+                 shapes: Mapping[str, Any] | None = None, sizes: Mapping[str, int] | None = None,
+                 dtype: str | None = None, keep_integers: bool = False) -> None:
+        if backend not in BACKENDS:
+            raise BackendError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+        self.program = program
+        self.backend = backend
+        self.inputs = tuple(program_inputs(program))
+        self.fixed_shapes = {name: _shape(v) for name, v in (shapes or {}).items()}
+        self.sizes = dict(sizes or {})
+        self.dtype = dtype
+        self.keep_integers = keep_integers
+        self._last: Specialization | None = None
+        if self.fixed_shapes or self.sizes or self._declared_shapes_complete():
+            self._last = self._specialization(self.fixed_shapes, self._default_dtype())
+
+    # ---- inspection ----
+    @property
+    def source(self) -> str:
+        """The generated module (the most recent specialization)."""
+        return self._current().source
+
+    @property
+    def plan(self) -> ProgramPlan:
+        return self._current().plan
+
+    @property
+    def ir(self) -> CheckedProgram:
+        return self._current().program
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self._current().program.outputs
+
+    def __repr__(self) -> str:
+        return f"<tensorc.Kernel backend={self.backend!r} inputs={list(self.inputs)}:\n{self.program}>"
+
+    def _current(self) -> Specialization:
+        if self._last is None:
+            raise TensorcError("this kernel has no shapes yet: pass shapes to tc.compile "
+                               "(e.g. x=(2, 3, 32, 32)) or call it once with arrays")
+        return self._last
+
+    def _declared_shapes_complete(self) -> bool:
+        declared = {s.tensor: s for s in self.program.statements if isinstance(s, S.Declaration)}
+        return bool(self.inputs) and all(
+            name in declared and declared[name].dims is not None
+            and all(isinstance(d, int) for d in declared[name].dims) for name in self.inputs)
+
+    def _default_dtype(self) -> str:
+        if self.dtype is not None:
+            return str(self.dtype)
+        declared = [DTYPES[s.dtype] for s in self.program.statements
+                    if isinstance(s, S.Declaration) and s.dtype]
+        import numpy as np
+        return str(np.result_type(*declared)) if declared else "float64"
+
+    def _specialization(self, shapes: dict[str, tuple[int, ...]], dtype: str,
+                        dtypes: dict[str, str] | None = None) -> Specialization:
+        try:
+            return _specialize(self.program, self.backend, shapes, self.sizes, dtype, dtypes or {})
+        except TensorcError as error:
+            raise error.attach_source(self.program.source, self.program.filename) from None
+
+    # ---- calling ----
+    def __call__(self, *args: Any, **arrays: Any) -> Any:
+        import numpy as np
+        if args:
+            if len(args) > len(self.inputs):
+                raise CallError(f"the kernel takes {len(self.inputs)} inputs "
+                                f"({', '.join(self.inputs)}), got {len(args)} positional arrays")
+            for name, value in zip(self.inputs, args):
+                if name in arrays:
+                    raise CallError(f"'{name}' is given both by position and by name")
+                arrays[name] = value
+        missing = [n for n in self.inputs if n not in arrays]
+        extra = [n for n in arrays if n not in self.inputs]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing input{'s' if len(missing) > 1 else ''} "
+                             + ", ".join(f"'{n}'" for n in missing))
+            if extra:
+                parts.append(f"unexpected input{'s' if len(extra) > 1 else ''} "
+                             + ", ".join(f"'{n}'" for n in extra))
+            raise CallError("; ".join(parts) + f" (the program's inputs: {', '.join(self.inputs)})")
+        values = {name: np.asarray(arrays[name]) for name in self.inputs}
+        dtype = self._call_dtype(values)
+        shapes = {name: value.shape for name, value in values.items()}
+        if self.fixed_shapes:
+            self._check_fixed_shapes(shapes)
+        dtypes = {name: str(value.dtype) for name, value in values.items()}
+        specialization = self._specialization(shapes, dtype, dtypes)
+        self._last = specialization
+        converted = [values[n] if values[n].dtype == dtype else values[n].astype(dtype)
+                     for n in specialization.program.inputs]
+        return specialization.function(*converted)
+
+    def _call_dtype(self, values: Mapping[str, Any]) -> str:
+        """The dtype a call computes in: NumPy's promotion of the inputs' dtypes.
+
+        Integer and boolean inputs are converted to the floating dtype of the others
+        (float64 if none is floating), except for tc.einsum, which keeps integers as
+        numpy.einsum does. Complex and other dtypes are rejected.
+        """
+        import numpy as np
+        floating, integral = [], []
+        for name, value in values.items():
+            kind = value.dtype.kind
+            if kind == "f":
+                floating.append(value.dtype)
+            elif kind in "iub":
+                integral.append(value.dtype)
+            else:
+                raise DtypeError(f"input '{name}' has dtype {value.dtype}; tensorc computes with "
+                                 "float16, float32 or float64 (integers are converted)")
+        if self.keep_integers and not floating:
+            return str(np.result_type(*integral)) if integral else "float64"
+        if self.keep_integers:
+            return str(np.result_type(*floating, *integral))
+        if floating:
+            return str(np.result_type(*floating))
+        return self._default_dtype()
+
+    def _check_fixed_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        for name, shape in shapes.items():
+            expected = self.fixed_shapes.get(name)
+            if expected is None:
+                continue
+            span = self._first_use(name)
+            if len(shape) != len(expected):
+                raise RankError(f"'{name}' has {len(shape)} dimensions (shape {shape}) but the "
+                                f"kernel was compiled for shape {expected}; compile without "
+                                "shapes to specialize per call", span
+                                ).attach_source(self.program.source, self.program.filename)
+            for dim, (got, want) in enumerate(zip(shape, expected)):
+                if got != want:
+                    raise ShapeError(f"'{name}' dimension {dim} has size {got} but the kernel "
+                                     f"was compiled for {want} (shape {expected})", span
+                                     ).attach_source(self.program.source, self.program.filename)
+
+    def _first_use(self, name: str):
+        for statement in self.program.statements:
+            if isinstance(statement, S.Assignment):
+                stack = [statement.value]
+                while stack:
+                    node = stack.pop(0)
+                    if isinstance(node, S.Access) and node.tensor == name:
+                        return node.span
+                    if isinstance(node, S.Name) and node.name == name:
+                        return node.span
+                    if isinstance(node, S.Unary):
+                        stack.append(node.operand)
+                    elif isinstance(node, (S.Binary, S.Compare)):
+                        stack += [node.left, node.right]
+                    elif isinstance(node, S.Call):
+                        stack += list(node.arguments)
+                    elif isinstance(node, S.Reduction):
+                        stack.append(node.body)
+        return None
+
+
+def compile(program: str | S.Program, backend: str = "numpy", *, dtype: str | None = None,
+            **shapes: Any) -> Kernel:
+    """Compile tensorc source (or a parsed Program) into a Kernel.
+
+    Keyword arguments give input shapes (`x=(2, 3, 32, 32)`) or size names bound by
+    declarations (`N=64`). Without shapes the kernel specializes on each call's arrays.
+    """
+    if isinstance(program, str):
+        program = parse(program)
+    elif not isinstance(program, S.Program):
+        raise TensorcError(f"tc.compile takes tensorc source or a Program, not "
+                           f"{type(program).__name__}")
+    tensor_names = set(program_inputs(program)) | {
+        s.tensor for s in program.statements if isinstance(s, S.Declaration)}
+    tensor_shapes, sizes = {}, {}
+    for name, value in shapes.items():
+        if isinstance(value, int) and name not in tensor_names:
+            sizes[name] = value
+        else:
+            tensor_shapes[name] = value
+    return Kernel(program, backend, tensor_shapes, sizes, dtype)

@@ -1,0 +1,496 @@
+"""Checked IR -> a plan of array operations: contraction order, GEMM layouts, strategies, costs.
+
+Every planned node yields an array whose axes are a subsequence of its statement's
+canonical index order (target indices first, then by first appearance), so that operands
+of elementwise operations line up by inserting new axes, never by transposing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Union
+
+import opt_einsum
+
+from .ir import Apply, CheckedProgram, Constant, Expr, IndexValue, Read, Reduce, Statement
+
+__all__ = ["ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
+           "ReduceNode", "Node", "StatementPlan", "ProgramPlan", "plan_program",
+           "WINDOW_LOOP_LIMIT"]
+
+# Window reductions with at most this many offsets run as a loop of strided-slice updates
+# (np.maximum(out, slice, out=out)); larger ones reduce a window view along its axes.
+WINDOW_LOOP_LIMIT = 64
+
+
+@dataclass
+class ViewNode:
+    """A read `x[maps]` as an array view: the tensor itself, a transpose, or a strided window."""
+
+    read: Read
+    axes: tuple[str, ...]
+    shape: tuple[int, ...]
+    kind: str  # "scalar" | "whole" | "strided"
+    pad: tuple[tuple[int, int], ...] | None = None  # per dimension, when a boundary mode applies
+
+
+@dataclass
+class ConstNode:
+    value: Union[int, float]
+    axes: tuple[str, ...] = ()
+    shape: tuple[int, ...] = ()
+
+
+@dataclass
+class IndexNode:
+    index: str
+    start: int
+    axes: tuple[str, ...]
+    shape: tuple[int, ...]
+
+
+@dataclass
+class ElementwiseNode:
+    op: str
+    args: list[Node]
+    axes: tuple[str, ...]
+    shape: tuple[int, ...]
+
+
+@dataclass
+class PairStep:
+    """One pairwise contraction: operands (left, right) -> result, as a (batched) GEMM.
+
+    The matmul computes [G..., L, K] @ [G..., K, R] -> [G..., L, R]: G are batch axes
+    (shared, or kept from one side and broadcast), L and R the kept axes of each side,
+    K the contracted axes. `kind` is "gemm" or, with nothing to contract, "multiply".
+    """
+
+    left: int  # positions in the working operand list (opt_einsum's path convention)
+    right: int
+    left_axes: tuple[str, ...]
+    right_axes: tuple[str, ...]
+    result_axes: tuple[str, ...]
+    kind: str
+    batch: tuple[str, ...] = ()
+    kept_left: tuple[str, ...] = ()
+    contracted: tuple[str, ...] = ()
+    kept_right: tuple[str, ...] = ()
+    presum_left: tuple[str, ...] = ()
+    presum_right: tuple[str, ...] = ()
+    swap: bool = False  # True when the right operand goes first in the matmul
+    final_transpose: tuple[int, ...] | None = None
+    flops: int = 0
+    copy_bytes: int = 0
+    result_bytes: int = 0
+
+
+@dataclass
+class ContractNode:
+    """A sum over a product of factors, contracted pairwise in opt_einsum's order."""
+
+    operands: list[Node]
+    scale: float
+    reduced: tuple[str, ...]
+    steps: list[PairStep]
+    axes: tuple[str, ...]
+    shape: tuple[int, ...]
+    naive_flops: int
+    flops: int
+    mean_count: int = 1
+
+
+@dataclass
+class ReduceNode:
+    op: str
+    body: Node
+    reduced: tuple[str, ...]
+    axes: tuple[str, ...]
+    shape: tuple[int, ...]
+    strategy: str  # "window-loop" | "axis"
+    count: int
+
+
+Node = Union[ViewNode, ConstNode, IndexNode, ElementwiseNode, ContractNode, ReduceNode]
+
+
+@dataclass
+class StatementPlan:
+    number: int
+    statement: Statement
+    order: list[str]
+    root: Node
+    strategy: str
+    naive_flops: int
+    flops: int
+    largest_intermediate: int  # elements
+    peak_temporary_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ProgramPlan:
+    program: CheckedProgram
+    dtype: str
+    itemsize: int
+    statements: list[StatementPlan]
+
+    @property
+    def flops(self) -> int:
+        return sum(s.flops for s in self.statements)
+
+    @property
+    def peak_temporary_bytes(self) -> int:
+        return max((s.peak_temporary_bytes for s in self.statements), default=0)
+
+    def __str__(self) -> str:
+        return format_plan(self)
+
+
+# ---- planning ----------------------------------------------------------------------------
+
+class _StatementPlanner:
+    def __init__(self, program: CheckedProgram, statement: Statement, itemsize: int) -> None:
+        self.program = program
+        self.statement = statement
+        self.sizes = statement.ranges
+        self.order = statement.index_order()
+        self.position = {name: i for i, name in enumerate(self.order)}
+        self.itemsize = itemsize
+        self.temporaries: list[int] = []  # bytes of each array the statement allocates
+        self.largest = 0
+        self.strategies: list[str] = []
+
+    def canonical(self, names) -> tuple[str, ...]:
+        return tuple(sorted(set(names), key=self.position.__getitem__))
+
+    def shape_of(self, axes: tuple[str, ...]) -> tuple[int, ...]:
+        return tuple(self.sizes[a] for a in axes)
+
+    def allocate(self, elements: int) -> None:
+        self.temporaries.append(elements * self.itemsize)
+        self.largest = max(self.largest, elements)
+
+    def plan(self, expr: Expr) -> Node:
+        if isinstance(expr, Read):
+            return self.plan_read(expr)
+        if isinstance(expr, Constant):
+            return ConstNode(expr.value)
+        if isinstance(expr, IndexValue):
+            return IndexNode(expr.index, expr.start, (expr.index,), (self.sizes[expr.index],))
+        if isinstance(expr, Apply):
+            args = [self.plan(arg) for arg in expr.args]
+            axes = self.canonical(a for arg in args for a in arg.axes)
+            return ElementwiseNode(expr.op, args, axes, self.shape_of(axes))
+        if isinstance(expr, Reduce):
+            return self.plan_reduce(expr)
+        raise AssertionError(f"unknown IR node {expr!r}")
+
+    def plan_read(self, read: Read) -> ViewNode:
+        shape = self.program.tensors[read.tensor].shape
+        axes = self.canonical(read.indices())
+        if not read.maps:
+            return ViewNode(read, (), (), "scalar")
+        pad = None
+        if read.boundary is not None:
+            amounts = []
+            for m, size in zip(read.maps, shape):
+                low, high = m.extent(self.sizes)
+                amounts.append((max(0, -low), max(0, high - (size - 1))))
+            if any(a != (0, 0) for a in amounts):
+                pad = tuple(amounts)
+                self.allocate(math.prod(s + a + b for s, (a, b) in zip(shape, amounts)))
+        names = [m.terms[0][0] for m in read.maps if m.is_plain]
+        whole = (pad is None and len(names) == len(read.maps) == len(set(names))
+                 and all(self.sizes[n] == s for n, s in zip(names, shape)))
+        return ViewNode(read, axes, self.shape_of(axes), "whole" if whole else "strided", pad)
+
+    def plan_reduce(self, expr: Reduce) -> Node:
+        count = math.prod(self.sizes[n] for n in expr.indices)
+        if expr.op in ("sum", "mean"):
+            scale, factors = _factors(expr.body)
+            if len([f for f in factors if not isinstance(f, Constant)]) >= 2:
+                return self.plan_contraction(expr, scale, factors, count)
+        body = self.plan(expr.body)
+        axes = tuple(a for a in body.axes if a not in expr.indices)
+        windowed = isinstance(body, ViewNode) and body.kind == "strided" and any(
+            set(m.indices()) & set(expr.indices) and set(m.indices()) - set(expr.indices)
+            for m in body.read.maps)
+        strategy = "window-loop" if windowed and count <= WINDOW_LOOP_LIMIT else "axis"
+        self.allocate(math.prod(self.shape_of(axes)))
+        self.strategies.append(f"{expr.op} over {','.join(expr.indices)}: "
+                               + ("running update over strided window slices"
+                                  if strategy == "window-loop" else "axis reduction"))
+        return ReduceNode(expr.op, body, expr.indices, axes, self.shape_of(axes), strategy, count)
+
+    def plan_contraction(self, expr: Reduce, scale: float, factors: list[Expr],
+                         count: int) -> ContractNode:
+        for factor in factors:
+            if isinstance(factor, Constant):
+                scale *= factor.value
+        operands = [self.plan(f) for f in factors if not isinstance(f, Constant)]
+        for operand in operands:
+            # A GEMM operand is rearranged anyway: keep whole tensors in their own order.
+            if isinstance(operand, ViewNode) and operand.kind == "whole":
+                operand.axes = tuple(m.terms[0][0] for m in operand.read.maps)
+                operand.shape = self.shape_of(operand.axes)
+        all_axes = self.canonical(a for o in operands for a in o.axes)
+        out_axes = tuple(a for a in all_axes if a not in expr.indices)
+        symbol = {name: opt_einsum.get_symbol(i) for i, name in enumerate(self.order)}
+        terms = ["".join(symbol[a] for a in o.axes) for o in operands]
+        equation = ",".join(terms) + "->" + "".join(symbol[a] for a in out_axes)
+        shapes = [o.shape for o in operands]
+        path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")
+        steps: list[PairStep] = []
+        working = [o.axes for o in operands]
+        kinds = [o.kind if isinstance(o, ViewNode) else "temporary" for o in operands]
+        for number, positions in enumerate(path):
+            positions = tuple(sorted(positions))
+            if len(positions) == 1:  # opt_einsum only does this for a single operand
+                positions = (positions[0], positions[0])
+            left, right = positions[0], positions[1]
+            remaining = [axes for i, axes in enumerate(working) if i not in positions]
+            needed = set(out_axes) | {a for axes in remaining for a in axes}
+            result = tuple(a for a in self.canonical(working[left] + working[right])
+                           if a in needed)
+            if number == len(path) - 1:
+                result = out_axes
+            step = self.plan_pair(left, right, working[left], working[right], result,
+                                  kinds[left], kinds[right])
+            steps.append(step)
+            for i in sorted(positions, reverse=True):
+                working.pop(i)
+                kinds.pop(i)
+            working.append(result)
+            kinds.append("temporary")
+        if len(operands) == 1:  # cannot happen (>= 2 factors), kept for safety
+            raise AssertionError("contraction of a single operand")
+        naive = _naive_flops(operands, self.sizes)
+        flops = sum(s.flops for s in steps)
+        windowed = [o for o in operands if isinstance(o, ViewNode) and o.kind == "strided"
+                    and any(not m.is_plain for m in o.read.maps)]
+        if windowed:
+            names = ", ".join(str(o.read) for o in windowed)
+            self.strategies.append(f"windowed contraction: strided window view of {names}, "
+                                   "copied in GEMM order (im2col) + GEMM")
+        elif len(operands) > 2:
+            self.strategies.append(f"{len(operands)}-operand contraction in opt_einsum order, "
+                                   "each step a BLAS GEMM")
+        else:
+            self.strategies.append("contraction as a BLAS GEMM"
+                                   + (" (batched)" if steps[0].batch else ""))
+        mean_count = count if expr.op == "mean" else 1
+        return ContractNode(operands, scale, expr.indices, steps, out_axes,
+                            self.shape_of(out_axes), naive, flops, mean_count)
+
+    def plan_pair(self, left: int, right: int, a: tuple[str, ...], b: tuple[str, ...],
+                  result: tuple[str, ...], kind_a: str, kind_b: str) -> PairStep:
+        if left == right:  # a lone operand: only a reduction over the axes not kept
+            step = PairStep(left, right, a, b, result, "reduce",
+                            presum_left=tuple(x for x in a if x not in result))
+            step.result_bytes = math.prod(self.shape_of(result)) * self.itemsize
+            self.allocate(math.prod(self.shape_of(result)))
+            return step
+        keep = set(result)
+        shared = set(a) & set(b)
+        batch = tuple(x for x in result if x in shared)
+        contracted = self.canonical(x for x in shared if x not in keep)
+        presum_a = tuple(x for x in a if x not in b and x not in keep)
+        presum_b = tuple(x for x in b if x not in a and x not in keep)
+        a_kept = [x for x in result if x in a and x not in b]
+        b_kept = [x for x in result if x in b and x not in a]
+        union = set(a) | set(b)
+        flops = math.prod(self.sizes[x] for x in union - set(presum_a) - set(presum_b))
+        result_elements = math.prod(self.shape_of(result))
+        self.allocate(result_elements)
+        if not contracted:
+            return PairStep(left, right, a, b, result, "multiply", batch, tuple(a_kept), (),
+                            tuple(b_kept), presum_a, presum_b, flops=flops,
+                            result_bytes=result_elements * self.itemsize)
+        flops *= 2
+        best = None
+        for p in range(len(result) + 1):
+            group = result[:p]
+            if not set(batch) <= set(group):
+                continue
+            for q in range(p, len(result) + 1):
+                first, second = set(result[p:q]), set(result[q:])
+                if first <= set(a_kept) and second <= set(b_kept):
+                    swap = False
+                elif first <= set(b_kept) and second <= set(a_kept):
+                    swap = True
+                else:
+                    continue
+                calls = math.prod(self.sizes[x] for x in group)
+                if best is None or calls < best[0]:
+                    best = (calls, group, tuple(result[p:q]), tuple(result[q:]), swap)
+        transpose = None
+        if best is None:  # no layout gives the result order directly: transpose afterwards
+            group, first, second, swap = batch, tuple(a_kept), tuple(b_kept), False
+            natural = group + first + second
+            transpose = tuple(natural.index(x) for x in result)
+        else:
+            _, group, first, second, swap = best
+        # The matmul yields [group, first, second]: `first` belongs to its left operand.
+        kept_left, kept_right = first, second
+        (left_axes, left_kind), (right_axes, right_kind) = (
+            ((b, kind_b), (a, kind_a)) if swap else ((a, kind_a), (b, kind_b)))
+        copies = 0
+        for axes, kind, order in ((left_axes, left_kind, [x for x in group if x in left_axes]
+                                   + list(kept_left) + list(contracted)),
+                                  (right_axes, right_kind, [x for x in group if x in right_axes]
+                                   + list(contracted) + list(kept_right))):
+            needs_copy = kind == "strided" or (list(axes) != order and len(order) > 2)
+            if needs_copy:
+                elements = math.prod(self.sizes[x] for x in order)
+                copies += elements * self.itemsize
+                self.allocate(elements)
+        return PairStep(left, right, a, b, result, "gemm", group, kept_left, contracted,
+                        kept_right, presum_a, presum_b, swap, transpose, flops, copies,
+                        result_elements * self.itemsize)
+
+    def peak_bytes(self) -> int:
+        # Conservative: every temporary of the statement alive at once.
+        return sum(self.temporaries)
+
+
+def _factors(expr: Expr) -> tuple[float, list[Expr]]:
+    """Split a product into (constant scale, factors): `-2*a*b` -> (-2, [a, b])."""
+    if isinstance(expr, Apply) and expr.op == "mul":
+        scale_left, left = _factors(expr.args[0])
+        scale_right, right = _factors(expr.args[1])
+        return scale_left * scale_right, left + right
+    if isinstance(expr, Apply) and expr.op == "neg":
+        scale, factors = _factors(expr.args[0])
+        return -scale, factors
+    if isinstance(expr, Apply) and expr.op == "div" and isinstance(expr.args[1], Constant) \
+            and expr.args[1].value != 0:
+        scale, factors = _factors(expr.args[0])
+        return scale / expr.args[1].value, factors
+    return 1, [expr]
+
+
+def _naive_flops(operands: list[Node], sizes: dict[str, int]) -> int:
+    """opt_einsum's naive cost: one pass over the full index space per product term."""
+    union = {a for o in operands for a in o.axes}
+    return math.prod(sizes[a] for a in union) * max(len(operands) - 1, 1) * 2
+
+
+def _node_flops(node: Node) -> int:
+    if isinstance(node, ContractNode):
+        return node.flops + sum(_node_flops(o) for o in node.operands)
+    if isinstance(node, ElementwiseNode):
+        return math.prod(node.shape) + sum(_node_flops(a) for a in node.args)
+    if isinstance(node, ReduceNode):
+        return math.prod(node.body.shape) + _node_flops(node.body)
+    return 0
+
+
+def _node_naive_flops(node: Node) -> int:
+    if isinstance(node, ContractNode):
+        return node.naive_flops + sum(_node_naive_flops(o) for o in node.operands)
+    if isinstance(node, ElementwiseNode):
+        return math.prod(node.shape) + sum(_node_naive_flops(a) for a in node.args)
+    if isinstance(node, ReduceNode):
+        return math.prod(node.body.shape) + _node_naive_flops(node.body)
+    return 0
+
+
+def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8) -> ProgramPlan:
+    plans = []
+    for number, statement in enumerate(program.statements):
+        planner = _StatementPlanner(program, statement, itemsize)
+        root = planner.plan(statement.value)
+        elementwise = _epilogue_ops(root)
+        strategy = "; ".join(planner.strategies) or "elementwise"
+        if elementwise and planner.strategies:
+            strategy += f"; epilogue {', '.join(elementwise)} in place"
+        plans.append(StatementPlan(number, statement, planner.order, root, strategy,
+                                   _node_naive_flops(root), _node_flops(root),
+                                   planner.largest, planner.peak_bytes()))
+    return ProgramPlan(program, dtype, itemsize, plans)
+
+
+def _epilogue_ops(node: Node) -> list[str]:
+    ops = []
+    while isinstance(node, ElementwiseNode):
+        ops.append(node.op)
+        node = node.args[0]
+    return list(reversed(ops))
+
+
+# ---- printing ----------------------------------------------------------------------------
+
+def _si(value: float, unit: str) -> str:
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _axes_text(axes: tuple[str, ...]) -> str:
+    return f"[{','.join(axes)}]"
+
+
+def _step_text(step: PairStep, sizes: dict[str, int]) -> str:
+    def size(axes) -> int:
+        return math.prod(sizes[a] for a in axes)
+    if step.kind == "reduce":
+        return f"sum over {','.join(step.presum_left)}"
+    if step.kind == "multiply":
+        return "broadcast multiply"
+    calls = size(step.batch)
+    gemm = f"[{size(step.kept_left)}x{size(step.contracted)}]@[{size(step.contracted)}x{size(step.kept_right)}]"
+    text = f"GEMM {gemm}" if calls == 1 else f"batched GEMM {calls} x {gemm}"
+    summed = ",".join(step.contracted)
+    return f"{text}, sum over {summed}"
+
+
+def format_plan(plan: ProgramPlan) -> str:
+    program = plan.program
+    lines = [f"tensorc plan: {len(plan.statements)} statement"
+             f"{'s' if len(plan.statements) != 1 else ''}, dtype {plan.dtype}"]
+    lines.append("  inputs:  " + ", ".join(f"{n}{list(program.tensors[n].shape)}"
+                                           for n in program.inputs))
+    lines.append("  outputs: " + ", ".join(f"{n}{list(program.tensors[n].shape)}"
+                                           for n in program.outputs))
+    lines.append(f"  total: {_si(plan.flops, 'FLOP')}, peak temporary "
+                 f"{_si(plan.peak_temporary_bytes, 'B')} (estimated)")
+    for sp in plan.statements:
+        s = sp.statement
+        lines.append("")
+        lines.append(f"statement {sp.number + 1} (line {s.line}): {s.text}")
+        lines.append("  ranges: " + " ".join(f"{n}={s.ranges[n]}" for n in sp.order))
+        lines.append(f"  strategy: {sp.strategy}")
+        speedup = sp.naive_flops / sp.flops if sp.flops else 1.0
+        lines.append(f"  naive FLOPs: {sp.naive_flops:,}   planned FLOPs: {sp.flops:,}   "
+                     f"speedup: {speedup:.3g}x")
+        lines.append(f"  largest intermediate: {sp.largest_intermediate:,} elements   "
+                     f"peak temporary: {_si(sp.peak_temporary_bytes, 'B')} (estimated)")
+        steps = [(c, st) for c in _contractions(sp.root) for st in c.steps]
+        if steps:
+            lines.append(f"  {'step':<5} {'contraction':<34} {'FLOPs':>14}  how")
+            for number, (contraction, step) in enumerate(steps, 1):
+                text = (f"{_axes_text(step.left_axes)},{_axes_text(step.right_axes)}"
+                        f"->{_axes_text(step.result_axes)}" if step.left != step.right
+                        else f"{_axes_text(step.left_axes)}->{_axes_text(step.result_axes)}")
+                how = _step_text(step, s.ranges)
+                if step.copy_bytes:
+                    how += f", copies {_si(step.copy_bytes, 'B')} into GEMM layout"
+                lines.append(f"  {number:<5} {text:<34} {step.flops:>14,}  {how}")
+    return "\n".join(lines)
+
+
+def _contractions(node: Node) -> list[ContractNode]:
+    found: list[ContractNode] = []
+    if isinstance(node, ContractNode):
+        for operand in node.operands:
+            found += _contractions(operand)
+        found.append(node)
+    elif isinstance(node, ElementwiseNode):
+        for arg in node.args:
+            found += _contractions(arg)
+    elif isinstance(node, ReduceNode):
+        found += _contractions(node.body)
+    return found
