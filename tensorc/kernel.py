@@ -97,7 +97,7 @@ class Kernel:
         self.dtype = dtype
         self.keep_integers = keep_integers
         self._last: Specialization | None = None
-        if self.fixed_shapes or self.sizes or self._declared_shapes_complete():
+        if self._all_shapes_known():
             self._last = self._specialization(self.fixed_shapes, self._default_dtype())
 
     # ---- inspection ----
@@ -127,11 +127,22 @@ class Kernel:
                                "(e.g. x=(2, 3, 32, 32)) or call it once with arrays")
         return self._last
 
-    def _declared_shapes_complete(self) -> bool:
+    def _all_shapes_known(self) -> bool:
+        """Whether every input's shape is given or follows from declarations and sizes."""
         declared = {s.tensor: s for s in self.program.statements if isinstance(s, S.Declaration)}
-        return bool(self.inputs) and all(
-            name in declared and declared[name].dims is not None
-            and all(isinstance(d, int) for d in declared[name].dims) for name in self.inputs)
+        sizes = dict(self.sizes)
+        for name, shape in self.fixed_shapes.items():
+            if name in declared and declared[name].dims is not None:
+                sizes.update({d: n for d, n in zip(declared[name].dims, shape)
+                              if isinstance(d, str)})
+
+        def known(name: str) -> bool:
+            if name in self.fixed_shapes:
+                return True
+            declaration = declared.get(name)
+            return declaration is not None and (declaration.dims is None or all(
+                isinstance(d, int) or d in sizes for d in declaration.dims))
+        return all(known(name) for name in self.inputs)
 
     def _default_dtype(self) -> str:
         if self.dtype is not None:

@@ -15,13 +15,17 @@ import opt_einsum
 
 from .ir import Apply, CheckedProgram, Constant, Expr, IndexValue, Read, Reduce, Statement
 
-__all__ = ["ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
+__all__ = ["GEMM_CALL_COST", "ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
            "ReduceNode", "Node", "StatementPlan", "ProgramPlan", "plan_program",
            "WINDOW_LOOP_LIMIT"]
 
 # Window reductions with at most this many offsets run as a loop of strided-slice updates
 # (np.maximum(out, slice, out=out)); larger ones reduce a window view along its axes.
 WINDOW_LOOP_LIMIT = 64
+
+# What one extra GEMM call costs, in FLOPs, when choosing a matmul layout: NumPy's batched
+# matmul calls BLAS once per batch entry, about a microsecond each at ~20 GFLOP/s.
+GEMM_CALL_COST = 20_000
 
 
 @dataclass
@@ -309,7 +313,15 @@ class _StatementPlanner:
                             tuple(b_kept), presum_a, presum_b, flops=flops,
                             result_bytes=result_elements * self.itemsize)
         flops *= 2
-        best = None
+        # Candidate layouts: every split of the result order into [group, first, second]
+        # that a matmul yields directly, and the natural [batch, a-kept, b-kept] followed by
+        # a transpose. Cost in FLOP-equivalents: a per-GEMM-call overhead, plus a pass over
+        # the result when it must be transposed afterwards.
+        natural = tuple(batch) + tuple(a_kept) + tuple(b_kept)
+        natural_calls = math.prod(self.sizes[x] for x in batch)
+        best = (natural_calls * GEMM_CALL_COST
+                + (0 if natural == result else 4 * result_elements),
+                batch, tuple(a_kept), tuple(b_kept), False)
         for p in range(len(result) + 1):
             group = result[:p]
             if not set(batch) <= set(group):
@@ -322,16 +334,12 @@ class _StatementPlanner:
                     swap = True
                 else:
                     continue
-                calls = math.prod(self.sizes[x] for x in group)
-                if best is None or calls < best[0]:
-                    best = (calls, group, tuple(result[p:q]), tuple(result[q:]), swap)
-        transpose = None
-        if best is None:  # no layout gives the result order directly: transpose afterwards
-            group, first, second, swap = batch, tuple(a_kept), tuple(b_kept), False
-            natural = group + first + second
-            transpose = tuple(natural.index(x) for x in result)
-        else:
-            _, group, first, second, swap = best
+                cost = math.prod(self.sizes[x] for x in group) * GEMM_CALL_COST
+                if cost < best[0]:
+                    best = (cost, group, tuple(result[p:q]), tuple(result[q:]), swap)
+        _, group, first, second, swap = best
+        layout = group + first + second
+        transpose = None if layout == result else tuple(layout.index(x) for x in result)
         # The matmul yields [group, first, second]: `first` belongs to its left operand.
         kept_left, kept_right = first, second
         (left_axes, left_kind), (right_axes, right_kind) = (
@@ -405,7 +413,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         elementwise = _epilogue_ops(root)
         strategy = "; ".join(planner.strategies) or "elementwise"
         if elementwise and planner.strategies:
-            strategy += f"; epilogue {', '.join(elementwise)} in place"
+            strategy += f"; then elementwise {', '.join(elementwise)}"
         plans.append(StatementPlan(number, statement, planner.order, root, strategy,
                                    _node_naive_flops(root), _node_flops(root),
                                    planner.largest, planner.peak_bytes()))

@@ -58,6 +58,12 @@ _ELEMENTWISE = {
     "max": "np.maximum({0}, {1})", "min": "np.minimum({0}, {1})",
 }
 _INFIX = {"add", "sub", "mul", "div", "pow", "neg"}
+# Python binding strengths of what the templates produce, and what each operand slot needs
+# to go without parentheses (`-a ** 2` is -(a**2), so a power's base must be an atom).
+_ATOM = 100
+_RESULT_PRECEDENCE = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3, "pow": 4}
+_OPERAND_PRECEDENCE = {"add": (1, 1), "sub": (1, 2), "mul": (2, 3), "div": (2, 3),
+                       "neg": (3,), "pow": (_ATOM, 3)}
 # In-place forms, used when the first operand is a fresh temporary of the result's shape.
 _IN_PLACE = {
     "add": "{0} += {1}", "sub": "{0} -= {1}", "mul": "{0} *= {1}", "div": "{0} /= {1}",
@@ -87,7 +93,12 @@ class _Value:
     axes: tuple[str, ...]
     shape: tuple[int, ...]
     owned: bool = False  # a fresh array of this statement: may be updated in place
-    atomic: bool = True  # safe to subscript or call a method on without parentheses
+    precedence: int = _ATOM  # how tightly `code` binds; below _ATOM it needs parentheses
+                             # before a subscript or method call
+
+    @property
+    def atomic(self) -> bool:
+        return self.precedence >= _ATOM
 
     @property
     def is_name(self) -> bool:
@@ -159,7 +170,7 @@ class _StatementRenderer:
             return value
         name = self.fresh(hint)
         self.emit(f"{name} = {value.code}")
-        return _Value(name, value.axes, value.shape, value.owned, True)
+        return _Value(name, value.axes, value.shape, value.owned)
 
     # ---- nodes ----
     def render(self, node: Node, name_hint: str = "t") -> _Value:
@@ -167,7 +178,7 @@ class _StatementRenderer:
             return self.render_view(node)
         if isinstance(node, ConstNode):
             code = _number(node.value)
-            return _Value(code, (), (), False, not code.startswith("-"))
+            return _Value(code, (), (), False, _ATOM if not code.startswith("-") else 3)
         if isinstance(node, IndexNode):
             size = node.shape[0]
             return _Value(f"np.arange({node.start}, {node.start + size}, dtype=DTYPE)",
@@ -203,7 +214,7 @@ class _StatementRenderer:
             if pad_key not in self.padded:
                 name = self.fresh(f"{tensor}_pad")
                 widths = ", ".join(f"({a}, {b})" for a, b in node.pad)
-                self.emit(f"{name} = np.pad({tensor}, ({widths},), "
+                self.emit(f"{name} = np.pad({tensor}, ({widths}{',' if len(node.pad) == 1 else ''}), "
                           f"mode={NUMPY_PAD_MODES[read.boundary]!r})  "
                           f"# boundary '{read.boundary}'")
                 self.padded[pad_key] = name
@@ -251,11 +262,11 @@ class _StatementRenderer:
         codes = []
         for i, arg in enumerate(args):
             code = self.aligned(arg, node.axes)
-            needs_parens = node.op in _INFIX and not arg.atomic and (
-                node.op in ("mul", "div", "pow", "neg") or i == 1)
-            codes.append(f"({code})" if needs_parens and not code.endswith("]") else code)
+            precedence = _ATOM if code != arg.code else arg.precedence
+            needed = _OPERAND_PRECEDENCE[node.op][i] if node.op in _INFIX else 0
+            codes.append(f"({code})" if precedence < needed else code)
         code = template.format(*codes)
-        return _Value(code, node.axes, node.shape, True, node.op not in _INFIX)
+        return _Value(code, node.axes, node.shape, True, _RESULT_PRECEDENCE.get(node.op, _ATOM))
 
     def operand(self, node: Node) -> _Value:
         value = self.render(node)
@@ -482,7 +493,7 @@ class _StatementRenderer:
         # broadcast over target indices the contribution does not depend on
         missing = [a for a in dims_order if a not in sliced_axes]
         if missing:
-            contribution = self.aligned(_Value(contribution, tuple(present), (), True, True),
+            contribution = self.aligned(_Value(contribution, tuple(present), (), True),
                                         tuple(dims_order))
         line = f"{destination}[{', '.join(subscripts)}] += {contribution}"
         if loops:
