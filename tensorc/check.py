@@ -74,8 +74,12 @@ def _syntax_nodes(expr: S.Expr):
 
 
 def program_inputs(program: S.Program) -> list[str]:
-    """Names a program reads before (or without) defining them, in order of first use."""
-    defined: set[str] = set()
+    """Names a program reads and never defines, in order of first use.
+
+    (Reading a name before the statement that defines it is an error the checker reports.)
+    """
+    defined = {s.target.tensor for s in program.statements if isinstance(s, S.Assignment)
+               and not s.accumulate}
     inputs: dict[str, None] = {}
     for statement in program.statements:
         if not isinstance(statement, S.Assignment):

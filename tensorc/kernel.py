@@ -97,7 +97,9 @@ class Kernel:
         self.dtype = dtype
         self.keep_integers = keep_integers
         self._last: Specialization | None = None
-        if self._all_shapes_known():
+        # Shapes given for some inputs mean "build now": missing ones are then an error
+        # (bare names without a shape are scalars), rather than a surprise at call time.
+        if self.fixed_shapes or self._all_shapes_known():
             self._last = self._specialization(self.fixed_shapes, self._default_dtype())
 
     # ---- inspection ----

@@ -478,7 +478,7 @@ def format_plan(plan: ProgramPlan) -> str:
                      f"peak temporary: {_si(sp.peak_temporary_bytes, 'B')} (estimated)")
         steps = [(c, st) for c in _contractions(sp.root) for st in c.steps]
         if steps:
-            lines.append(f"  {'step':<5} {'contraction':<34} {'FLOPs':>14}  how")
+            lines.append(f"  {'step':<5} {'contraction':<40} {'FLOPs':>14}  how")
             for number, (contraction, step) in enumerate(steps, 1):
                 text = (f"{_axes_text(step.left_axes)},{_axes_text(step.right_axes)}"
                         f"->{_axes_text(step.result_axes)}" if step.left != step.right
@@ -486,7 +486,7 @@ def format_plan(plan: ProgramPlan) -> str:
                 how = _step_text(step, s.ranges)
                 if step.copy_bytes:
                     how += f", copies {_si(step.copy_bytes, 'B')} into GEMM layout"
-                lines.append(f"  {number:<5} {text:<34} {step.flops:>14,}  {how}")
+                lines.append(f"  {number:<5} {text:<40} {step.flops:>14,}  {how}")
     return "\n".join(lines)
 
 
