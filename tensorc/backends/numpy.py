@@ -95,6 +95,7 @@ class _Value:
     owned: bool = False  # a fresh array of this statement: may be updated in place
     precedence: int = _ATOM  # how tightly `code` binds; below _ATOM it needs parentheses
                              # before a subscript or method call
+    contiguous: bool = True  # False for a GEMM result transposed into the wanted order
 
     @property
     def atomic(self) -> bool:
@@ -344,7 +345,8 @@ class _StatementRenderer:
         if step.final_transpose is not None:
             code += f".transpose{_arguments(step.final_transpose)}"
         self.emit(f"{result} = {code}")
-        return _Value(result, step.result_axes, out_shape, bool(out_shape))
+        return _Value(result, step.result_axes, out_shape, bool(out_shape),
+                      contiguous=step.final_transpose is None)
 
     def gemm_operand(self, value: _Value, batch: tuple[str, ...], first: tuple[str, ...],
                      second: tuple[str, ...]) -> str:
@@ -421,6 +423,8 @@ class _StatementRenderer:
         elif value.axes != lhs:
             self.emit(f"{target} = np.array(np.broadcast_to({self.aligned(value, lhs)}, "
                       f"{_tuple(shape)}), dtype=DTYPE)")
+        elif value.is_name and not value.contiguous:
+            self.emit(f"{target} = np.ascontiguousarray({value.code})")
         elif value.code == target:
             pass
         elif value.owned:
@@ -462,7 +466,8 @@ class _StatementRenderer:
         loops = [a for a in order if a not in slice_index]
         loop_names = {a: self.module.index_variable(a) for a in loops}
         subscripts = []
-        for m, s, (before, _) in zip(maps, slice_index, pad):
+        full_shape = [size + a + b for size, (a, b) in zip(shape, pad)]
+        for m, s, (before, _), size in zip(maps, slice_index, pad, full_shape):
             offset = [f"{c}*{loop_names[n]}" if c != 1 else loop_names[n]
                       for n, c in m.terms if n != s]
             constant = m.offset + before
@@ -473,6 +478,9 @@ class _StatementRenderer:
                 continue
             coefficient = dict(m.terms)[s]
             length = coefficient * (self.sizes[s] - 1) + 1
+            if not offset and constant == 0 and coefficient == 1 and length == size:
+                subscripts.append(":")
+                continue
             stop = f"{start} + {length}" if offset else str(constant + length)
             step = f":{coefficient}" if coefficient != 1 else ""
             start_text = "" if start == "0" else start

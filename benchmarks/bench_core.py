@@ -1,0 +1,465 @@
+"""Core benchmark: tensorc kernels against their natural peers, as ratios tensorc/peer.
+
+    python -m benchmarks                # full run (a few minutes on 2 cores)
+    python -m benchmarks --quick        # smoke test, < 60 s
+    python -m benchmarks --markdown     # the table as markdown
+    python benchmarks/bench_core.py --only conv --show-source
+
+Method (everything in one process, float32 inputs):
+  * each kernel is compiled once (tc.compile / opt_einsum.contract_expression /
+    np.einsum_path) outside the timing, and every side's result is checked against the
+    peer (allclose, rtol 1e-3) before anything is timed;
+  * every side is warmed up, then calibrated to a number of inner calls that takes at
+    least --min-time (20 ms by default);
+  * the sides of a case are timed in alternation, A B A B ... (with 3+ sides the order
+    rotates every repeat: A B C, B C A, ...), so slow drifts of the machine hit all sides
+    alike; a side's time is the median over --repeats of (repeat time / inner calls);
+  * ratio = median tensorc time / median peer time; "best peer" is the fastest peer.
+
+Targets (printed under the table):
+  * every pure contraction: ratio <= 1.1 against the best of opt_einsum / np.einsum;
+  * convolution forward: the median of the conv ratios against PyTorch NCHW <= 2.0;
+  * max-pool: ratio < 1.0 against PyTorch NCHW (every max-pool case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+RTOL = 1e-3
+
+CONV_VALID = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]"
+CONV_PAD1 = "y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < {H}, w < {W}, x: zero"
+CONV_S2P1 = "y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   where h < {H}, w < {W}, x: zero"
+MAXPOOL = "p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"
+
+# (name, input NCHW, out channels, kernel, stride, padding, tensorc program)
+CONVS = [
+    ("conv LeNet-1 N64 C1 28x28->16 k5", (64, 1, 28, 28), 16, 5, 1, 0, CONV_VALID),
+    ("conv LeNet-2 N64 C16 12x12->32 k5", (64, 16, 12, 12), 32, 5, 1, 0, CONV_VALID),
+    ("conv ResNet N16 C64 56x56->64 k3 p1", (16, 64, 56, 56), 64, 3, 1, 1,
+     CONV_PAD1.format(H=56, W=56)),
+    ("conv ResNet N16 C128 28x28->128 k3 p1", (16, 128, 28, 28), 128, 3, 1, 1,
+     CONV_PAD1.format(H=28, W=28)),
+    ("conv strided N16 C64 56x56->64 k3 s2 p1", (16, 64, 56, 56), 64, 3, 2, 1,
+     CONV_S2P1.format(H=28, W=28)),
+]
+
+# (name, input NCHW)
+POOLS = [
+    ("maxpool 2x2 s2 N64 C16 24x24", (64, 16, 24, 24)),
+    ("maxpool 2x2 s2 N16 C64 56x56", (16, 64, 56, 56)),
+]
+
+# (name, einsum equation, operand shapes, tensorc program over inputs A, B, C, ...)
+CONTRACTIONS = [
+    ("chain ij,jk,kl->il 256x512x128x512", "ij,jk,kl->il",
+     [(256, 512), (512, 128), (128, 512)],
+     "out[i,l] = A[i,j] * B[j,k] * C[k,l]"),
+    ("bmm bij,bjk->bik b64 n256", "bij,bjk->bik",
+     [(64, 256, 256), (64, 256, 256)],
+     "out[b,i,k] = A[b,i,j] * B[b,j,k]"),
+    ("ring ab,bc,cd,de,ea-> n256", "ab,bc,cd,de,ea->",
+     [(256, 256)] * 5,
+     "out = A[a,b] * B[b,c] * C[c,d] * D[d,e] * E[e,a]"),
+    ("open ring aib,...,ema->ijklm bond6 phys12", "aib,bjc,ckd,dle,ema->ijklm",
+     [(6, 12, 6)] * 5,
+     "out[i,j,k,l,m] = A[a,i,b] * B[b,j,c] * C[c,k,d] * D[d,l,e] * E[e,m,a]"),
+    ("tucker abc,ia,jb,kc->ijk core48 out96", "abc,ia,jb,kc->ijk",
+     [(48, 48, 48), (96, 48), (96, 48), (96, 48)],
+     "out[i,j,k] = A[a,b,c] * B[i,a] * C[j,b] * D[k,c]"),
+]
+
+
+# ---------------------------------------------------------------------------------------
+# measurement
+
+@dataclass
+class Side:
+    """One implementation of a case: a zero-argument callable and its timings."""
+
+    name: str
+    fn: Callable[[], Any]
+    inner: int = 1
+    times: list[float] = field(default_factory=list)  # seconds per call, one per repeat
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median (a noise estimate)."""
+        if len(self.times) < 4:
+            return (max(self.times) - min(self.times)) / self.median
+        q = statistics.quantiles(self.times, n=4)
+        return (q[2] - q[0]) / self.median
+
+
+@dataclass
+class Case:
+    group: str            # "contraction" | "conv" | "pool"
+    name: str
+    tensorc: Side | None
+    peers: list[Side]
+    extras: list[Side] = field(default_factory=list)  # extra tensorc variants (tc.einsum)
+    target_peer: str | None = None  # the peer the target is defined against (None: best)
+    error: str | None = None
+
+    def best_peer(self) -> Side:
+        return min(self.peers, key=lambda s: s.median)
+
+    def peer(self, name: str) -> Side:
+        return next(s for s in self.peers if s.name == name)
+
+    def target_ratio(self) -> float:
+        peer = self.peer(self.target_peer) if self.target_peer else self.best_peer()
+        return self.tensorc.median / peer.median
+
+
+def _call_loop(fn: Callable[[], Any], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return time.perf_counter() - start
+
+
+def measure(sides: list[Side], repeats: int, min_time: float, warmup: int) -> None:
+    """Warm up, calibrate inner counts, then time the sides in rotating alternation."""
+    for side in sides:
+        for _ in range(warmup):
+            side.fn()
+    for side in sides:
+        one = _call_loop(side.fn, 1)
+        side.inner = max(1, math.ceil(min_time / max(one, 1e-9)))
+        elapsed = _call_loop(side.fn, side.inner)  # second warm-up and a check of the count
+        while elapsed < min_time:
+            side.inner = max(side.inner + 1, math.ceil(side.inner * 1.2 * min_time / elapsed))
+            elapsed = _call_loop(side.fn, side.inner)
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for repeat in range(repeats):
+            shift = repeat % len(sides)
+            for side in sides[shift:] + sides[:shift]:
+                side.times.append(_call_loop(side.fn, side.inner) / side.inner)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def check_close(name: str, got: Any, ref: Any) -> str | None:
+    """None if got matches ref (rtol 1e-3; atol 1e-5 of ref's largest magnitude)."""
+    got, ref = _as_numpy(got), _as_numpy(ref)
+    if got.shape != ref.shape:
+        return f"{name}: shape {got.shape}, expected {ref.shape}"
+    scale = float(np.abs(ref).max()) if ref.size else 1.0
+    if not np.allclose(got, ref, rtol=RTOL, atol=1e-5 * scale):
+        worst = float(np.abs(got.astype(np.float64) - ref).max())
+        return f"{name}: wrong result, max abs error {worst:.3g} (ref max {scale:.3g})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# cases
+
+def build_conv_case(tc, torch, rng, name, xshape, cout, ksize, stride, pad, src) -> Case:
+    import torch.nn.functional as F
+    x = rng.standard_normal(xshape, dtype=np.float32)
+    k = (rng.standard_normal((cout, xshape[1], ksize, ksize), dtype=np.float32)
+         / np.float32(math.sqrt(xshape[1] * ksize * ksize)))
+    xt, kt = torch.from_numpy(x), torch.from_numpy(k)
+    xc = xt.contiguous(memory_format=torch.channels_last)
+    kc = kt.contiguous(memory_format=torch.channels_last)
+    kern = tc.compile(src, dtype="float32", x=x.shape, k=k.shape)
+    case = Case("conv", name,
+                Side("tensorc", lambda: kern(x=x, k=k)),
+                [Side("torch conv2d NCHW", lambda: F.conv2d(xt, kt, stride=stride, padding=pad)),
+                 Side("torch conv2d channels_last",
+                      lambda: F.conv2d(xc, kc, stride=stride, padding=pad))],
+                target_peer="torch conv2d NCHW")
+    case.kernel = kern
+    return case
+
+
+def build_pool_case(tc, torch, rng, name, xshape) -> Case:
+    import torch.nn.functional as F
+    y = rng.standard_normal(xshape, dtype=np.float32)
+    yt = torch.from_numpy(y)
+    kern = tc.compile(MAXPOOL, dtype="float32", y=y.shape)
+    case = Case("pool", name, Side("tensorc", lambda: kern(y=y)),
+                [Side("torch max_pool2d NCHW", lambda: F.max_pool2d(yt, 2, 2))],
+                target_peer="torch max_pool2d NCHW")
+    case.kernel = kern
+    return case
+
+
+def build_contraction_case(tc, rng, name, equation, shapes, src, with_einsum) -> Case:
+    import opt_einsum
+    ops = [rng.random(shape, dtype=np.float32) for shape in shapes]
+    names = "ABCDEFGH"[:len(ops)]
+    arrays = dict(zip(names, ops))
+    kern = tc.compile(src, dtype="float32", **{n: a.shape for n, a in arrays.items()})
+    expression = opt_einsum.contract_expression(equation, *shapes)
+    # No memory limit, like opt_einsum's default (numpy's default caps intermediates at
+    # the largest operand, which can force a worse order).
+    path = np.einsum_path(equation, *ops, optimize=("optimal", 2 ** 62))[0]
+    case = Case("contraction", name, Side("tensorc", lambda: kern(**arrays)),
+                [Side("opt_einsum", lambda: expression(*ops)),
+                 Side("np.einsum+path", lambda: np.einsum(equation, *ops, optimize=path))])
+    if with_einsum:
+        case.extras.append(Side("tc.einsum (per-call front end)",
+                                lambda: tc.einsum(equation, *ops)))
+    case.kernel = kern
+    return case
+
+
+def run_case(builder: Callable[[], Case], name: str, group: str, args) -> Case:
+    try:
+        case = builder()
+    except Exception as error:  # noqa: BLE001 - report and go on with the other cases
+        return Case(group, name, None, [], error=f"build failed: {type(error).__name__}: {error}")
+    sides = [case.tensorc] + case.peers + case.extras
+    try:
+        reference = _as_numpy(case.peers[0].fn())
+        problems = [check_close(side.name, side.fn(), reference)
+                    for side in [case.tensorc] + case.peers[1:] + case.extras]
+        problems = [p for p in problems if p]
+        if problems:
+            case.error = "; ".join(problems)
+            return case
+        measure(sides, args.repeats, args.min_time, args.warmup)
+    except Exception as error:  # noqa: BLE001
+        case.error = f"{type(error).__name__}: {error}"
+    if args.show_source and getattr(case, "kernel", None) is not None:
+        print(f"\n===== {name} =====\n{case.kernel.source}", file=sys.stderr)
+    return case
+
+
+# ---------------------------------------------------------------------------------------
+# threads and environment
+
+def openblas_threads() -> str:
+    """NumPy's OpenBLAS thread count, read from the loaded library (no threadpoolctl)."""
+    try:
+        import threadpoolctl  # type: ignore
+        infos = [i for i in threadpoolctl.threadpool_info() if i.get("internal_api") == "openblas"
+                 and "numpy" in i.get("filepath", "")]
+        if infos:
+            return str(infos[0]["num_threads"])
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()
+                     and "numpy" in line}
+    except OSError:
+        paths = set()
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                       "openblas_get_num_threads"):
+            function = getattr(lib, symbol, None)
+            if function is not None:
+                function.restype = ctypes.c_int
+                return str(function())
+    return "default (unknown)"
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------
+# output
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.4f}" if ms < 0.1 else f"{ms:.3f}" if ms < 10 else f"{ms:.2f}"
+
+
+def table_rows(cases: list[Case]) -> list[list[str]]:
+    rows = []
+    for case in cases:
+        if case.error or case.tensorc is None:
+            rows.append([case.name, "-", "-", "ERROR", case.error or "", ""])
+            continue
+        best = case.best_peer()
+        tc_time = case.tensorc.median
+        noise = max(case.tensorc.spread, best.spread)
+        rows.append([case.name, _ms(tc_time), _ms(best.median), f"{tc_time / best.median:.2f}",
+                     best.name + (" (best)" if len(case.peers) > 1 else ""),
+                     f"{100 * noise:.0f}%"])
+        for peer in case.peers:
+            if peer is not best:
+                rows.append(["  - tensorc vs " + peer.name.split(" ")[-1], _ms(tc_time),
+                             _ms(peer.median), f"{tc_time / peer.median:.2f}", peer.name,
+                             f"{100 * max(case.tensorc.spread, peer.spread):.0f}%"])
+        for extra in case.extras:
+            rows.append(["  - " + extra.name, _ms(extra.median), _ms(best.median),
+                         f"{extra.median / best.median:.2f}", best.name,
+                         f"{100 * max(extra.spread, best.spread):.0f}%"])
+    return rows
+
+
+HEADER = ["case", "tensorc ms", "peer ms", "ratio (tensorc/peer)", "peer", "noise (IQR)"]
+
+
+def format_table(rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(HEADER) + " |",
+                 "|" + "|".join([":---", "---:", "---:", "---:", ":---", "---:"]) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in rows + [HEADER]) for i in range(len(HEADER))]
+    right = {1, 2, 3, 5}
+
+    def line(row):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    rule = "-" * len(line(HEADER))
+    return "\n".join([line(HEADER), rule] + [line(r) for r in rows] + [rule])
+
+
+def summary(cases: list[Case]) -> list[str]:
+    ok = [c for c in cases if not c.error and c.tensorc is not None]
+    broken = [c.name for c in cases if c.error or c.tensorc is None]
+    lines = []
+    verdicts = []
+
+    contractions = [c for c in ok if c.group == "contraction"]
+    if contractions:
+        worst = max(contractions, key=Case.target_ratio)
+        failing = [c.name.split(" ")[0] for c in contractions if c.target_ratio() > 1.1]
+        passed = not failing
+        verdicts.append(passed)
+        lines.append(f"  pure contractions vs best peer: max ratio {worst.target_ratio():.2f} "
+                     f"({worst.name.split(' ')[0]}), target every ratio <= 1.1: "
+                     f"{'PASS' if passed else 'FAIL (' + ', '.join(failing) + ')'}")
+    convs = [c for c in ok if c.group == "conv"]
+    if convs:
+        ratios = [c.target_ratio() for c in convs]
+        median = statistics.median(ratios)
+        passed = median <= 2.0
+        verdicts.append(passed)
+        best_ratios = [c.tensorc.median / c.best_peer().median for c in convs]
+        lines.append(f"  conv forward vs torch NCHW: median ratio {median:.2f} "
+                     f"(cases: {', '.join(f'{r:.2f}' for r in ratios)}; vs best layout median "
+                     f"{statistics.median(best_ratios):.2f}), target median <= 2.0: "
+                     f"{'PASS' if passed else 'FAIL'}")
+    pools = [c for c in ok if c.group == "pool"]
+    if pools:
+        ratios = [c.target_ratio() for c in pools]
+        passed = all(r < 1.0 for r in ratios)
+        verdicts.append(passed)
+        lines.append(f"  max-pool vs torch NCHW: ratios {', '.join(f'{r:.2f}' for r in ratios)}, "
+                     f"target every ratio < 1.0: {'PASS' if passed else 'FAIL'}")
+    if broken:
+        lines.append(f"  errors (not timed, not in the targets): {', '.join(broken)}")
+    lines.insert(0, f"SUMMARY: {sum(verdicts)}/{len(verdicts)} targets met"
+                    + (f"; {len(broken)} case(s) failed to run" if broken else ""))
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="few repeats and short timings: a smoke test (< 60 s)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--repeats", type=int, help="timed repeats per side (default 11, quick 3)")
+    parser.add_argument("--min-time", type=float,
+                        help="seconds each repeat must take at least (default 0.02, quick 0.005)")
+    parser.add_argument("--warmup", type=int, help="warm-up calls per side (default 3, quick 1)")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only cases whose name contains this text (repeatable)")
+    parser.add_argument("--no-einsum", action="store_true", help="skip the tc.einsum rows")
+    parser.add_argument("--show-source", action="store_true",
+                        help="print each tensorc kernel's generated source to stderr")
+    args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 11
+    if args.min_time is None:
+        args.min_time = 0.005 if args.quick else 0.02
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 3
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    import tensorc as tc
+
+    n_cores = cores()
+    torch.set_num_threads(n_cores)
+    blas_threads = openblas_threads()
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+
+    builders = []
+    for name, xshape, cout, ksize, stride, pad, src in CONVS:
+        builders.append((name, "conv", lambda a=(name, xshape, cout, ksize, stride, pad, src):
+                         build_conv_case(tc, torch, rng, *a)))
+    for name, xshape in POOLS:
+        builders.append((name, "pool", lambda a=(name, xshape): build_pool_case(tc, torch, rng, *a)))
+    for name, equation, shapes, src in CONTRACTIONS:
+        builders.append((name, "contraction", lambda a=(name, equation, shapes, src):
+                         build_contraction_case(tc, rng, *a, with_einsum=not args.no_einsum)))
+    if args.only:
+        builders = [b for b in builders if any(o.lower() in b[0].lower() for o in args.only)]
+
+    cases = []
+    with torch.no_grad():
+        for name, group, builder in builders:
+            print(f"  running {name} ...", file=sys.stderr, flush=True)
+            cases.append(run_case(builder, name, group, args))
+            gc.collect()
+
+    import opt_einsum
+    print(f"tensorc {tc.__version__} benchmark: ratio = tensorc time / peer time "
+          f"(< 1 means tensorc is faster); float32; median of {args.repeats} repeats, each "
+          f">= {args.min_time * 1e3:g} ms of calls, sides alternated; {args.warmup} warm-up calls"
+          + (" [--quick]" if args.quick else ""))
+    print(f"machine: {platform.machine()} {n_cores} cores | python {platform.python_version()}, "
+          f"numpy {np.__version__}, torch {torch.__version__}, opt_einsum {opt_einsum.__version__}")
+    print(f"threads: torch {torch.get_num_threads()} (torch.set_num_threads({n_cores})); "
+          f"NumPy/OpenBLAS {blas_threads} (default, not set) - shared by tensorc's generated "
+          f"NumPy code, opt_einsum and np.einsum; NumPy's copies/elementwise ufuncs "
+          f"(im2col, pad, max) run on 1 thread")
+    print()
+    print(format_table(table_rows(cases), args.markdown))
+    print()
+    print("\n".join(summary(cases)))
+    print(f"(wall time {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Planning: opt_einsum order, BLAS lowering, strategies and the printed plan."""
+
+import numpy as np
+import opt_einsum
+import pytest
+
+import tensorc as tc
+
+CONTRACTIONS = [
+    ("out[i,l] = A[i,j] * B[j,k] * C[k,l]", {"A": (30, 40), "B": (40, 5), "C": (5, 60)},
+     "ij,jk,kl->il"),
+    ("out[b,i,k] = A[b,i,j] * B[b,j,k]", {"A": (4, 8, 9), "B": (4, 9, 7)}, "bij,bjk->bik"),
+    ("s[b,h,q,k] = Q[b,h,q,d] * K[b,h,k,d]", {"Q": (2, 3, 5, 4), "K": (2, 3, 6, 4)},
+     "bhqd,bhkd->bhqk"),
+    ("r = A[a,b] * B[b,c] * C[c,d] * D[d,e] * E[e,a]",
+     {"A": (3, 4), "B": (4, 5), "C": (5, 6), "D": (6, 7), "E": (7, 3)}, "ab,bc,cd,de,ea->"),
+    ("t[i,m] = A[i,j,k] * B[j,l] * C[k,l,m] * D[m]",
+     {"A": (5, 6, 7), "B": (6, 8), "C": (7, 8, 9), "D": (9,)}, "ijk,jl,klm,m->im"),
+]
+
+
+@pytest.mark.parametrize("source, shapes, equation", CONTRACTIONS)
+def test_contractions_use_blas_and_opt_einsum_cost(source, shapes, equation):
+    kern = tc.compile(source, **shapes)
+    assert "np.einsum" not in kern.source
+    assert "np.matmul" in kern.source
+    _, info = opt_einsum.contract_path(equation, *shapes.values(), shapes=True,
+                                       optimize="auto")
+    statement = kern.plan.statements[0]
+    # Same number of pairwise steps as opt_einsum's path, and the same FLOP count
+    # (opt_einsum counts a multiply-add as 2).
+    assert statement.flops == pytest.approx(int(info.opt_cost), rel=0.05)
+    rng = np.random.default_rng(1)
+    arrays = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    np.testing.assert_allclose(kern(**arrays), np.einsum(equation, *arrays.values()),
+                               rtol=1e-10)
+
+
+def test_convolution_plan_states_strategy_flops_and_memory():
+    kern = tc.compile("y[n,o,h,w] = relu(x[n,c,h+u,w+v] * k[o,c,u,v] + b[o])",
+                      x=(64, 1, 28, 28), k=(16, 1, 5, 5), b=(16,))
+    text = str(kern.plan)
+    assert "im2col" in text and "batched GEMM 64 x [16x25]@[25x576]" in text
+    statement = kern.plan.statements[0]
+    gemm_flops = 2 * 64 * 16 * 25 * 576
+    assert statement.flops >= gemm_flops
+    assert "naive FLOPs" in text and "peak temporary" in text
+    assert statement.largest_intermediate == 64 * 25 * 576  # the im2col copy
+    assert statement.peak_temporary_bytes >= 64 * 25 * 576 * 8
+
+
+def test_weight_first_gemm_gives_nchw_without_transposing_the_result():
+    kern = tc.compile("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]", x=(64, 1, 28, 28),
+                      k=(16, 1, 5, 5))
+    line = next(l for l in kern.source.splitlines() if "np.matmul" in l)
+    assert line.strip() == ("y = np.matmul(k.reshape(16, 25), x_win.transpose(0, 3, 4, 5, 1, 2)"
+                            ".reshape(64, 25, 576)).reshape(64, 16, 24, 24)")
+
+
+def test_outputs_are_c_contiguous_even_when_the_gemm_layout_is_transposed():
+    # Tiny batches favour one GEMM and a transpose; the output is still made contiguous.
+    kern = tc.compile("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]", x=(2, 3, 9, 9),
+                      k=(4, 3, 3, 3))
+    rng = np.random.default_rng(0)
+    y = kern(x=rng.standard_normal((2, 3, 9, 9)), k=rng.standard_normal((4, 3, 3, 3)))
+    assert y.flags.c_contiguous
+
+
+def test_pooling_runs_a_window_loop():
+    kern = tc.compile("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2",
+                      y=(2, 3, 8, 8))
+    assert "np.maximum(p, y_win[:, :, :, :, u, v], out=p)" in kern.source
+    assert "running update over strided window slices" in str(kern.plan)
+
+
+def test_epilogue_is_in_place():
+    kern = tc.compile("y[n,o] = relu(x[n,c] * w[o,c] + b[o])", x=(4, 3), w=(5, 3), b=(5,))
+    body = kern.source.split("def kernel")[1]
+    assert "y += b" in body and "np.maximum(y, 0, out=y)" in body
+
+
+def test_generated_source_is_deterministic():
+    args = dict(x=(2, 3, 9, 9), k=(4, 3, 3, 3))
+    program = "y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   where h < 5, w < 5, x: zero"
+    first = tc.compile(program, **args).source
+    tc.kernel._CACHE.clear()
+    assert tc.compile(program, **args).source == first

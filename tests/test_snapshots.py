@@ -1,0 +1,69 @@
+"""Snapshot tests pin the generated source of a few kernels.
+
+After an intended change to code generation, regenerate with
+    TENSORC_UPDATE_SNAPSHOTS=1 python -m pytest tests/test_snapshots.py
+and review the diff of tests/snapshots/ like any other change.
+"""
+
+import os
+import pathlib
+
+import pytest
+
+import tensorc as tc
+
+SNAPSHOTS = pathlib.Path(__file__).parent / "snapshots"
+
+CASES = {
+    "matmul": ("C[i,k] = A[i,j] * B[j,k]", dict(A=(3, 4), B=(4, 5))),
+    "conv_bias_relu": ("y[n,o,h,w] = relu(x[n,c,h+u,w+v] * k[o,c,u,v] + b[o])",
+                       dict(x=(64, 1, 28, 28), k=(16, 1, 5, 5), b=(16,))),
+    "conv_strided_reflect": ("y[n,o,h,w] = x[n,c,2*h+2*u-2,2*w+2*v-2] * k[o,c,u,v]   "
+                             "where h < 16, w < 16, x: reflect",
+                             dict(x=(8, 3, 32, 32), k=(4, 3, 3, 3))),
+    "maxpool": ("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2",
+                dict(y=(8, 16, 24, 24))),
+    "softmax": ("m[n] = max[j](z[n,j])\ne[n,j] = exp(z[n,j] - m[n])\n"
+                "p[n,j] = e[n,j] / sum[j](e[n,j])", dict(z=(32, 10))),
+    "chain": ("out[i,l] = A[i,j] * B[j,k] * C[k,l]", dict(A=(64, 32), B=(32, 8), C=(8, 64))),
+    "col2im": ("dx: [N,C,H,W]\ndx[n,c,h+u,w+v] += dy[n,o,h,w] * k[o,c,u,v]",
+               dict(N=8, C=3, H=12, W=12, dy=(8, 4, 10, 10), k=(4, 3, 3, 3))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_generated_source_matches_snapshot(name):
+    source, shapes = CASES[name]
+    generated = tc.compile(source, **shapes).source
+    path = SNAPSHOTS / f"{name}.py"
+    if os.environ.get("TENSORC_UPDATE_SNAPSHOTS"):
+        path.write_text(generated)
+    assert path.exists(), f"no snapshot {path}; run with TENSORC_UPDATE_SNAPSHOTS=1"
+    assert generated == path.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_snapshot_is_a_standalone_module(name, tmp_path):
+    """The generated module imports only NumPy and runs on its own."""
+    import importlib.util
+
+    import numpy as np
+    text = (SNAPSHOTS / f"{name}.py").read_text()
+    imports = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
+    assert all("numpy" in line for line in imports), imports
+    path = tmp_path / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    source, shapes = CASES[name]
+    kern = tc.compile(source, **shapes)
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(kern.ir.tensors[n].shape) for n in kern.ir.inputs]
+    got = module.kernel(*arrays)
+    want = kern(*arrays)
+    if isinstance(want, dict):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    else:
+        np.testing.assert_array_equal(got, want)
