@@ -573,6 +573,8 @@ class _StatementChecker:
         for read, shape in reads:
             if read.boundary is not None:
                 continue
+            if any(sizes[n] == 0 for m in read.maps for n in m.indices()):
+                continue  # an empty range reads nothing
             for dim, (m, size) in enumerate(zip(read.maps, shape)):
                 shifted = m.shifted({n: low for n, (low, _) in self.ranges.items()})
                 low, high = shifted.extent(sizes)

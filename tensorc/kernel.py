@@ -52,9 +52,10 @@ def _load(source: str, backend: str) -> Callable[..., Any]:
     return namespace["kernel"]
 
 
-def _specialize(program: S.Program, backend: str, shapes: dict[str, tuple[int, ...]],
-                sizes: dict[str, int], dtype: str, dtypes: dict[str, str]) -> Specialization:
-    key = (str(program), backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
+def _specialize(program: S.Program, program_text: str, backend: str,
+                shapes: dict[str, tuple[int, ...]], sizes: dict[str, int], dtype: str,
+                dtypes: dict[str, str]) -> Specialization:
+    key = (program_text, backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
            dtype)
     cached = _CACHE.get(key)
     if cached is not None:
@@ -96,7 +97,10 @@ class Kernel:
         self.sizes = dict(sizes or {})
         self.dtype = dtype
         self.keep_integers = keep_integers
+        self._program_text = str(program)  # the cache key: normalized source
         self._last: Specialization | None = None
+        # Per-kernel memo in front of the global cache: a call looks up its shapes only.
+        self._by_call: dict[tuple, Specialization] = {}
         # Shapes given for some inputs mean "build now": missing ones are then an error
         # (bare names without a shape are scalars), rather than a surprise at call time.
         if self.fixed_shapes or self._all_shapes_known():
@@ -157,7 +161,8 @@ class Kernel:
     def _specialization(self, shapes: dict[str, tuple[int, ...]], dtype: str,
                         dtypes: dict[str, str] | None = None) -> Specialization:
         try:
-            return _specialize(self.program, self.backend, shapes, self.sizes, dtype, dtypes or {})
+            return _specialize(self.program, self._program_text, self.backend, shapes,
+                               self.sizes, dtype, dtypes or {})
         except TensorcError as error:
             raise error.attach_source(self.program.source, self.program.filename) from None
 
@@ -184,13 +189,19 @@ class Kernel:
                              + ", ".join(f"'{n}'" for n in extra))
             raise CallError("; ".join(parts) + f" (the program's inputs: {', '.join(self.inputs)})")
         values = {name: np.asarray(arrays[name]) for name in self.inputs}
-        dtype = self._call_dtype(values)
-        shapes = {name: value.shape for name, value in values.items()}
-        if self.fixed_shapes:
-            self._check_fixed_shapes(shapes)
-        dtypes = {name: str(value.dtype) for name, value in values.items()}
-        specialization = self._specialization(shapes, dtype, dtypes)
+        memo_key = tuple((value.shape, value.dtype.str) for value in values.values())
+        specialization = self._by_call.get(memo_key)
+        if specialization is None:
+            dtype = self._call_dtype(values)
+            shapes = {name: value.shape for name, value in values.items()}
+            if self.fixed_shapes:
+                self._check_fixed_shapes(shapes)
+            dtypes = {name: str(value.dtype) for name, value in values.items()}
+            specialization = self._specialization(shapes, dtype, dtypes)
+            if len(self._by_call) < 64:
+                self._by_call[memo_key] = specialization
         self._last = specialization
+        dtype = specialization.plan.dtype
         converted = [values[n] if values[n].dtype == dtype else values[n].astype(dtype)
                      for n in specialization.program.inputs]
         return specialization.function(*converted)

@@ -131,6 +131,16 @@ CASES = [
     ("iI,Ij->ij", [(2, 3), (3, 4)]),
     ("Aa,aB->BA", [(2, 3), (3, 4)]),
     ("XYZ->ZYX", [(2, 3, 4)]),
+    # ---- separable factors, scalar factors and size-1 dims mixed into GEMMs
+    ("f,db->bd", [(3,), (2, 4)]),
+    ("f,db", [(3,), (2, 4)]),
+    ("f,db,f", [(1,), (2, 1), (1,)]),
+    ("ff,eA", [(1, 1), (2, 1)]),
+    ("cAg,c,->g", [(3, 2, 4), (3,), ()]),
+    ("cAg,c,->g", [(1, 2, 2), (1,), ()]),
+    (",eb,ed", [(), (2, 2), (2, 1)]),
+    (",ij,jk->ik", [(), (3, 4), (4, 5)]),
+    ("ij,jk,->ik", [(3, 4), (4, 5), ()]),
     # ---- spaces and empty dimensions
     (" ij , jk -> ik ", [(3, 4), (4, 5)]),
     ("ij,jk->ik", [(0, 4), (4, 5)]),
@@ -237,6 +247,36 @@ def test_float32_stays_float32(case):
     got = tc.einsum(equation, *operands)
     assert np.asarray(got).dtype == np.float32
     _compare(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _random_case(seed):
+    """A random valid equation: 1-4 operands, repeated letters, explicit or implicit output."""
+    r = np.random.default_rng(seed)
+    pool = "abcdefgAB"
+    sizes = {c: int(r.integers(1, 5)) for c in pool}
+    words = []
+    for _ in range(int(r.integers(1, 5))):
+        rank = int(r.integers(0, 4))
+        words.append("".join(r.choice(list(pool), size=rank)))
+    used = sorted(set("".join(words)))
+    equation = ",".join(words)
+    if r.random() < 0.7:
+        out = [c for c in used if r.random() < 0.5]
+        r.shuffle(out)
+        equation += "->" + "".join(out)
+    return equation, [tuple(sizes[c] for c in w) for w in words]
+
+
+FUZZ_CASES = [_random_case(seed) for seed in range(60)]
+
+
+@pytest.mark.parametrize("case", FUZZ_CASES, ids=[f"seed{i}" for i in range(len(FUZZ_CASES))])
+def test_random_equations_match_numpy(case):
+    equation, shapes = case
+    operands = _operands(shapes, seed=3)
+    expected = np.einsum(equation, *operands)
+    got = tc.einsum(equation, *operands)
+    _compare(got, expected)
 
 
 # ---- call forms -------------------------------------------------------------

@@ -481,3 +481,107 @@ def test_kernel_inspection_after_call():
     assert isinstance(kern.source, str) and "def " in kern.source
     assert str(kern.plan)
     assert kern.ir is not None
+
+
+# ---- windowed accesses, range inference, boundary modes (SPEC section 1 rules) ----
+
+@pytest.mark.parametrize("src,kwargs", [
+    ("y[n,o,h,w] = x[n,c,2*h+u,2*w+v] * k[o,c,u,v]", dict(stride=2)),
+    ("y[n,o,h,w] = x[n,c,h+2*u,w+2*v] * k[o,c,u,v]", dict(dilation=2)),
+    ("y[n,o,h,w] = x[n,c,3*h+2*u,3*w+2*v] * k[o,c,u,v]", dict(stride=3, dilation=2)),
+    ("y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < 11, w < 10, x: zero",
+     dict(padding=1)),
+    ("y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   where h < 6, w < 5, x: zero",
+     dict(padding=1, stride=2)),
+], ids=["stride", "dilation", "stride-dilation", "pad-zero", "pad-zero-stride"])
+def test_windowed_conv_range_inference(src, kwargs):
+    """Without 'where', the output size is (H + 2P - D*(K-1) - 1) // S + 1."""
+    r = rng(90)
+    x, k = r.standard_normal((2, 3, 11, 10)), r.standard_normal((4, 3, 3, 3))
+    close(run(src, x=x, k=k), F.conv2d(T(x), T(k), **kwargs))
+
+
+def test_conv1d_and_conv3d():
+    r = rng(91)
+    x1, k1 = r.standard_normal((2, 3, 20)), r.standard_normal((5, 3, 4))
+    close(run("y[n,o,t] = x[n,c,t+u] * k[o,c,u]", x=x1, k=k1), F.conv1d(T(x1), T(k1)))
+    x3, k3 = r.standard_normal((1, 2, 5, 6, 7)), r.standard_normal((3, 2, 2, 3, 2))
+    close(run("y[n,o,d,h,w] = x[n,c,d+s,h+u,w+v] * k[o,c,s,u,v]", x=x3, k=k3),
+          F.conv3d(T(x3), T(k3)))
+
+
+def test_overlapping_max_pool_and_average_pool():
+    y = rng(92).standard_normal((2, 3, 11, 10))
+    close(run("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 3, v < 3", y=y),
+          F.max_pool2d(T(y), 3, 2))
+    close(run("p[n,c,h,w] = mean[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2", y=y),
+          F.avg_pool2d(T(y), 2))
+
+
+@pytest.mark.parametrize("mode,numpy_mode", [
+    ("zero", "constant"), ("circular", "wrap"), ("cyclic", "wrap"), ("wrap", "wrap"),
+    ("reflect", "reflect"), ("symmetric", "symmetric"),
+    ("replicate", "edge"), ("hold", "edge"), ("edge", "edge"),
+])
+def test_boundary_modes_match_numpy_pad(mode, numpy_mode):
+    r = rng(93)
+    x, f = r.standard_normal(7), r.standard_normal(5)
+    got = run(f"y[i] = x[i+j-2] * f[j]   where i < 7, x: {mode}", x=x, f=f)
+    padded = np.pad(x, (2, 2), mode=numpy_mode)
+    expected = np.array([padded[i:i + 5] @ f for i in range(7)])
+    close(got, expected)
+
+
+@pytest.mark.parametrize("mode,torch_mode", [("zero", "constant"), ("circular", "circular"),
+                                             ("reflect", "reflect"), ("replicate", "replicate")])
+def test_boundary_modes_2d_same_conv_match_torch_pad(mode, torch_mode):
+    r = rng(94)
+    x, k = r.standard_normal((2, 3, 7, 8)), r.standard_normal((4, 3, 3, 3))
+    src = f"y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < 7, w < 8, x: {mode}"
+    expected = F.conv2d(F.pad(T(x), (1, 1, 1, 1), mode=torch_mode), T(k))
+    close(run(src, x=x, k=k), expected)
+
+
+def test_size_name_from_declaration():
+    x = rng(95).standard_normal((4, 6))
+    close(run("x: f64[N, D]\ny[n] = sum[d](x[n,d])   where n < N", x=x), x.sum(1))
+    kern = tc.compile("x: f64[N, D]\ny[n] = sum[d](x[n,d])", N=4, D=6)
+    close(kern(x=x), x.sum(1))
+
+
+def test_out_of_bounds_access_without_mode_is_an_error():
+    r = rng(96)
+    with pytest.raises(tc.TensorcError) as info:
+        run("s[i] = a[i+j] * f[j]   where i < 9", a=r.standard_normal(9), f=r.standard_normal(3))
+    message = str(info.value)
+    assert "a[i+j]" in message and "^" in message
+
+
+@pytest.mark.parametrize("name,oracle", [
+    ("exp", torch.exp), ("sigmoid", torch.sigmoid), ("softplus", F.softplus),
+    ("silu", F.silu), ("elu", F.elu), ("gelu", F.gelu), ("tanh", torch.tanh),
+    ("erf", torch.erf), ("relu", F.relu), ("abs", torch.abs),
+])
+def test_unary_function_at_extreme_inputs(name, oracle):
+    """Large |x| must not give inf/nan where the function is finite (e.g. softplus(800) = 800)."""
+    x = np.array([-800.0, -50.0, -20.0, -1e-8, 0.0, 1e-8, 20.0, 50.0, 700.0])
+    close(run(f"y[i] = {name}(x[i])", x=x), oracle(T(x)))
+
+
+# ---- contractions with separable and scalar factors ----------------------------
+
+def test_contraction_with_separately_summed_factor_and_transposed_output():
+    """sum_f x[f] is a separate factor; the output is y transposed."""
+    r = rng(100)
+    x, y = r.standard_normal(3), r.standard_normal((2, 4))
+    close(run("out[b,d] = x[f] * y[d,b]", x=x, y=y), x.sum() * y.T)
+    x1, y1 = r.standard_normal(1), r.standard_normal((2, 1))
+    close(run("out[b,d] = x[f] * y[d,b]", x=x1, y=y1), x1.sum() * y1.T)
+
+
+def test_contraction_with_scalar_factor():
+    r = rng(101)
+    x, w = r.standard_normal((3, 2, 4)), r.standard_normal(3)
+    close(run("out[g] = x[c,A,g] * w[c] * s", x=x, w=w, s=2.0), 2.0 * np.einsum("cag,c->g", x, w))
+    y, z = r.standard_normal((2, 2)), r.standard_normal((2, 1))
+    close(run("out[b,d] = s * y[e,b] * z[e,d]", s=2.0, y=y, z=z), 2.0 * y.T @ z)

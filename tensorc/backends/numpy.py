@@ -316,15 +316,29 @@ class _StatementRenderer:
         return _Value(f"np.sum({value.code}, axis={_tuple(positions)})", kept,
                       tuple(self.sizes[a] for a in kept), True)
 
+    def reordered(self, value: _Value, order: tuple[str, ...]) -> _Value:
+        """`value` transposed so its axes follow `order` (GEMM operands keep their own)."""
+        wanted = tuple(a for a in order if a in value.axes)
+        if wanted == value.axes:
+            return value
+        permutation = [value.axes.index(a) for a in wanted]
+        code = value.code if value.atomic else f"({value.code})"
+        return _Value(f"{code}.transpose{_arguments(permutation)}", wanted,
+                      tuple(self.sizes[a] for a in wanted), value.owned)
+
     def render_step(self, step: PairStep, working: list[_Value], result: str) -> _Value:
         out_shape = tuple(self.sizes[a] for a in step.result_axes)
         if step.kind == "reduce":
             value = self.presummed(working[step.left], step.presum_left)
+            value = self.reordered(value, step.result_axes)
             self.emit(f"{result} = {value.code}")
-            return _Value(result, value.axes, value.shape, bool(value.axes))
+            return _Value(result, value.axes, value.shape, bool(value.axes),
+                          contiguous=False)
         a = self.presummed(working[step.left], step.presum_left)
         b = self.presummed(working[step.right], step.presum_right)
         if step.kind == "multiply":
+            a = self.reordered(a, step.result_axes)
+            b = self.reordered(b, step.result_axes)
             code = f"{self.aligned(a, step.result_axes)} * {self.aligned(b, step.result_axes)}"
             union = tuple(x for x in step.result_axes if x in a.axes or x in b.axes)
             if union != step.result_axes:
