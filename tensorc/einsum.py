@@ -85,6 +85,10 @@ def einsum_program(subscripts: str, shapes: list[tuple[int, ...]]) -> tuple[str,
         output_indices = ellipsis_names + letters
     else:
         before, _, after = output.partition("...")
+        if ellipsis_names and "..." not in output:  # as numpy.einsum: no silent sum over '...'
+            raise EinsumError(f"output of {subscripts!r} has no '...' but the inputs' '...' "
+                              f"covers {ellipsis_rank} dimension(s); write '...' in the output "
+                              "or name those dimensions")
         output_indices = list(before) + (ellipsis_names if "..." in output else []) + list(after)
         for index in output_indices:
             if index not in counts:

@@ -390,3 +390,13 @@ def test_malformed_equations_raise(equation, shapes, pattern):
     assert re.search(pattern, str(info.value)), str(info.value)
     # The message should not be an internal traceback text.
     assert "Traceback" not in str(info.value)
+
+
+def test_ellipsis_missing_from_output_is_rejected_like_numpy():
+    x = np.ones((2, 3))
+    with pytest.raises(ValueError):
+        np.einsum("...->", x)
+    with pytest.raises(tc.TensorcError, match="no '...'"):
+        tc.einsum("...->", x)
+    # an ellipsis that covers no dimension is fine, as in numpy
+    np.testing.assert_allclose(tc.einsum("...i->", np.ones(3)), np.einsum("...i->", np.ones(3)))
