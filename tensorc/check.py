@@ -442,7 +442,9 @@ class _StatementChecker:
             if name in p.tensors:
                 shape = p.tensors[name].shape
             else:
-                shape = p.shapes.get(name) or p.declared_shape(name)
+                shape = p.shapes.get(name)
+                if shape is None:
+                    shape = p.declared_shape(name)
             if shape is None:
                 raise ShapeError(f"'+=' into '{name}' needs its shape: declare it first, as in "
                                  f"'{name}: f32[...]', or define it with '='", target.span)
@@ -466,7 +468,11 @@ class _StatementChecker:
                 raise RangeError(f"index '{m.terms[0][0]}' appears twice on the left-hand side",
                                  index.span)
             seen.add(m.terms[0][0])
-        return p.declared_shape(name)
+        declared = p.declared_shape(name)
+        if declared is not None and len(declared) != len(maps):
+            raise RankError(f"'{name}' is declared with {len(declared)} dimensions but is "
+                            f"defined with {len(maps)} indices", target.span)
+        return declared
 
     def infer_ranges(self, target: S.Target, target_maps: tuple[IndexMap, ...],
                      target_shape: tuple[int, ...] | None) -> dict[str, int]:

@@ -63,10 +63,12 @@ class TensorcError(Exception):
         head = f"{self.filename}:{self.span.line}:{self.span.column}: {self.message}"
         if self.source is None:
             return head
-        lines = self.source.splitlines() or [""]
+        # Lines as the parser counts them (only '\n' ends one); other control characters
+        # are shown as spaces so the caret stays under the right column.
+        lines = self.source.split("\n")
         if self.span.line > len(lines):
             return head
-        text = lines[self.span.line - 1]
+        text = "".join(c if c.isprintable() else " " for c in lines[self.span.line - 1])
         if self.span.end_line == self.span.line:
             width = max(1, self.span.end_column - self.span.column)
         else:

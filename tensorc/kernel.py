@@ -13,7 +13,7 @@ from . import syntax as S
 from .check import DTYPES, check, program_inputs
 from .errors import BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError
 from .ir import CheckedProgram
-from .parser import parse
+from .parser import parse, recursion_headroom
 from .plan import ProgramPlan, plan_program
 
 __all__ = ["Kernel", "compile", "BACKENDS"]
@@ -64,10 +64,11 @@ def _specialize(program: S.Program, program_text: str, backend: str,
         cached = _CACHE.get(key)
         if cached is not None:
             return cached
-        checked = check(program, shapes, sizes, dtypes)
         import numpy as np
-        plan = plan_program(checked, dtype, np.dtype(dtype).itemsize)
-        source = _render(plan, backend)
+        with recursion_headroom():
+            checked = check(program, shapes, sizes, dtypes)
+            plan = plan_program(checked, dtype, np.dtype(dtype).itemsize)
+            source = _render(plan, backend)
         specialization = Specialization(checked, plan, source, _load(source, backend))
         _CACHE[key] = specialization
         return specialization
@@ -154,7 +155,7 @@ class Kernel:
         if self.dtype is not None:
             return str(self.dtype)
         declared = [DTYPES[s.dtype] for s in self.program.statements
-                    if isinstance(s, S.Declaration) and s.dtype]
+                    if isinstance(s, S.Declaration) and s.dtype in DTYPES]
         import numpy as np
         return str(np.result_type(*declared)) if declared else "float64"
 
@@ -196,6 +197,8 @@ class Kernel:
             shapes = {name: value.shape for name, value in values.items()}
             if self.fixed_shapes:
                 self._check_fixed_shapes(shapes)
+                # shapes of tensors that are not inputs (a `+=` target, say) still apply
+                shapes = {**self.fixed_shapes, **shapes}
             dtypes = {name: str(value.dtype) for name, value in values.items()}
             specialization = self._specialization(shapes, dtype, dtypes)
             if len(self._by_call) < 64:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
+import math
+import sys
+import threading
 from typing import Any
 
 import lark
@@ -16,7 +20,35 @@ from .syntax import (
     Number, Program, RangeBound, Reduction, Target, Unary,
 )
 
-__all__ = ["parse", "grammar_text"]
+__all__ = ["parse", "grammar_text", "recursion_headroom", "MAX_NESTING"]
+
+# Expressions may nest this deep (a sum of N terms nests N deep); deeper ones are refused
+# with a ParseError rather than risking Python's recursion limit in later stages.
+MAX_NESTING = 500
+_headroom_lock = threading.Lock()
+_headroom_users = 0
+_saved_limit = 0
+
+
+@contextlib.contextmanager
+def recursion_headroom(limit: int = 20_000):
+    """Raise Python's recursion limit while any thread is parsing or compiling.
+
+    The stages walk syntax trees recursively; MAX_NESTING levels take a few frames each.
+    """
+    global _headroom_users, _saved_limit
+    with _headroom_lock:
+        if _headroom_users == 0:
+            _saved_limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(_saved_limit, limit))
+        _headroom_users += 1
+    try:
+        yield
+    finally:
+        with _headroom_lock:
+            _headroom_users -= 1
+            if _headroom_users == 0:
+                sys.setrecursionlimit(_saved_limit)
 
 
 def grammar_text() -> str:
@@ -131,8 +163,13 @@ class SyntaxBuilder(Transformer):
     # ---- expressions ----
     def number(self, meta: Any, token: Token) -> Number:
         text = str(token)
-        is_integer = text.isdigit()
-        return Number(int(text) if is_integer else float(text), _token_span(token))
+        if text.isdigit():
+            return Number(int(text), _token_span(token))
+        value = float(text)
+        if not math.isfinite(value):
+            raise ParseError(f"the number {text} is too large for a float64 (at most about "
+                             "1.8e308)", _token_span(token))
+        return Number(value, _token_span(token))
 
     def name(self, meta: Any, token: Token) -> Name:
         return Name(str(token), _token_span(token))
@@ -225,8 +262,8 @@ def _parse_error(error: UnexpectedInput, source: str) -> ParseError:
     line, column = error.line, error.column
     at_end = isinstance(error, UnexpectedToken) and error.token.type == "$END"
     if at_end or line is None or line < 1:  # end of input: point just past the last character
-        lines = source.splitlines() or [""]
-        line, column = len(lines), len(lines[-1]) + 1
+        lines = source.split("\n")  # as lark counts lines
+        line, column = len(lines), len(lines[-1].rstrip()) + 1  # just past the last text
     start = getattr(error, "pos_in_stream", None) or 0
     if isinstance(error, UnexpectedCharacters):
         found = repr(source[error.pos_in_stream]) if error.pos_in_stream < len(source) else "end"
@@ -257,19 +294,39 @@ def parse(source: str, filename: str = "<program>") -> Program:
     """Parse tensorc source into a Program; str() of it is normalized source."""
     if not isinstance(source, str):
         raise ParseError(f"a program is a string of tensorc source, not {type(source).__name__}")
+    too_deep = ParseError(f"the program nests expressions more than {MAX_NESTING} levels "
+                          "deep; split it into several statements")
     try:
-        try:
-            tree = _lark().parse(source)
-        except UnexpectedInput as error:
-            raise _parse_error(error, source) from None
-        try:
-            statements = SyntaxBuilder().transform(tree)
-        except VisitError as error:
-            if isinstance(error.orig_exc, TensorcError):
-                raise error.orig_exc from None
-            raise
+        with recursion_headroom():
+            try:
+                tree = _lark().parse(source)
+            except UnexpectedInput as error:
+                raise _parse_error(error, source) from None
+            _check_nesting(tree)
+            try:
+                statements = SyntaxBuilder().transform(tree)
+            except VisitError as error:
+                if isinstance(error.orig_exc, TensorcError):
+                    raise error.orig_exc from None
+                if isinstance(error.orig_exc, RecursionError):
+                    raise too_deep from None
+                raise
     except RecursionError:
-        raise ParseError("the program is nested too deeply to parse") from None
+        raise too_deep from None
     except TensorcError as error:
         raise error.attach_source(source, filename) from None
     return Program(tuple(statements), source, filename)
+
+
+def _check_nesting(tree: lark.Tree) -> None:
+    """Refuse trees deeper than MAX_NESTING (walked without recursion)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            meta = node.meta
+            span = _meta_span(meta) if not meta.empty else None
+            raise ParseError(f"the program nests expressions more than {MAX_NESTING} levels "
+                             "deep; split it into several statements", span)
+        stack.extend((child, depth + 1) for child in node.children
+                     if isinstance(child, lark.Tree))

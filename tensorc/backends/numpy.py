@@ -7,6 +7,7 @@ by `repr` of parsed ints and floats. Nothing else from the program is ever splic
 
 from __future__ import annotations
 
+import itertools
 import keyword
 import math
 import re
@@ -58,6 +59,20 @@ _ELEMENTWISE = {
     "max": "np.maximum({0}, {1})", "min": "np.minimum({0}, {1})",
 }
 _INFIX = {"add", "sub", "mul", "div", "pow", "neg"}
+# Templates whose result is not a single call: they need parentheses before a subscript.
+_TEMPLATE_PRECEDENCE = {"rsqrt": 2, "gelu": 2, "silu": 2}
+
+
+def _argument_precedence(template: str, position: int) -> int:
+    """How tightly an argument must bind: any expression where it is a plain call argument
+    (`np.exp({0})`), an atom where an operator touches it (`-{0}`, `{0} * ...`)."""
+    marker = "{%d}" % position
+    for match in re.finditer(re.escape(marker), template):
+        before = template[:match.start()].rstrip()
+        after = template[match.end():].lstrip()
+        if not (before.endswith(("(", ",")) and after.startswith((")", ","))):
+            return 100
+    return 0
 # Python binding strengths of what the templates produce, and what each operand slot needs
 # to go without parentheses (`-a ** 2` is -(a**2), so a power's base must be an atom).
 _ATOM = 100
@@ -96,6 +111,7 @@ class _Value:
     precedence: int = _ATOM  # how tightly `code` binds; below _ATOM it needs parentheses
                              # before a subscript or method call
     contiguous: bool = True  # False for a GEMM result transposed into the wanted order
+    constant: float | None = None  # the value, for a literal (constants are folded)
 
     @property
     def atomic(self) -> bool:
@@ -135,6 +151,24 @@ def _flops(value: int) -> str:
         if value >= factor:
             return f"{value / factor:.3g} {prefix}FLOP"
     return f"{value} FLOP"
+
+
+def _fold(op: str, values: list) -> float:
+    """An operation on constants, computed as the generated code would on float64 arrays
+    (so 1/0 is inf and 10^400 overflows to inf, instead of raising Python errors)."""
+    import numpy as np
+    namespace = {"np": np, "DTYPE": np.float64, "_erf": _scalar_erf}
+    # 0-d arrays, not NumPy scalars: their operators follow array rules (0**-1 is inf)
+    namespace.update({f"_a{i}": np.asarray(v, dtype=np.float64) for i, v in enumerate(values)})
+    template = _ELEMENTWISE[op].format(*(f"_a{i}" for i in range(len(values))))
+    with np.errstate(all="ignore"):
+        result = eval(template, namespace)  # noqa: S307 - our template over float64 constants
+    return float(result)
+
+
+def _scalar_erf(value):
+    import math
+    return math.erf(value)
 
 
 class _StatementRenderer:
@@ -179,7 +213,8 @@ class _StatementRenderer:
             return self.render_view(node)
         if isinstance(node, ConstNode):
             code = _number(node.value)
-            return _Value(code, (), (), False, _ATOM if not code.startswith("-") else 3)
+            return _Value(code, (), (), False, _ATOM if not code.startswith("-") else 3,
+                          constant=node.value)
         if isinstance(node, IndexNode):
             size = node.shape[0]
             return _Value(f"np.arange({node.start}, {node.start + size}, dtype=DTYPE)",
@@ -245,6 +280,8 @@ class _StatementRenderer:
 
     def render_elementwise(self, node: ElementwiseNode, name_hint: str) -> _Value:
         args = [self.render(arg, name_hint if i == 0 else "t") for i, arg in enumerate(node.args)]
+        if all(arg.constant is not None for arg in args):
+            return self.render(ConstNode(_fold(node.op, [arg.constant for arg in args])))
         if node.op in ("gelu", "erf"):
             self.module.needs_erf = True
         first = args[0]
@@ -264,10 +301,12 @@ class _StatementRenderer:
         for i, arg in enumerate(args):
             code = self.aligned(arg, node.axes)
             precedence = _ATOM if code != arg.code else arg.precedence
-            needed = _OPERAND_PRECEDENCE[node.op][i] if node.op in _INFIX else 0
+            needed = _OPERAND_PRECEDENCE[node.op][i] if node.op in _INFIX else \
+                _argument_precedence(template, i)
             codes.append(f"({code})" if precedence < needed else code)
         code = template.format(*codes)
-        return _Value(code, node.axes, node.shape, True, _RESULT_PRECEDENCE.get(node.op, _ATOM))
+        precedence = _RESULT_PRECEDENCE.get(node.op, _TEMPLATE_PRECEDENCE.get(node.op, _ATOM))
+        return _Value(code, node.axes, node.shape, True, precedence)
 
     def operand(self, node: Node) -> _Value:
         value = self.render(node)
@@ -517,7 +556,8 @@ class _StatementRenderer:
         if missing:
             contribution = self.aligned(_Value(contribution, tuple(present), (), True),
                                         tuple(dims_order))
-        line = f"{destination}[{', '.join(subscripts)}] += {contribution}"
+        line = (f"{destination}[{', '.join(subscripts)}] += {contribution}" if subscripts
+                else f"{destination} += {contribution}")
         if loops:
             sizes = [self.sizes[a] for a in loops]
             names = [loop_names[a] for a in loops]
@@ -541,7 +581,7 @@ class _ModuleRenderer:
         self.taken = set(self.variables.values()) | _MODULE_NAMES
         for statement in program.statements:
             self.taken |= {python_name(index) for index in statement.ranges}
-        self.counters: dict[str, int] = {}
+        self.claimable: str | None = None
         self.needs_erf = False
         self.defined: set[str] = set()
 
@@ -552,27 +592,26 @@ class _ModuleRenderer:
         return python_name(index)
 
     def fresh(self, hint: str) -> str:
-        """A new temporary name, deterministic: hint, hint_2, ... avoiding user names."""
-        base = hint if hint not in ("t",) else "t"
-        count = self.counters.get(base, 0)
-        while True:
-            count += 1
-            name = base if count == 1 and base not in self.taken else f"{base}_{count}" \
-                if base != "t" else f"t{count}"
+        """A new name, deterministic: anonymous temporaries are t1, t2, ...; others hint,
+        hint_2, ... Only the statement's own `=` target may be claimed by its value."""
+        if hint == self.claimable:
+            self.claimable = None
+            return hint
+        candidates = (f"t{i}" for i in itertools.count(1)) if hint == "t" else \
+            itertools.chain([hint], (f"{hint}_{i}" for i in itertools.count(2)))
+        for name in candidates:
             if name not in self.taken:
-                break
-        self.counters[base] = count
-        self.taken.add(name)
-        return name
+                self.taken.add(name)
+                return name
+        raise AssertionError("unreachable")
 
     def render(self) -> str:
         program = self.plan.program
         body: list[str] = []
         # A statement's target may be named as the user wrote it: free it for the root value.
         for sp in self.plan.statements:
-            self.taken.discard(self.variable(sp.statement.target))
+            self.claimable = None if sp.statement.accumulate else self.variable(sp.statement.target)
             lines = _StatementRenderer(self, sp).render_statement()
-            self.taken.add(self.variable(sp.statement.target))
             body.extend(lines)
             body.append("")
         outputs = [self.variable(n) for n in program.outputs]

@@ -47,7 +47,7 @@ def kernel(z):
 
     # statement 3 (line 3): p[n,j] = e[n,j]/sum[j](e[n,j])
     #   sum over j: axis reduction; then elementwise div
-    t = np.sum(e, axis=(1,))
-    p = e / t[:, None]
+    t1 = np.sum(e, axis=(1,))
+    p = e / t1[:, None]
 
     return p
