@@ -15,7 +15,7 @@ import opt_einsum
 
 from .ir import Apply, CheckedProgram, Constant, Expr, IndexValue, Read, Reduce, Statement
 
-__all__ = ["GEMM_CALL_COST", "ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
+__all__ = ["IM2COL_CHUNK_BYTES", "ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
            "ReduceNode", "Node", "StatementPlan", "ProgramPlan", "plan_program",
            "WINDOW_LOOP_LIMIT"]
 
@@ -23,9 +23,16 @@ __all__ = ["GEMM_CALL_COST", "ViewNode", "ConstNode", "IndexNode", "ElementwiseN
 # (np.maximum(out, slice, out=out)); larger ones reduce a window view along its axes.
 WINDOW_LOOP_LIMIT = 64
 
-# What one extra GEMM call costs, in FLOPs, when choosing a matmul layout: NumPy's batched
-# matmul calls BLAS once per batch entry, about a microsecond each at ~20 GFLOP/s.
-GEMM_CALL_COST = 20_000
+# The cost model that picks a GEMM layout, in nanoseconds. Calibrated on the development
+# machine (2 cores, OpenBLAS through NumPy, float32); only the ratios matter.
+GEMM_FLOPS_PER_NS = 150.0  # large float32 GEMMs
+GEMM_FULL_SPEED_DIMENSION = 64  # GEMMs with a smaller m, n or k run slower (~sqrt)
+GEMM_CALL_NS = 300.0  # each entry of a batched matmul
+TRANSPOSED_COPY_NS = 1.2  # per element, materializing a transposed array
+WINDOW_COPY_NS = 0.4  # per element of an im2col copy whose innermost axis is an output axis
+WINDOW_COPY_SLOW_NS = 2.4  # ... and whose innermost axis is a window (contracted) axis
+# im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
+IM2COL_CHUNK_BYTES = 8 << 20
 
 
 @dataclass
@@ -88,6 +95,8 @@ class PairStep:
     flops: int = 0
     copy_bytes: int = 0
     result_bytes: int = 0
+    estimated_ns: float = 0.0
+    chunk: int | None = None  # im2col in chunks of this many entries of batch[0]
 
 
 @dataclass
@@ -313,15 +322,10 @@ class _StatementPlanner:
                             tuple(b_kept), presum_a, presum_b, flops=flops,
                             result_bytes=result_elements * self.itemsize)
         flops *= 2
-        # Candidate layouts: every split of the result order into [group, first, second]
-        # that a matmul yields directly, and the natural [batch, a-kept, b-kept] followed by
-        # a transpose. Cost in FLOP-equivalents: a per-GEMM-call overhead, plus a pass over
-        # the result when it must be transposed afterwards.
-        natural = tuple(batch) + tuple(a_kept) + tuple(b_kept)
-        natural_calls = math.prod(self.sizes[x] for x in batch)
-        best = (natural_calls * GEMM_CALL_COST
-                + (0 if natural == result else 4 * result_elements),
-                batch, tuple(a_kept), tuple(b_kept), False)
+        # Candidates: every split of the result order into [group, first, second] that a
+        # matmul yields directly (either operand on the left), and the natural
+        # [batch, a-kept, b-kept] followed by a transpose. The cheapest by _layout_cost wins.
+        candidates = [(tuple(batch), tuple(a_kept), tuple(b_kept), False)]
         for p in range(len(result) + 1):
             group = result[:p]
             if not set(batch) <= set(group):
@@ -329,34 +333,68 @@ class _StatementPlanner:
             for q in range(p, len(result) + 1):
                 first, second = set(result[p:q]), set(result[q:])
                 if first <= set(a_kept) and second <= set(b_kept):
-                    swap = False
-                elif first <= set(b_kept) and second <= set(a_kept):
-                    swap = True
-                else:
-                    continue
-                cost = math.prod(self.sizes[x] for x in group) * GEMM_CALL_COST
-                if cost < best[0]:
-                    best = (cost, group, tuple(result[p:q]), tuple(result[q:]), swap)
-        _, group, first, second, swap = best
+                    candidates.append((group, result[p:q], result[q:], False))
+                if first <= set(b_kept) and second <= set(a_kept) and (first or second):
+                    candidates.append((group, result[p:q], result[q:], True))
+        kinds = {"a": kind_a, "b": kind_b}
+        costed = [(self.layout_cost(a, b, kinds, contracted, result, *c), i, c)
+                  for i, c in enumerate(candidates)]
+        (cost, copies), _, (group, first, second, swap) = min(costed)
         layout = group + first + second
         transpose = None if layout == result else tuple(layout.index(x) for x in result)
-        # The matmul yields [group, first, second]: `first` belongs to its left operand.
-        kept_left, kept_right = first, second
-        (left_axes, left_kind), (right_axes, right_kind) = (
-            ((b, kind_b), (a, kind_a)) if swap else ((a, kind_a), (b, kind_b)))
-        copies = 0
-        for axes, kind, order in ((left_axes, left_kind, [x for x in group if x in left_axes]
-                                   + list(kept_left) + list(contracted)),
-                                  (right_axes, right_kind, [x for x in group if x in right_axes]
-                                   + list(contracted) + list(kept_right))):
-            needs_copy = kind == "strided" or (list(axes) != order and len(order) > 2)
-            if needs_copy:
-                elements = math.prod(self.sizes[x] for x in order)
-                copies += elements * self.itemsize
-                self.allocate(elements)
-        return PairStep(left, right, a, b, result, "gemm", group, kept_left, contracted,
-                        kept_right, presum_a, presum_b, swap, transpose, flops, copies,
-                        result_elements * self.itemsize)
+        for elements in copies:
+            self.allocate(elements)
+        step = PairStep(left, right, a, b, result, "gemm", group, first, contracted,
+                        second, presum_a, presum_b, swap, transpose, flops,
+                        sum(copies) * self.itemsize, result_elements * self.itemsize)
+        step.estimated_ns = cost
+        step.chunk = self.chunk_for(step, b if swap else a, b if not swap else a,
+                                    kinds["b" if swap else "a"], kinds["a" if swap else "b"])
+        return step
+
+    def layout_cost(self, a: tuple[str, ...], b: tuple[str, ...], kinds: dict[str, str],
+                    contracted: tuple[str, ...], result: tuple[str, ...],
+                    group: tuple[str, ...], first: tuple[str, ...], second: tuple[str, ...],
+                    swap: bool) -> tuple[float, list[int]]:
+        """Estimated nanoseconds of one GEMM layout, and the element counts it copies."""
+        size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
+        left, right = (b, a) if swap else (a, b)
+        left_kind, right_kind = (kinds["b"], kinds["a"]) if swap else (kinds["a"], kinds["b"])
+        m, n, k = size(first), size(second), size(contracted)
+        efficiency = max(1e-3, min(1.0, min(m, n, k) / GEMM_FULL_SPEED_DIMENSION)) ** 0.5
+        cost = size(group) * (GEMM_CALL_NS + 2 * m * n * k / (GEMM_FLOPS_PER_NS * efficiency))
+        copies = []
+        for axes, kind, inner, outer in ((left, left_kind, contracted, first),
+                                         (right, right_kind, second, contracted)):
+            present = tuple(x for x in group if x in axes)
+            arranged = present + tuple(outer) + tuple(inner)
+            if kind == "strided":  # im2col: fast when the innermost copied axis is kept
+                fast = bool(inner) and inner[-1] not in contracted
+                elements = size(arranged)
+                cost += elements * (WINDOW_COPY_NS if fast else WINDOW_COPY_SLOW_NS)
+                copies.append(elements)
+            elif axes not in (arranged, present + tuple(inner) + tuple(outer)) \
+                    and max(len(outer), len(inner)) > 1:
+                elements = size(arranged)  # a transpose that reshape must copy
+                cost += elements * TRANSPOSED_COPY_NS
+                copies.append(elements)
+        if group + first + second != result:
+            cost += size(result) * TRANSPOSED_COPY_NS  # the result is read transposed later
+        return cost, copies
+
+    def chunk_for(self, step: PairStep, left: tuple[str, ...], right: tuple[str, ...],
+                  left_kind: str, right_kind: str) -> int | None:
+        """Entries of the first batch axis per chunk when an im2col copy should be done in
+        pieces that fit IM2COL_CHUNK_BYTES (reused buffers beat fresh large ones), else None."""
+        strided = [axes for axes, kind in ((left, left_kind), (right, right_kind))
+                   if kind == "strided"]
+        if not strided or not step.batch or step.final_transpose is not None:
+            return None
+        axis = step.batch[0]
+        if any(axis not in axes for axes in strided):
+            return None
+        per_entry = step.copy_bytes // self.sizes[axis]
+        return max(1, min(self.sizes[axis], IM2COL_CHUNK_BYTES // max(1, per_entry)))
 
     def peak_bytes(self) -> int:
         # Conservative: every temporary of the statement alive at once.
@@ -484,7 +522,11 @@ def format_plan(plan: ProgramPlan) -> str:
                         f"->{_axes_text(step.result_axes)}" if step.left != step.right
                         else f"{_axes_text(step.left_axes)}->{_axes_text(step.result_axes)}")
                 how = _step_text(step, s.ranges)
-                if step.copy_bytes:
+                if step.copy_bytes and step.chunk and step.chunk < s.ranges[step.batch[0]]:
+                    chunk_bytes = step.copy_bytes * step.chunk // s.ranges[step.batch[0]]
+                    how += (f", im2col in chunks of {step.chunk} along {step.batch[0]} "
+                            f"({_si(chunk_bytes, 'B')} reused buffer)")
+                elif step.copy_bytes:
                     how += f", copies {_si(step.copy_bytes, 'B')} into GEMM layout"
                 lines.append(f"  {number:<5} {text:<40} {step.flops:>14,}  {how}")
     return "\n".join(lines)

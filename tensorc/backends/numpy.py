@@ -26,7 +26,8 @@ NUMPY_PAD_MODES = {"zero": "constant", "circular": "wrap", "reflect": "reflect",
                    "symmetric": "symmetric", "replicate": "edge"}
 
 # Names the generated module defines itself; user names that collide get a trailing '_'.
-_MODULE_NAMES = {"np", "as_strided", "DTYPE", "kernel", "math", "_erf"}
+_MODULE_NAMES = {"np", "as_strided", "DTYPE", "kernel", "math", "threading", "_erf",
+                 "_scratch", "_SCRATCH"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -92,6 +93,19 @@ _IN_PLACE = {
 }
 _REDUCERS = {"sum": "np.sum", "mean": "np.mean", "max": "np.max", "min": "np.min"}
 _WINDOW_UPDATE = {"sum": "np.add", "mean": "np.add", "max": "np.maximum", "min": "np.minimum"}
+
+_SCRATCH_HELPER = '''
+_SCRATCH = threading.local()  # per-thread buffers reused across calls (fresh large ones are slow)
+
+
+def _scratch(name, shape, zeroed=False):
+    """This thread's reusable buffer; a zeroed one is zero when made, so borders stay zero."""
+    buffers = _SCRATCH.__dict__
+    buffer = buffers.get(name)
+    if buffer is None or buffer.shape != shape:
+        buffer = buffers[name] = (np.zeros if zeroed else np.empty)(shape, dtype=DTYPE)
+    return buffer
+'''
 
 _ERF_HELPER = '''
 try:  # SciPy's erf when present; otherwise math.erf elementwise (exact, slower)
@@ -240,7 +254,7 @@ class _StatementRenderer:
             permutation = [dims.index(a) for a in node.axes]
             code = tensor if permutation == sorted(permutation) else \
                 f"{tensor}.transpose{_arguments(permutation)}"
-            value = _Value(code, node.axes, node.shape)
+            value = _Value(code, node.axes, node.shape, contiguous=code == tensor)
             self.views[key] = value
             return value
         source = tensor
@@ -249,10 +263,7 @@ class _StatementRenderer:
             pad_key = (read.tensor, node.pad, read.boundary)
             if pad_key not in self.padded:
                 name = self.fresh(f"{tensor}_pad")
-                widths = ", ".join(f"({a}, {b})" for a, b in node.pad)
-                self.emit(f"{name} = np.pad({tensor}, ({widths}{',' if len(node.pad) == 1 else ''}), "
-                          f"mode={NUMPY_PAD_MODES[read.boundary]!r})  "
-                          f"# boundary '{read.boundary}'")
+                self.emit_padding(name, tensor, read.boundary, node.pad)
                 self.padded[pad_key] = name
             source = self.padded[pad_key]
         starts = [m.offset + before for m, (before, _) in zip(read.maps, pad)]
@@ -274,9 +285,25 @@ class _StatementRenderer:
         self.emit(f"{name} = as_strided({source}, shape={_tuple(node.shape)}, "
                   f"strides={_tuple(strides)}, writeable=False)  # {read} over {_tuple(node.axes)}"
                   .replace("'", ""))
-        value = _Value(name, node.axes, node.shape)
+        value = _Value(name, node.axes, node.shape, contiguous=False)  # a strided window
         self.views[key] = value
         return value
+
+    def emit_padding(self, name: str, tensor: str, mode: str,
+                     pad: tuple[tuple[int, int], ...]) -> None:
+        shape = self.module.plan.program.tensors[self.module.tensor_of[tensor]].shape
+        if mode == "zero":  # copy into the middle of a reused buffer whose margins stay zero
+            self.module.needs_scratch = True
+            padded = tuple(size + a + b for size, (a, b) in zip(shape, pad))
+            middle = ", ".join(f"{a}:{a + size}" if (a, b) != (0, 0) else ":"
+                               for size, (a, b) in zip(shape, pad))
+            self.emit(f"{name} = _scratch({name!r}, {_tuple(padded)}, zeroed=True)  "
+                      "# boundary 'zero'")
+            self.emit(f"{name}[{middle}] = {tensor}")
+            return
+        widths = ", ".join(f"({a}, {b})" for a, b in pad)
+        self.emit(f"{name} = np.pad({tensor}, ({widths}{',' if len(pad) == 1 else ''}), "
+                  f"mode={NUMPY_PAD_MODES[mode]!r})  # boundary '{mode}'")
 
     def render_elementwise(self, node: ElementwiseNode, name_hint: str) -> _Value:
         args = [self.render(arg, name_hint if i == 0 else "t") for i, arg in enumerate(node.args)]
@@ -385,6 +412,8 @@ class _StatementRenderer:
             self.emit(f"{result} = {code}")
             return _Value(result, step.result_axes, out_shape, bool(out_shape))
         first, second = (b, a) if step.swap else (a, b)
+        if step.chunk is not None and step.chunk < self.sizes[step.batch[0]]:
+            return self.render_chunked_gemm(step, first, second, result)
         left = self.gemm_operand(first, step.batch, step.kept_left, step.contracted)
         right = self.gemm_operand(second, step.batch, step.contracted, step.kept_right)
         code = f"np.matmul({left}, {right})"
@@ -402,24 +431,86 @@ class _StatementRenderer:
                       contiguous=step.final_transpose is None)
 
     def gemm_operand(self, value: _Value, batch: tuple[str, ...], first: tuple[str, ...],
-                     second: tuple[str, ...]) -> str:
-        """Arrange an operand as [batch..., first, second] (size-1 batch axes it lacks)."""
+                     second: tuple[str, ...], sizes: dict | None = None) -> str:
+        """Arrange an operand as [batch..., first, second] (size-1 batch axes it lacks).
+
+        An operand stored as [batch..., second, first] becomes a transposed view, which BLAS
+        reads without a copy. `sizes` may map an axis to a Python expression (a chunk).
+        """
+        sizes = sizes or self.sizes
+        size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
         present = [g for g in batch if g in value.axes]
+        lead = tuple(sizes[g] if g in value.axes else 1 for g in batch) if present else ()
+        code = value.code if value.atomic else f"({value.code})"
+        swapped = tuple(present) + tuple(second) + tuple(first)
+        if value.contiguous and value.axes == swapped and first and second \
+                and (len(first) > 1 or len(second) > 1):
+            shape = lead + (size(second), size(first))
+            if tuple(sizes[x] for x in swapped) != shape:
+                code += f".reshape{_arguments(shape)}"
+            return code + (".T" if not lead else ".swapaxes(-1, -2)")
         order = present + list(first) + list(second)
         permutation = [value.axes.index(x) for x in order]
-        code = value.code if value.atomic else f"({value.code})"
         if permutation != list(range(len(permutation))):
             code += f".transpose{_arguments(permutation)}"
-        current = tuple(self.sizes[x] for x in order)
-        if present:
-            lead = tuple(self.sizes[g] if g in value.axes else 1 for g in batch)
-        else:
-            lead = ()
-        wanted = lead + (math.prod(self.sizes[x] for x in first),
-                         math.prod(self.sizes[x] for x in second))
+        current = tuple(sizes[x] for x in order)
+        wanted = lead + (size(first), size(second))
         if current != wanted:
             code += f".reshape{_arguments(wanted)}"
         return code
+
+    def render_chunked_gemm(self, step: PairStep, first: _Value, second: _Value,
+                            result: str) -> _Value:
+        """im2col one chunk of the first batch axis at a time into a reused buffer, and GEMM
+        each chunk straight into the result."""
+        self.module.needs_scratch = True
+        axis = step.batch[0]
+        total = self.sizes[axis]
+        out_shape = tuple(self.sizes[a] for a in step.result_axes)
+        start, stop = self.fresh(f"{axis}_start"), self.fresh(f"{axis}_stop")
+        chunk_sizes = {**self.sizes, axis: f"{stop} - {start}"}
+        self.emit(f"{result} = np.empty({_tuple(out_shape)}, dtype=DTYPE)")
+        loop_lines: list[str] = []
+        arranged = []
+        for value, outer, inner in ((first, step.kept_left, step.contracted),
+                                    (second, step.contracted, step.kept_right)):
+            if axis in value.axes:
+                index = ", ".join([":"] * value.axes.index(axis) + [f"{start}:{stop}"])
+                sliced = _Value(f"{value.code}[{index}]", value.axes, value.shape,
+                                contiguous=value.contiguous)
+            else:
+                sliced = value
+            if value.is_name and value.code.endswith("_win"):  # the strided window: im2col
+                present = [g for g in step.batch if g in value.axes]
+                order = present + list(outer) + list(inner)
+                buffer = self.fresh(value.code.replace("_win", "_cols"))
+                full = tuple(self.sizes[x] if x != axis else step.chunk for x in order)
+                self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(full)})")
+                cols = self.fresh("cols")
+                permutation = [value.axes.index(x) for x in order]
+                loop_lines.append(f"{cols} = {buffer}[:{stop} - {start}]")
+                loop_lines.append(f"np.copyto({cols}, {sliced.code}.transpose"
+                                  f"{_arguments(permutation)})")
+                copied = _Value(cols, tuple(order), full)
+                arranged.append(self.gemm_operand(copied, step.batch, outer, inner, chunk_sizes))
+            elif axis in value.axes:
+                arranged.append(self.gemm_operand(sliced, step.batch, outer, inner, chunk_sizes))
+            else:
+                hoisted = self.gemm_operand(value, step.batch, outer, inner)
+                if not _IDENTIFIER.match(hoisted):
+                    name = self.fresh(f"{value.code}_mat" if value.is_name else "t")
+                    self.emit(f"{name} = {hoisted}")
+                    hoisted = name
+                arranged.append(hoisted)
+        lead = tuple(chunk_sizes[g] for g in step.batch)
+        out_view = (f"{result}[{start}:{stop}].reshape"
+                    f"{_arguments(lead + (math.prod(self.sizes[x] for x in step.kept_left), math.prod(self.sizes[x] for x in step.kept_right)))}")
+        self.emit(f"for {start} in range(0, {total}, {step.chunk}):")
+        self.emit(f"    {stop} = min({start} + {step.chunk}, {total})")
+        for line in loop_lines:
+            self.emit("    " + line)
+        self.emit(f"    np.matmul({arranged[0]}, {arranged[1]}, out={out_view})")
+        return _Value(result, step.result_axes, out_shape, True)
 
     def render_reduce(self, node: ReduceNode, name_hint: str) -> _Value:
         body = self.render(node.body)
@@ -578,11 +669,13 @@ class _ModuleRenderer:
         self.plan = plan
         program = plan.program
         self.variables = {name: python_name(name) for name in program.tensors}
+        self.tensor_of = {variable: name for name, variable in self.variables.items()}
         self.taken = set(self.variables.values()) | _MODULE_NAMES
         for statement in program.statements:
             self.taken |= {python_name(index) for index in statement.ranges}
         self.claimable: str | None = None
         self.needs_erf = False
+        self.needs_scratch = False
         self.defined: set[str] = set()
 
     def variable(self, tensor: str) -> str:
@@ -627,6 +720,9 @@ class _ModuleRenderer:
                   f"Program:\n{source_lines}\n\nPlan:\n{plan_text}\n\"\"\"\n")
         parts = [header, "import numpy as np", "from numpy.lib.stride_tricks import as_strided",
                  "", f"DTYPE = np.{self.plan.dtype}"]
+        if self.needs_scratch:
+            parts[1:1] = ["import threading", ""]
+            parts.append(_SCRATCH_HELPER.rstrip())
         if self.needs_erf:
             parts.append(_ERF_HELPER.rstrip())
         parts += ["", "", f"def kernel({arguments}):"]
