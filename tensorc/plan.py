@@ -29,6 +29,7 @@ GEMM_FLOPS_PER_NS = 150.0  # large float32 GEMMs
 GEMM_FULL_SPEED_DIMENSION = 64  # GEMMs with a smaller m, n or k run slower (~sqrt)
 GEMM_CALL_NS = 300.0  # each entry of a batched matmul
 TRANSPOSED_COPY_NS = 1.2  # per element, materializing a transposed array
+TRANSPOSED_VIEW_NS = 0.05  # per element, handing a statement's result back transposed
 WINDOW_COPY_NS = 0.4  # per element of an im2col copy whose innermost axis is an output axis
 WINDOW_COPY_SLOW_NS = 2.4  # ... and whose innermost axis is a window (contracted) axis
 # im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
@@ -267,10 +268,12 @@ class _StatementPlanner:
             needed = set(out_axes) | {a for axes in remaining for a in axes}
             result = tuple(a for a in self.canonical(working[left] + working[right])
                            if a in needed)
-            if number == len(path) - 1:
+            last = number == len(path) - 1
+            if last:
                 result = out_axes
             step = self.plan_pair(left, right, working[left], working[right], result,
-                                  kinds[left], kinds[right])
+                                  kinds[left], kinds[right],
+                                  result_may_be_view=last and expr is self.statement.value)
             steps.append(step)
             for i in sorted(positions, reverse=True):
                 working.pop(i)
@@ -298,7 +301,8 @@ class _StatementPlanner:
                             self.shape_of(out_axes), naive, flops, mean_count)
 
     def plan_pair(self, left: int, right: int, a: tuple[str, ...], b: tuple[str, ...],
-                  result: tuple[str, ...], kind_a: str, kind_b: str) -> PairStep:
+                  result: tuple[str, ...], kind_a: str, kind_b: str,
+                  result_may_be_view: bool = False) -> PairStep:
         if left == right:  # a lone operand: only a reduction over the axes not kept
             step = PairStep(left, right, a, b, result, "reduce",
                             presum_left=tuple(x for x in a if x not in result))
@@ -337,7 +341,8 @@ class _StatementPlanner:
                 if first <= set(b_kept) and second <= set(a_kept) and (first or second):
                     candidates.append((group, result[p:q], result[q:], True))
         kinds = {"a": kind_a, "b": kind_b}
-        costed = [(self.layout_cost(a, b, kinds, contracted, result, *c), i, c)
+        costed = [(self.layout_cost(a, b, kinds, contracted, result, *c,
+                                    result_may_be_view=result_may_be_view), i, c)
                   for i, c in enumerate(candidates)]
         (cost, copies), _, (group, first, second, swap) = min(costed)
         layout = group + first + second
@@ -355,7 +360,7 @@ class _StatementPlanner:
     def layout_cost(self, a: tuple[str, ...], b: tuple[str, ...], kinds: dict[str, str],
                     contracted: tuple[str, ...], result: tuple[str, ...],
                     group: tuple[str, ...], first: tuple[str, ...], second: tuple[str, ...],
-                    swap: bool) -> tuple[float, list[int]]:
+                    swap: bool, result_may_be_view: bool = False) -> tuple[float, list[int]]:
         """Estimated nanoseconds of one GEMM layout, and the element counts it copies."""
         size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
         left, right = (b, a) if swap else (a, b)
@@ -379,7 +384,10 @@ class _StatementPlanner:
                 cost += elements * TRANSPOSED_COPY_NS
                 copies.append(elements)
         if group + first + second != result:
-            cost += size(result) * TRANSPOSED_COPY_NS  # the result is read transposed later
+            # The result is read transposed later; a statement's own result may stay a view,
+            # but still loses ties against a layout that needs no transpose.
+            cost += size(result) * (TRANSPOSED_VIEW_NS if result_may_be_view
+                                    else TRANSPOSED_COPY_NS)
         return cost, copies
 
     def chunk_for(self, step: PairStep, left: tuple[str, ...], right: tuple[str, ...],

@@ -57,13 +57,19 @@ def test_weight_first_gemm_gives_nchw_without_transposing_the_result():
                             ".reshape(64, 25, 576)).reshape(64, 16, 24, 24)")
 
 
-def test_outputs_are_c_contiguous_even_when_the_gemm_layout_is_transposed():
-    # Tiny batches favour one GEMM and a transpose; the output is still made contiguous.
-    kern = tc.compile("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]", x=(2, 3, 9, 9),
-                      k=(4, 3, 3, 3))
+def test_a_statement_result_may_be_a_transposed_view_as_numpy_einsum_returns():
+    # The last GEMM of an open ring yields (k,l,i,j,m); copying it to (i,j,k,l,m) would
+    # cost more than the contraction, so the output is a transposed view, as np.einsum's.
+    equation = "aib,bjc,ckd,dle,ema->ijklm"
+    shapes = dict(A=(6, 12, 6), B=(6, 12, 6), C=(6, 12, 6), D=(6, 12, 6), E=(6, 12, 6))
+    kern = tc.compile("out[i,j,k,l,m] = A[a,i,b] * B[b,j,c] * C[c,k,d] * D[d,l,e] * E[e,m,a]",
+                      **shapes)
     rng = np.random.default_rng(0)
-    y = kern(x=rng.standard_normal((2, 3, 9, 9)), k=rng.standard_normal((4, 3, 3, 3)))
-    assert y.flags.c_contiguous
+    arrays = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    out = kern(**arrays)
+    np.testing.assert_allclose(out, np.einsum(equation, *arrays.values()), rtol=1e-10, atol=1e-9)
+    assert "ascontiguousarray" not in kern.source
+    assert out.shape == (12,) * 5
 
 
 def test_pooling_runs_a_window_loop():

@@ -567,8 +567,6 @@ class _StatementRenderer:
         elif value.axes != lhs:
             self.emit(f"{target} = np.array(np.broadcast_to({self.aligned(value, lhs)}, "
                       f"{_tuple(shape)}), dtype=DTYPE)")
-        elif value.is_name and not value.contiguous:
-            self.emit(f"{target} = np.ascontiguousarray({value.code})")
         elif value.code == target:
             pass
         elif value.owned:
