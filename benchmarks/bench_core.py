@@ -600,8 +600,8 @@ def main(argv=None) -> int:
         print("[view]: that side returns a non-contiguous (transposed) view of its result; the "
               "others return dense arrays, which can cost an extra copy")
     if any(c.busy is not None and c.busy > BUSY for c in cases):
-        print(f"!busy N%: other processes used N% of the CPU while that case was timed "
-              f"(multi-threaded sides then wait for descheduled threads); rerun it")
+        print("!busy N%: other processes used N% of the CPU while that case was timed "
+              "(multi-threaded sides then wait for descheduled threads); rerun it")
     print()
     print("\n".join(summary(cases)))
     other = load.other_load()

@@ -80,6 +80,8 @@ def program_inputs(program: S.Program) -> list[str]:
     """
     defined = {s.target.tensor for s in program.statements if isinstance(s, S.Assignment)
                and not s.accumulate}
+    size_names = {d for s in program.statements if isinstance(s, S.Declaration)
+                  for d in (s.dims or ()) if isinstance(d, str)}
     inputs: dict[str, None] = {}
     for statement in program.statements:
         if not isinstance(statement, S.Assignment):
@@ -90,10 +92,8 @@ def program_inputs(program: S.Program) -> list[str]:
             if isinstance(node, S.Access) and node.tensor not in defined:
                 inputs[node.tensor] = None
             elif isinstance(node, S.Name) and node.name not in defined \
-                    and node.name not in statement_indices:
+                    and node.name not in statement_indices and node.name not in size_names:
                 inputs[node.name] = None
-        if statement.accumulate and statement.target.tensor not in defined:
-            defined.add(statement.target.tensor)
         defined.add(statement.target.tensor)
     return list(inputs)
 

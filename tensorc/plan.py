@@ -525,7 +525,7 @@ def format_plan(plan: ProgramPlan) -> str:
         steps = [(c, st) for c in _contractions(sp.root) for st in c.steps]
         if steps:
             lines.append(f"  {'step':<5} {'contraction':<40} {'FLOPs':>14}  how")
-            for number, (contraction, step) in enumerate(steps, 1):
+            for number, (_, step) in enumerate(steps, 1):
                 text = (f"{_axes_text(step.left_axes)},{_axes_text(step.right_axes)}"
                         f"->{_axes_text(step.result_axes)}" if step.left != step.right
                         else f"{_axes_text(step.left_axes)}->{_axes_text(step.result_axes)}")

@@ -109,6 +109,12 @@ def test_sizes_from_declarations():
     np.testing.assert_allclose(kern(x=np.ones((4, 3))), np.full(4, 3.0))
 
 
+def test_a_declared_size_used_as_a_value_is_a_constant_not_an_input():
+    kern = tc.compile("x: [N]\ny[i] = x[i] / N")
+    assert kern.inputs == ("x",)
+    np.testing.assert_allclose(kern(x=np.arange(4.0)), np.arange(4.0) / 4)
+
+
 def test_accumulation_into_an_affine_target_matches_a_loop():
     kern = tc.compile("dx: [N]\ndx[2*h+u] += dy[h] * k[u]", N=9)
     dy, k = rng.standard_normal(4), rng.standard_normal(3)

@@ -14,7 +14,6 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from ..ir import IndexMap
 from ..plan import (
     ConstNode, ContractNode, ElementwiseNode, IndexNode, Node, PairStep, ProgramPlan,
     ReduceNode, StatementPlan, ViewNode, format_plan,
