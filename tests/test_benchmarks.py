@@ -1,0 +1,21 @@
+"""The benchmark runner works (it checks each case's numbers before timing it).
+
+Timings are not asserted here: they belong to `python -m benchmarks`, not to unit tests.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("only", ["maxpool", "chain"])
+def test_benchmark_runner_smoke(only):
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", only],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "SUMMARY" in run.stdout and "error" not in run.stdout.lower()
