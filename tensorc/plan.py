@@ -431,23 +431,16 @@ def _naive_flops(operands: list[Node], sizes: dict[str, int]) -> int:
     return math.prod(sizes[a] for a in union) * max(len(operands) - 1, 1) * 2
 
 
-def _node_flops(node: Node) -> int:
+def _node_flops(node: Node, naive: bool = False) -> int:
+    """FLOPs of a planned expression: contractions as planned (or naively), plus one per
+    element of every elementwise result and of every reduced body."""
     if isinstance(node, ContractNode):
-        return node.flops + sum(_node_flops(o) for o in node.operands)
+        own = node.naive_flops if naive else node.flops
+        return own + sum(_node_flops(o, naive) for o in node.operands)
     if isinstance(node, ElementwiseNode):
-        return math.prod(node.shape) + sum(_node_flops(a) for a in node.args)
+        return math.prod(node.shape) + sum(_node_flops(a, naive) for a in node.args)
     if isinstance(node, ReduceNode):
-        return math.prod(node.body.shape) + _node_flops(node.body)
-    return 0
-
-
-def _node_naive_flops(node: Node) -> int:
-    if isinstance(node, ContractNode):
-        return node.naive_flops + sum(_node_naive_flops(o) for o in node.operands)
-    if isinstance(node, ElementwiseNode):
-        return math.prod(node.shape) + sum(_node_naive_flops(a) for a in node.args)
-    if isinstance(node, ReduceNode):
-        return math.prod(node.body.shape) + _node_naive_flops(node.body)
+        return math.prod(node.body.shape) + _node_flops(node.body, naive)
     return 0
 
 
@@ -461,7 +454,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         if elementwise and planner.strategies:
             strategy += f"; then elementwise {', '.join(elementwise)}"
         plans.append(StatementPlan(number, statement, planner.order, root, strategy,
-                                   _node_naive_flops(root), _node_flops(root),
+                                   _node_flops(root, naive=True), _node_flops(root),
                                    planner.largest, planner.peak_bytes()))
     return ProgramPlan(program, dtype, itemsize, plans)
 
