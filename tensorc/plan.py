@@ -98,6 +98,7 @@ class PairStep:
     result_bytes: int = 0
     estimated_ns: float = 0.0
     chunk: int | None = None  # im2col in chunks of this many entries of batch[0]
+    windows: tuple[bool, bool] = (False, False)  # (matmul left, right) is a strided window
 
 
 @dataclass
@@ -353,6 +354,8 @@ class _StatementPlanner:
                         second, presum_a, presum_b, swap, transpose, flops,
                         sum(copies) * self.itemsize, result_elements * self.itemsize)
         step.estimated_ns = cost
+        step.windows = ((kind_b if swap else kind_a) == "strided",
+                        (kind_a if swap else kind_b) == "strided")
         step.chunk = self.chunk_for(step, b if swap else a, b if not swap else a,
                                     kinds["b" if swap else "a"], kinds["a" if swap else "b"])
         return step

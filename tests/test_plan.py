@@ -91,3 +91,19 @@ def test_generated_source_is_deterministic():
     first = tc.compile(program, **args).source
     tc.kernel._CACHE.clear()
     assert tc.compile(program, **args).source == first
+
+
+def test_chunked_im2col_is_correct_and_stated_in_the_plan():
+    import torch
+    import torch.nn.functional as F
+    # a tensor named like a generated window view must not confuse the renderer
+    kern = tc.compile("y[n,o,h,w] = x_win[n,c,h+u-1,w+v-1] * k[o,c,u,v]   "
+                      "where h < 40, w < 40, x_win: zero", x_win=(5, 64, 40, 40), k=(8, 64, 3, 3))
+    assert "im2col in chunks of" in str(kern.plan)
+    assert "for n_start in range(0, 5," in kern.source
+    rng = np.random.default_rng(0)
+    x, k = rng.standard_normal((5, 64, 40, 40)), rng.standard_normal((8, 64, 3, 3))
+    for _ in range(2):  # the second call reuses the scratch buffers
+        np.testing.assert_allclose(kern(x_win=x, k=k), F.conv2d(torch.tensor(x), torch.tensor(k),
+                                                                 padding=1).numpy(), rtol=1e-10,
+                                   atol=1e-10)

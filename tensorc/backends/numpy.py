@@ -1,8 +1,10 @@
 """Render a plan as a standalone, deterministic NumPy module that a person can read and run.
 
 Safety rule for everything below: user text reaches the generated source only as
-identifiers the grammar accepted (re-checked by `python_name`) and numbers formatted
-by `repr` of parsed ints and floats. Nothing else from the program is ever spliced in.
+identifiers the grammar accepted (re-checked by `python_name`), numbers formatted by
+`repr` of parsed ints and floats, and, in comments and the docstring, the normalized
+statement text, which is built from nothing but those and operators (no quotes, no
+newlines). Nothing else from the program is ever spliced in.
 """
 
 from __future__ import annotations
@@ -471,18 +473,20 @@ class _StatementRenderer:
         self.emit(f"{result} = np.empty({_tuple(out_shape)}, dtype=DTYPE)")
         loop_lines: list[str] = []
         arranged = []
-        for value, outer, inner in ((first, step.kept_left, step.contracted),
-                                    (second, step.contracted, step.kept_right)):
+        for value, outer, inner, window in ((first, step.kept_left, step.contracted,
+                                             step.windows[0]),
+                                            (second, step.contracted, step.kept_right,
+                                             step.windows[1])):
             if axis in value.axes:
                 index = ", ".join([":"] * value.axes.index(axis) + [f"{start}:{stop}"])
                 sliced = _Value(f"{value.code}[{index}]", value.axes, value.shape,
                                 contiguous=value.contiguous)
             else:
                 sliced = value
-            if value.is_name and value.code.endswith("_win"):  # the strided window: im2col
+            if window:  # the strided window view: im2col this chunk into the buffer
                 present = [g for g in step.batch if g in value.axes]
                 order = present + list(outer) + list(inner)
-                buffer = self.fresh(value.code.replace("_win", "_cols"))
+                buffer = self.fresh(value.code.removesuffix("_win") + "_cols")
                 full = tuple(self.sizes[x] if x != axis else step.chunk for x in order)
                 self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(full)})")
                 cols = self.fresh("cols")
