@@ -36,41 +36,13 @@ def _suggest(name: str, options: Iterable[str]) -> str:
 def _bracket_names(expr: S.Expr) -> list[tuple[str, Span]]:
     """Names used inside [...] of accesses and reduction lists, in order, with spans."""
     found: list[tuple[str, Span]] = []
-
-    def visit(node: S.Expr) -> None:
+    for node in S.walk(expr):
         if isinstance(node, S.Access):
             for index in node.indices:
                 found.extend((term.name, term.span) for term in index.terms)
         elif isinstance(node, S.Reduction):
-            spans = node.index_spans or (node.span,) * len(node.indices)
-            found.extend(zip(node.indices, spans))
-            visit(node.body)
-        elif isinstance(node, (S.Unary,)):
-            visit(node.operand)
-        elif isinstance(node, (S.Binary, S.Compare)):
-            visit(node.left)
-            visit(node.right)
-        elif isinstance(node, S.Call):
-            for argument in node.arguments:
-                visit(argument)
-
-    visit(expr)
+            found.extend(zip(node.indices, node.index_spans or (node.span,) * len(node.indices)))
     return found
-
-
-def _syntax_nodes(expr: S.Expr):
-    yield expr
-    children: tuple = ()
-    if isinstance(expr, S.Unary):
-        children = (expr.operand,)
-    elif isinstance(expr, (S.Binary, S.Compare)):
-        children = (expr.left, expr.right)
-    elif isinstance(expr, S.Call):
-        children = expr.arguments
-    elif isinstance(expr, S.Reduction):
-        children = (expr.body,)
-    for child in children:
-        yield from _syntax_nodes(child)
 
 
 def program_inputs(program: S.Program) -> list[str]:
@@ -88,7 +60,7 @@ def program_inputs(program: S.Program) -> list[str]:
             continue
         statement_indices = {name for name, _ in _bracket_names(statement.value)}
         statement_indices |= {t.name for i in statement.target.indices for t in i.terms}
-        for node in _syntax_nodes(statement.value):
+        for node in S.walk(statement.value):
             if isinstance(node, S.Access) and node.tensor not in defined:
                 inputs[node.tensor] = None
             elif isinstance(node, S.Name) and node.name not in defined \
@@ -254,7 +226,7 @@ class _ProgramChecker:
         for statement in self.program.statements:
             if isinstance(statement, S.Assignment):
                 names.add(statement.target.tensor)
-                names |= {n.tensor for n in _syntax_nodes(statement.value)
+                names |= {n.tensor for n in S.walk(statement.value)
                           if isinstance(n, S.Access)}
         return names
 

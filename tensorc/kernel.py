@@ -253,23 +253,13 @@ class Kernel:
                                      ).attach_source(self.program.source, self.program.filename)
 
     def _first_use(self, name: str):
+        """The span of the first read of `name`, to point a call error at."""
         for statement in self.program.statements:
             if isinstance(statement, S.Assignment):
-                stack = [statement.value]
-                while stack:
-                    node = stack.pop(0)
-                    if isinstance(node, S.Access) and node.tensor == name:
+                for node in S.walk(statement.value):
+                    if isinstance(node, S.Access) and node.tensor == name \
+                            or isinstance(node, S.Name) and node.name == name:
                         return node.span
-                    if isinstance(node, S.Name) and node.name == name:
-                        return node.span
-                    if isinstance(node, S.Unary):
-                        stack.append(node.operand)
-                    elif isinstance(node, (S.Binary, S.Compare)):
-                        stack += [node.left, node.right]
-                    elif isinstance(node, S.Call):
-                        stack += list(node.arguments)
-                    elif isinstance(node, S.Reduction):
-                        stack.append(node.body)
         return None
 
 

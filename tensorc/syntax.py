@@ -10,7 +10,7 @@ from .errors import Span
 __all__ = [
     "AffineTerm", "Affine", "Number", "Name", "Access", "Unary", "Binary", "Compare", "Call",
     "Reduction", "Expr", "Target", "RangeBound", "Boundary", "WhereItem", "Assignment",
-    "Declaration", "Statement", "Program", "format_expr", "format_affine",
+    "Declaration", "Statement", "Program", "format_expr", "format_affine", "walk",
 ]
 
 NO_SPAN = Span(0, 0, 0, 0, 0, 0)
@@ -179,6 +179,25 @@ class Program:
 
     def __str__(self) -> str:
         return "\n".join(format_statement(statement) for statement in self.statements)
+
+
+def walk(expr: Expr):
+    """Every node of an expression in source order (parents first), without recursion."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, Unary):
+            children: tuple = (node.operand,)
+        elif isinstance(node, (Binary, Compare)):
+            children = (node.left, node.right)
+        elif isinstance(node, Call):
+            children = node.arguments
+        elif isinstance(node, Reduction):
+            children = (node.body,)
+        else:
+            children = ()
+        stack.extend(reversed(children))
 
 
 # ---- formatting: normalized source text --------------------------------------------------
