@@ -79,9 +79,7 @@ def einsum_program(subscripts: str, shapes: list[tuple[int, ...]]) -> tuple[str,
         for index in indices:
             counts[index] = counts.get(index, 0) + 1
     if output is None:  # numpy's implicit output: '...' first, then letters used once, sorted
-        letters = sorted((i for i, c in counts.items() if c == 1 and i not in ellipsis_names),
-                         key=lambda c: (c.lower() != c, c))
-        letters = sorted(letters)
+        letters = sorted(i for i, c in counts.items() if c == 1 and i not in ellipsis_names)
         output_indices = ellipsis_names + letters
     else:
         before, _, after = output.partition("...")

@@ -294,8 +294,6 @@ def parse(source: str, filename: str = "<program>") -> Program:
     """Parse tensorc source into a Program; str() of it is normalized source."""
     if not isinstance(source, str):
         raise ParseError(f"a program is a string of tensorc source, not {type(source).__name__}")
-    too_deep = ParseError(f"the program nests expressions more than {MAX_NESTING} levels "
-                          "deep; split it into several statements")
     try:
         with recursion_headroom():
             try:
@@ -309,13 +307,18 @@ def parse(source: str, filename: str = "<program>") -> Program:
                 if isinstance(error.orig_exc, TensorcError):
                     raise error.orig_exc from None
                 if isinstance(error.orig_exc, RecursionError):
-                    raise too_deep from None
+                    raise _too_deep() from None
                 raise
     except RecursionError:
-        raise too_deep from None
+        raise _too_deep() from None
     except TensorcError as error:
         raise error.attach_source(source, filename) from None
     return Program(tuple(statements), source, filename)
+
+
+def _too_deep(span: Span | None = None) -> ParseError:
+    return ParseError(f"the program nests expressions more than {MAX_NESTING} levels deep; "
+                      "split it into several statements", span)
 
 
 def _check_nesting(tree: lark.Tree) -> None:
@@ -326,7 +329,6 @@ def _check_nesting(tree: lark.Tree) -> None:
         if depth > MAX_NESTING:
             meta = node.meta
             span = _meta_span(meta) if not meta.empty else None
-            raise ParseError(f"the program nests expressions more than {MAX_NESTING} levels "
-                             "deep; split it into several statements", span)
+            raise _too_deep(span)
         stack.extend((child, depth + 1) for child in node.children
                      if isinstance(child, lark.Tree))

@@ -281,8 +281,6 @@ class _StatementPlanner:
                 kinds.pop(i)
             working.append(result)
             kinds.append("temporary")
-        if len(operands) == 1:  # cannot happen (>= 2 factors), kept for safety
-            raise AssertionError("contraction of a single operand")
         naive = _naive_flops(operands, self.sizes)
         flops = sum(s.flops for s in steps)
         windowed = [o for o in operands if isinstance(o, ViewNode) and o.kind == "strided"

@@ -258,7 +258,7 @@ class _StatementRenderer:
             value = _Value(code, node.axes, node.shape, contiguous=code == tensor)
             self.views[key] = value
             return value
-        source = tensor
+        base = tensor  # the array the window is cut from: the tensor or its padded copy
         pad = node.pad or tuple((0, 0) for _ in read.maps)
         if node.pad is not None:
             pad_key = (read.tensor, node.pad, read.boundary)
@@ -266,12 +266,13 @@ class _StatementRenderer:
                 name = self.fresh(f"{tensor}_pad")
                 self.emit_padding(name, tensor, read.boundary, node.pad)
                 self.padded[pad_key] = name
-            source = self.padded[pad_key]
+            base = self.padded[pad_key]
+        source = base
         starts = [m.offset + before for m, (before, _) in zip(read.maps, pad)]
         if any(starts):
-            source = f"{source}[{', '.join(f'{s}:' if s else ':' for s in starts)}]"
+            source = f"{base}[{', '.join(f'{s}:' if s else ':' for s in starts)}]"
         strides_name = self.fresh(f"{tensor}_strides")
-        self.emit(f"{strides_name} = {self.padded.get((read.tensor, node.pad, read.boundary), tensor)}.strides")
+        self.emit(f"{strides_name} = {base}.strides")
         strides = []
         for axis in node.axes:
             parts = []
