@@ -12,12 +12,12 @@ from .errors import (
     TensorcError,
 )
 from .ir import (
-    Apply, CheckedProgram, Constant, Expr, IndexMap, IndexValue, Read, Reduce, Statement,
-    TensorInfo, first_appearance, walk,
+    Apply, CheckedProgram, Constant, Expr, IndexMap, IndexValue, ProgramStructure, Read, Reduce,
+    Statement, StatementStructure, TensorInfo, first_appearance, walk,
 )
 from .ops import BINARY_OPS, BOUNDARY_MODES, COMPARE_OPS, FUNCTIONS, canonical_mode
 
-__all__ = ["check", "DTYPES", "program_inputs"]
+__all__ = ["check", "structure", "DTYPES", "program_inputs"]
 
 # Declared dtype names and the NumPy dtype names they stand for.
 DTYPES = {"f16": "float16", "f32": "float32", "f64": "float64",
@@ -72,12 +72,17 @@ def program_inputs(program: S.Program) -> list[str]:
 
 class _ProgramChecker:
     def __init__(self, program: S.Program, shapes: Mapping[str, tuple[int, ...]],
-                 sizes: Mapping[str, int], dtypes: Mapping[str, str]) -> None:
+                 sizes: Mapping[str, int], dtypes: Mapping[str, str],
+                 symbolic: bool = False) -> None:
         self.program = program
+        # Symbolic: shapes are unknown (tc.grad); ranks, names and sums are still checked.
+        self.symbolic = symbolic
         self.shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
         self.dtypes = dict(dtypes)
         self.declarations: dict[str, S.Declaration] = {}
         self.size_values: dict[str, int] = dict(sizes)
+        self.size_names = {dim for d in program.statements if isinstance(d, S.Declaration)
+                           for dim in (d.dims or ()) if isinstance(dim, str)}
         self.size_origin: dict[str, str] = {name: "given" for name in sizes}
         self.tensors: dict[str, TensorInfo] = {}
         self.statements: list[Statement] = []
@@ -171,15 +176,22 @@ class _ProgramChecker:
         shape = self.shapes.get(name)
         if shape is None:
             shape = self.declared_shape(name)
+        if shape is None and self.symbolic and name in self.declarations:
+            shape = (-1,) * len(self.declarations[name].dims or ())
         if shape is None:
             if used_with_rank == 0:
                 shape = ()  # a bare name with no shape given: a scalar input
+            elif self.symbolic:
+                shape = (-1,) * used_with_rank  # known rank, unknown sizes
             else:
                 raise ShapeError(f"no shape for input '{name}': pass {name}=(...) to "
                                  f"tc.compile, call the kernel with arrays, or declare it "
                                  f"('{name}: f32[...]')", span)
         self.tensors[name] = TensorInfo(name, shape, self.declared_dtype(name), None)
         return shape
+
+    def is_size(self, name: str) -> bool:
+        return name in (self.size_names if self.symbolic else self.size_values)
 
     def declared_dtype(self, name: str) -> str | None:
         declaration = self.declarations.get(name)
@@ -251,7 +263,7 @@ class _StatementChecker:
         self.indices: dict[str, None] = {}
         # Errors about an index point at its first use on the right, where ranges come from.
         for name, span in rhs_names + lhs_names:
-            if name in p.size_values and name not in self.indices:
+            if p.is_size(name) and name not in self.indices:
                 continue  # a size name inside an index is a constant
             if name in p.tensor_names:
                 raise NameResolutionError(f"'{name}' is a tensor and cannot also be an index; "
@@ -268,6 +280,7 @@ class _StatementChecker:
         sizes = self.infer_ranges(target, target_maps, target_shape)
         if target_shape is None:
             target_shape = tuple(sizes[m.terms[0][0]] for m in target_maps)
+            self.bind_declared_sizes(target, target_shape)
         self.check_bounds(target, target_maps, target_shape, sizes)
         starts = {name: low for name, (low, _) in self.ranges.items() if low}
         value = _shift(value, starts)
@@ -286,6 +299,53 @@ class _StatementChecker:
         return Statement(target.tensor, target_maps, statement.accumulate, value, ordered_ranges,
                          str(statement), statement.span.line, statement.span,
                          self.boundaries.get(target.tensor))
+
+    def structure(self) -> StatementStructure:
+        """Names, maps and implicit sums only: what tc.grad needs when shapes are unknown."""
+        statement = self.s
+        self.indices = {}
+        for name, span in _bracket_names(statement.value) + [
+                (t.name, t.span) for index in statement.target.indices for t in index.terms]:
+            if self.p.is_size(name):
+                continue
+            if name in self.p.tensor_names:
+                raise NameResolutionError(f"'{name}' is a tensor and cannot also be an index; "
+                                          "rename one of them", span)
+            self.indices.setdefault(name, None)
+            self.index_spans.setdefault(name, span)
+        ranges = {}
+        for item in statement.where:
+            if isinstance(item, S.Boundary):
+                mode = canonical_mode(item.mode)
+                if mode is None:
+                    raise NameResolutionError(f"unknown boundary mode '{item.mode}'"
+                                              f"{_suggest(item.mode, BOUNDARY_MODES)}",
+                                              item.mode_span)
+                self.boundaries[item.tensor] = mode
+            elif item.index in self.indices:
+                ranges[item.index] = (item.low, item.high)
+        value = self.build(statement.value, bound=())
+        lhs = {t.name for index in statement.target.indices for t in index.terms}
+        value = self.place_implicit_sums(value, lhs)
+        target_maps = tuple(self.affine_map(index) for index in statement.target.indices)
+        name = statement.target.tensor
+        if name not in self.p.tensors:
+            self.p.tensors[name] = TensorInfo(name, (-1,) * len(target_maps),
+                                              self.p.declared_dtype(name), len(self.p.statements))
+        return StatementStructure(statement, name, target_maps, statement.accumulate, value,
+                                  dict(self.boundaries), ranges, tuple(self.indices))
+
+    def bind_declared_sizes(self, target: S.Target, shape: tuple[int, ...]) -> None:
+        """A declaration of a defined tensor names its sizes (`y: [N, O, P, Q]`): bind them."""
+        declaration = self.p.declarations.get(target.tensor)
+        if declaration is None or declaration.dims is None:
+            return
+        if len(declaration.dims) != len(shape):
+            raise RankError(f"'{target.tensor}' is declared with {len(declaration.dims)} "
+                            f"dimensions but is defined with {len(shape)} indices", target.span)
+        for axis, (dim, size) in enumerate(zip(declaration.dims, shape)):
+            span = declaration.dim_spans[axis] if declaration.dim_spans else declaration.span
+            self.p.bind_size(dim, size, f"{target.tensor} dim {axis}", span)
 
     # ---- where ------------------------------------------------------------------------
     def read_where(self) -> None:
@@ -324,6 +384,9 @@ class _StatementChecker:
         for term in affine.terms:
             if term.name in self.indices:
                 coefficients[term.name] = coefficients.get(term.name, 0) + term.coefficient
+            elif self.p.symbolic:
+                raise RangeError(f"size name '{term.name}' inside an index is not supported by "
+                                 "tc.grad yet; write the number instead", term.span)
             else:
                 offset += term.coefficient * self.p.size_values[term.name]
         return IndexMap(tuple((n, c) for n, c in coefficients.items() if c), offset)
@@ -360,6 +423,8 @@ class _StatementChecker:
     def build_name(self, node: S.Name) -> Expr:
         if node.name in self.indices:
             return IndexValue(node.name)
+        if self.p.symbolic and node.name in self.p.size_names:
+            return Read(node.name, (), None, node.span)  # a size as a value, kept symbolic
         if node.name in self.p.size_values:
             return Constant(self.p.size_values[node.name])
         shape = self.p.tensor_shape(node.name, node.span, 0)
@@ -405,7 +470,7 @@ class _StatementChecker:
     def place_implicit_sums(self, value: Expr, lhs: set[str]) -> Expr:
         order = first_appearance(value)
         free = [name for name in _free_indices(value) if name not in lhs]
-        return _place_sums(value, set(free), order)
+        return place_sums(value, set(free), order)
 
     # ---- shapes and ranges --------------------------------------------------------------
     def target_shape(self, target: S.Target, maps: tuple[IndexMap, ...]) -> tuple[int, ...] | None:
@@ -542,11 +607,9 @@ class _StatementChecker:
                      target_shape: tuple[int, ...] | None, sizes: dict[str, int]) -> None:
         reads = [(read, self.p.tensors[read.tensor].shape) for read in self.reads]
         if self.s.accumulate:
+            # A mode on a '+=' target is the adjoint of reading with it: 'zero' drops the
+            # out-of-range contributions, the other modes fold them back (see backends).
             mode = self.boundaries.get(target.tensor)
-            if mode not in (None, "zero"):
-                raise BoundsError(f"'+=' into '{target.tensor}' supports the 'zero' boundary "
-                                  f"(out-of-range contributions dropped), not '{mode}'",
-                                  target.span)
             reads.append((Read(target.tensor, target_maps, mode, target.span), target_shape))
         for read, shape in reads:
             if read.boundary is not None:
@@ -588,7 +651,7 @@ def _children(node: Expr) -> tuple[tuple[Expr, bool], ...]:
     return ()
 
 
-def _place_sums(scope: Expr, to_sum: set[str], order: list[str]) -> Expr:
+def place_sums(scope: Expr, to_sum: set[str], order: list[str]) -> Expr:
     """Sum each index over the smallest scope holding all of its uses (SPEC section 1)."""
     child_scopes: list[Expr] = []
     glue_uses: set[str] = set()
@@ -614,11 +677,11 @@ def _place_sums(scope: Expr, to_sum: set[str], order: list[str]) -> Expr:
         if isinstance(node, Apply):
             args = []
             for child, new_scope in _children(node):
-                args.append(_place_sums(child, pushed[id(child)], order) if new_scope
+                args.append(place_sums(child, pushed[id(child)], order) if new_scope
                             else rebuild(child))
             return replace(node, args=tuple(args))
         if isinstance(node, Reduce):
-            return replace(node, body=_place_sums(node.body, pushed[id(node.body)], order))
+            return replace(node, body=place_sums(node.body, pushed[id(node.body)], order))
         return node
 
     rebuilt = rebuild(scope)
@@ -640,6 +703,36 @@ def _shift(expr: Expr, starts: dict[str, int]) -> Expr:
     if isinstance(expr, Reduce):
         return replace(expr, body=_shift(expr.body, starts))
     return expr
+
+
+def structure(program: S.Program) -> ProgramStructure:
+    """The shape-independent part of checking: what every statement computes, symbolically."""
+    try:
+        checker = _ProgramChecker(program, {}, {}, {}, symbolic=True)
+        checker.collect_declarations()
+        checker.tensor_names = checker.all_tensor_names()
+        checker.seen_statements = []
+        statements = []
+        for statement in program.statements:
+            checker.seen_statements.append(statement)
+            if isinstance(statement, S.Assignment):
+                statements.append(_StatementChecker(checker, statement).structure())
+                checker.statements.append(statements[-1])
+        if not statements:
+            raise TensorcError("the program has no statements; write one such as "
+                               "'C[i,k] = A[i,j] * B[j,k]'")
+        read_by_later: set[str] = set()
+        outputs: list[str] = []
+        for item in reversed(statements):
+            if item.target not in read_by_later and item.target not in outputs:
+                outputs.append(item.target)
+            read_by_later |= {n.tensor for n in walk(item.value) if isinstance(n, Read)}
+        defined = {item.target for item in statements}
+        inputs = tuple(n for n in checker.tensors if n not in defined)
+        return ProgramStructure(tuple(statements), dict(checker.declarations), inputs,
+                                tuple(reversed(outputs)), frozenset(checker.size_names))
+    except TensorcError as error:
+        raise error.attach_source(program.source, program.filename) from None
 
 
 def check(program: S.Program, shapes: Mapping[str, tuple[int, ...]] | None = None,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from .errors import Span
 from .syntax import NO_SPAN
 
 __all__ = ["IndexMap", "Read", "Constant", "IndexValue", "Apply", "Reduce", "Expr",
-           "TensorInfo", "Statement", "CheckedProgram", "walk", "first_appearance"]
+           "TensorInfo", "Statement", "CheckedProgram", "StatementStructure", "ProgramStructure",
+           "walk", "first_appearance"]
 
 
 @dataclass(frozen=True)
@@ -193,3 +194,26 @@ class CheckedProgram:
         lines += [str(statement) for statement in self.statements]
         lines.append(f"# outputs: {', '.join(f'{n}{list(self.tensors[n].shape)}' for n in self.outputs)}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class StatementStructure:
+    """A statement checked without shapes: its maps and placed sums, but no ranges yet."""
+
+    source: Any  # the syntax.Assignment it came from
+    target: str
+    target_maps: tuple[IndexMap, ...]
+    accumulate: bool
+    value: Expr
+    boundaries: dict[str, str]  # tensor -> canonical boundary mode
+    where_ranges: dict[str, tuple[int | str, int | str]]  # index -> (low, high) from `where`
+    indices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProgramStructure:
+    statements: tuple[StatementStructure, ...]
+    declarations: dict[str, Any]  # tensor -> syntax.Declaration
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    size_names: frozenset[str]

@@ -279,10 +279,10 @@ def _format_where_item(item: WhereItem) -> str:
 
 def format_statement(statement: Statement) -> str:
     if isinstance(statement, Declaration):
-        dtype = f" {statement.dtype}" if statement.dtype else ""
+        dtype = f"{statement.dtype}" if statement.dtype else ""
         if statement.dims is None:
-            return f"{statement.tensor}:{dtype}"
-        return f"{statement.tensor}:{dtype}[{', '.join(str(dim) for dim in statement.dims)}]"
+            return f"{statement.tensor}: {dtype}"
+        return f"{statement.tensor}: {dtype}[{', '.join(str(dim) for dim in statement.dims)}]"
     target = statement.target
     lhs = target.tensor
     if target.indices:
