@@ -13,6 +13,7 @@ from .errors import (
 )
 from .parser import parse
 from .check import check
+from .adjoint import grad
 from .plan import plan_program
 from .kernel import Kernel, compile
 from .einsum import einsum
@@ -20,7 +21,7 @@ from .einsum import einsum
 __version__ = "0.1.0"
 
 __all__ = [
-    "parse", "check", "plan_program", "compile", "einsum", "Kernel", "TensorcError",
+    "parse", "check", "grad", "plan_program", "compile", "einsum", "Kernel", "TensorcError",
     "ParseError", "NameResolutionError", "RankError", "ShapeError", "RangeError",
     "BoundsError", "DtypeError", "CallError", "BackendError",
 ]

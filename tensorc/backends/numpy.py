@@ -108,6 +108,23 @@ def _scratch(name, shape, zeroed=False):
     return buffer
 '''
 
+_FOLD_HELPER = '''
+
+def _fold_margins(padded, pad, mode):
+    """The adjoint of np.pad: add every margin sample onto the sample it was read from."""
+    for axis, (before, after) in enumerate(pad):
+        if before == after == 0:
+            continue
+        size = padded.shape[axis] - before - after
+        source = np.pad(np.arange(size), (before, after), mode=mode)  # where each sample came from
+        margins = np.r_[0:before, before + size:before + size + after]
+        lead = (slice(None),) * axis
+        folded = np.array(padded[lead + (slice(before, before + size),)])
+        np.add.at(folded, lead + (source[margins],), padded[lead + (margins,)])
+        padded = folded
+    return padded
+'''
+
 _ERF_HELPER = '''
 try:  # SciPy's erf when present; otherwise math.erf elementwise (exact, slower)
     from scipy.special import erf as _erf
@@ -593,15 +610,18 @@ class _StatementRenderer:
         value = self.materialized(value, "contribution")
         pad = [(0, 0)] * len(maps)
         destination = target
-        if statement.target_boundary == "zero":
+        mode = statement.target_boundary
+        if mode is not None:
             for dim, (m, size) in enumerate(zip(maps, shape)):
                 low, high = m.extent(self.sizes)
                 pad[dim] = (max(0, -low), max(0, high - (size - 1)))
             if any(p != (0, 0) for p in pad):
                 destination = self.fresh(f"{target}_padded")
                 padded_shape = tuple(s + a + b for s, (a, b) in zip(shape, pad))
-                self.emit(f"{destination} = np.zeros({_tuple(padded_shape)}, dtype=DTYPE)  "
-                          "# out-of-range contributions land in the margin and are dropped")
+                why = ("out-of-range contributions land in the margin and are dropped"
+                       if mode == "zero" else
+                       f"the margin is folded back onto the samples a '{mode}' read takes")
+                self.emit(f"{destination} = np.zeros({_tuple(padded_shape)}, dtype=DTYPE)  # {why}")
         # Each dimension is sliced along one index that only it uses; the rest are looped.
         slice_index: list[str | None] = []
         for m in maps:
@@ -660,7 +680,11 @@ class _StatementRenderer:
             self.emit("    " + line)
         else:
             self.emit(line)
-        if destination != target:
+        if destination != target and mode != "zero":
+            self.module.needs_fold = True
+            self.emit(f"{target} += _fold_margins({destination}, {_tuple(tuple(pad))}, "
+                      f"{NUMPY_PAD_MODES[mode]!r})")
+        elif destination != target:
             crop = ", ".join(f"{a}:{a + s}" if (a, b) != (0, 0) else ":"
                              for (a, b), s in zip(pad, shape))
             self.emit(f"{target} += {destination}[{crop}]")
@@ -678,6 +702,7 @@ class _ModuleRenderer:
         self.claimable: str | None = None
         self.needs_erf = False
         self.needs_scratch = False
+        self.needs_fold = False
         self.defined: set[str] = set()
 
     def variable(self, tensor: str) -> str:
@@ -725,6 +750,8 @@ class _ModuleRenderer:
         if self.needs_scratch:
             parts[1:1] = ["import threading", ""]
             parts.append(_SCRATCH_HELPER.rstrip())
+        if self.needs_fold:
+            parts.append(_FOLD_HELPER.rstrip())
         if self.needs_erf:
             parts.append(_ERF_HELPER.rstrip())
         parts += ["", "", f"def kernel({arguments}):"]
