@@ -15,13 +15,13 @@ from .parser import parse
 from .check import check
 from .adjoint import grad
 from .plan import plan_program
-from .kernel import Kernel, compile
+from .kernel import Kernel, compile, compile_grad
 from .einsum import einsum
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "parse", "check", "grad", "plan_program", "compile", "einsum", "Kernel", "TensorcError",
+    "parse", "check", "grad", "plan_program", "compile", "compile_grad", "einsum", "Kernel", "TensorcError",
     "ParseError", "NameResolutionError", "RankError", "ShapeError", "RangeError",
     "BoundsError", "DtypeError", "CallError", "BackendError",
 ]

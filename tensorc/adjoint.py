@@ -17,6 +17,7 @@ forward statements whose results it reads, so it is a self-contained ordinary pr
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable, Sequence
@@ -31,7 +32,7 @@ from .ir import (
 from .ops import BINARY_OPS, COMPARE_OPS, FUNCTIONS
 from .parser import parse
 
-__all__ = ["grad"]
+__all__ = ["grad", "derive_adjoint", "Adjoint"]
 
 ZERO, ONE = Constant(0), Constant(1)
 
@@ -409,6 +410,14 @@ def _active_tensors(program: ProgramStructure, wrt: Sequence[str], of: Sequence[
     return depends & needed
 
 
+@dataclass(frozen=True)
+class Adjoint:
+    program: S.Program
+    gradients: dict[str, str]  # wrt tensor -> the name of its gradient
+    outputs: tuple[str, ...]  # the forward outputs differentiated
+    cotangents: dict[str, str]  # non-scalar output -> the input holding its cotangent
+
+
 def grad(program: str | S.Program, wrt: Sequence[str],
          of: Sequence[str] | None = None) -> S.Program:
     """The adjoint program: gradients of the outputs `of` with respect to the tensors `wrt`.
@@ -417,12 +426,25 @@ def grad(program: str | S.Program, wrt: Sequence[str],
     an input named `dy`. The result defines `d<name>` for each name in `wrt` and is an
     ordinary program: print it, compile it, differentiate it again.
     """
+    return derive_adjoint(program, wrt, of).program
+
+
+def derive_adjoint(program: str | S.Program, wrt: Sequence[str],
+                   of: Sequence[str] | None = None, keep_forward: bool = False) -> Adjoint:
+    """tc.grad with its naming: `keep_forward` keeps every forward statement (for a kernel
+    that returns the outputs and the gradients together)."""
     if isinstance(program, str):
         program = parse(program)
     try:
-        return _Derivation(program, list(wrt), of).program()
+        derivation = _Derivation(program, list(wrt) if not isinstance(wrt, str) else wrt, of)
+        adjoint_program = derivation.program(keep_forward)
     except TensorcError as error:
         raise error.attach_source(program.source, program.filename) from None
+    names = derivation.gradient_names
+    return Adjoint(adjoint_program, {name: names[name] for name in derivation.wrt},
+                   tuple(derivation.outputs),
+                   {name: names[name] for name in derivation.outputs
+                    if derivation.rank(name) > 0})
 
 
 class _Derivation:
@@ -435,8 +457,10 @@ class _Derivation:
                                "differentiate with respect to, e.g. wrt=['x', 'k']")
         for name in wrt:
             if name not in known:
-                raise NameResolutionError(f"tc.grad: '{name}' is not a tensor of this program "
-                                          f"(tensors: {', '.join(sorted(known))})")
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise NameResolutionError(f"tc.grad: '{name}' is not a tensor of this program; "
+                                          f"{hint}(tensors: {', '.join(sorted(known))})")
         outputs = list(self.structure.outputs if of is None else of)
         for name in outputs:
             if name not in {item.target for item in self.structure.statements}:
@@ -457,7 +481,7 @@ class _Derivation:
         self.gradient_names = {name: self.fresh.make(f"d{name}") for name in
                                sorted(self.active | set(wrt) | set(outputs))}
 
-    def program(self) -> S.Program:
+    def program(self, keep_forward: bool = False) -> S.Program:
         contributions: list[Contribution] = []
         temporaries: dict[tuple[str, Expr], S.Assignment] = {}
         for item in reversed(self.structure.statements):  # reverse mode: last statement first
@@ -489,7 +513,10 @@ class _Derivation:
         shapes = {by_gradient[g]: self.ranges.shape(by_gradient[g], self.rank(by_gradient[g]))
                   for g in declared}
         # A gradient declared with an intermediate's sizes needs that intermediate computed.
-        forward = self.recomputed(reads | {t for t in shapes if t not in self.structure.inputs})
+        wanted = reads | {t for t in shapes if t not in self.structure.inputs}
+        if keep_forward:
+            wanted |= {item.target for item in self.structure.statements}
+        forward = self.recomputed(wanted)
         forward = [s for s in forward if s.target.tensor not in targets]
         head: list[S.Statement] = [S.Declaration(t, None, self.ranges.shapes[t])
                                    for t in sorted(self.ranges.generated)]

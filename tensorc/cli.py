@@ -1,4 +1,5 @@
-"""The `tensorc` command line: compile a program and show its plan, source or IR; run it."""
+"""The `tensorc` command line: compile a program and show its plan, source or IR; run it;
+print its adjoint."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import time
 from typing import Sequence
 
+from .adjoint import grad
 from .errors import TensorcError
 from .kernel import compile as compile_program
 from .parser import parse
@@ -117,6 +119,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_grad(args: argparse.Namespace) -> int:
+    text, filename = _program_text(args.program)
+    wrt = [name.strip() for part in args.wrt for name in part.split(",") if name.strip()]
+    if not wrt:
+        raise SystemExit("tensorc: grad needs --wrt NAME[,NAME...] (the tensors to "
+                         "differentiate with respect to)")
+    print(grad(parse(text, filename), wrt))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tensorc",
@@ -135,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_parser.add_argument("--repeat", type=int, default=10, help="timed runs (default 10)")
     run_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run_parser.set_defaults(handler=_cmd_run)
+    grad_parser = commands.add_parser("grad", help="print the adjoint program (tc.grad)")
+    grad_parser.add_argument("program", help="a program file, or the program text itself")
+    grad_parser.add_argument("--wrt", action="append", default=[], metavar="NAME[,NAME...]",
+                             help="differentiate with respect to these tensors")
+    grad_parser.set_defaults(handler=_cmd_grad)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

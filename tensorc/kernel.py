@@ -6,17 +6,18 @@ import builtins
 import hashlib
 import linecache
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from . import syntax as S
+from .adjoint import derive_adjoint
 from .check import DTYPES, check, program_inputs
 from .errors import BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError
 from .ir import CheckedProgram
 from .parser import parse, recursion_headroom
 from .plan import ProgramPlan, plan_program
 
-__all__ = ["Kernel", "compile", "BACKENDS"]
+__all__ = ["Kernel", "compile", "compile_grad", "BACKENDS"]
 
 BACKENDS = ("numpy", "cupy")
 
@@ -54,9 +55,9 @@ def _load(source: str, backend: str) -> Callable[..., Any]:
 
 def _specialize(program: S.Program, program_text: str, backend: str,
                 shapes: dict[str, tuple[int, ...]], sizes: dict[str, int], dtype: str,
-                dtypes: dict[str, str]) -> Specialization:
+                dtypes: dict[str, str], outputs: tuple[str, ...] | None = None) -> Specialization:
     key = (program_text, backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
-           dtype)
+           dtype, outputs)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
@@ -67,6 +68,8 @@ def _specialize(program: S.Program, program_text: str, backend: str,
         import numpy as np
         with recursion_headroom():
             checked = check(program, shapes, sizes, dtypes)
+            if outputs is not None:  # results that later statements also read
+                checked = replace(checked, outputs=outputs)
             plan = plan_program(checked, dtype, np.dtype(dtype).itemsize)
             source = _render(plan, backend)
         specialization = Specialization(checked, plan, source, _load(source, backend))
@@ -88,7 +91,8 @@ class Kernel:
 
     def __init__(self, program: S.Program, backend: str = "numpy",
                  shapes: Mapping[str, Any] | None = None, sizes: Mapping[str, int] | None = None,
-                 dtype: str | None = None, keep_integers: bool = False) -> None:
+                 dtype: str | None = None, keep_integers: bool = False,
+                 outputs: tuple[str, ...] | None = None) -> None:
         if backend not in BACKENDS:
             raise BackendError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
         self.program = program
@@ -98,6 +102,7 @@ class Kernel:
         self.sizes = dict(sizes or {})
         self.dtype = dtype
         self.keep_integers = keep_integers
+        self.requested_outputs = outputs
         self._program_text = str(program)  # the cache key: normalized source
         self._last: Specialization | None = None
         # Per-kernel memo in front of the global cache: a call looks up its shapes only.
@@ -163,7 +168,7 @@ class Kernel:
                         dtypes: dict[str, str] | None = None) -> Specialization:
         try:
             return _specialize(self.program, self._program_text, self.backend, shapes,
-                               self.sizes, dtype, dtypes or {})
+                               self.sizes, dtype, dtypes or {}, self.requested_outputs)
         except TensorcError as error:
             raise error.attach_source(self.program.source, self.program.filename) from None
 
@@ -275,6 +280,12 @@ def compile(program: str | S.Program, backend: str = "numpy", *, dtype: str | No
     elif not isinstance(program, S.Program):
         raise TensorcError(f"tc.compile takes tensorc source or a Program, not "
                            f"{type(program).__name__}")
+    tensor_shapes, sizes = _split_shapes(program, shapes)
+    return Kernel(program, backend, tensor_shapes, sizes, dtype)
+
+
+def _split_shapes(program: S.Program, shapes: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Keyword arguments of compile: input shapes, and sizes bound by declarations (N=64)."""
     tensor_names = set(program_inputs(program)) | {
         s.tensor for s in program.statements if isinstance(s, S.Declaration)}
     tensor_shapes, sizes = {}, {}
@@ -283,4 +294,20 @@ def compile(program: str | S.Program, backend: str = "numpy", *, dtype: str | No
             sizes[name] = value
         else:
             tensor_shapes[name] = value
-    return Kernel(program, backend, tensor_shapes, sizes, dtype)
+    return tensor_shapes, sizes
+
+
+def compile_grad(program: str | S.Program, wrt: list[str], of: list[str] | None = None,
+                 backend: str = "numpy", *, dtype: str | None = None, **shapes: Any) -> Kernel:
+    """One kernel for the forward pass and the gradients, sharing the intermediates.
+
+    It returns a dict: the program's outputs by name and, for each name in `wrt`, its
+    gradient `d<name>`. The cotangent of a non-scalar output `y` is an input named `dy`; a
+    scalar output (a loss) needs none. `kern.program` is the combined program.
+    """
+    if isinstance(program, str):
+        program = parse(program)
+    adjoint = derive_adjoint(program, wrt, of, keep_forward=True)
+    outputs = tuple(dict.fromkeys(adjoint.outputs + tuple(adjoint.gradients.values())))
+    tensor_shapes, sizes = _split_shapes(adjoint.program, shapes)
+    return Kernel(adjoint.program, backend, tensor_shapes, sizes, dtype, outputs=outputs)
