@@ -331,11 +331,12 @@ class _SymbolicRanges:
         if index in item.where_ranges:
             low, high = item.where_ranges[index]
             return sub(_size_value(high), _size_value(low))
-        for node in walk(item.value):
-            if isinstance(node, Read):
-                for axis, m in enumerate(node.maps):
-                    if m.is_plain and m.terms[0][0] == index and node.tensor in self.program.inputs:
-                        return _size_value(self.shape(node.tensor, len(node.maps))[axis])
+        reads = [n for n in walk(item.value) if isinstance(n, Read) and n.maps]
+        reads.sort(key=lambda read: read.tensor not in self.program.inputs)  # inputs first
+        for node in reads:
+            for axis, m in enumerate(node.maps):
+                if m.is_plain and m.terms[0][0] == index:
+                    return _size_value(self.shape(node.tensor, len(node.maps))[axis])
         raise RangeError(f"tc.grad needs the size of '{index}' to differentiate the mean over it; "
                          f"add 'where {index} < N' to the statement", item.source.span)
 
@@ -513,15 +514,26 @@ class _Derivation:
         shapes = {by_gradient[g]: self.ranges.shape(by_gradient[g], self.rank(by_gradient[g]))
                   for g in declared}
         # A gradient declared with an intermediate's sizes needs that intermediate computed.
-        wanted = reads | {t for t in shapes if t not in self.structure.inputs}
+        # Sizes named after an intermediate are bound by computing it.
+        wanted = reads | {t for t in self.ranges.generated if t not in self.structure.inputs}
+        wanted |= {t for t in shapes if t not in self.structure.inputs}
         if keep_forward:
             wanted |= {item.target for item in self.structure.statements}
         forward = self.recomputed(wanted)
         forward = [s for s in forward if s.target.tensor not in targets]
         head: list[S.Statement] = [S.Declaration(t, None, self.ranges.shapes[t])
                                    for t in sorted(self.ranges.generated)]
-        head += [s for s in self.syntax.statements if isinstance(s, S.Declaration)]
         head += [S.Declaration(self.gradient_names[t], None, shape) for t, shape in shapes.items()]
+        # The forward's declarations of tensors the adjoint uses, or that name its sizes.
+        body = forward + rendered
+        used = {s.target.tensor for s in body} | reads
+        used |= {n.tensor for s in forward for n in S.walk(s.value) if isinstance(n, S.Access)}
+        used |= {n.name for s in forward for n in S.walk(s.value) if isinstance(n, S.Name)}
+        size_uses = {d for s in head for d in s.dims or () if isinstance(d, str)} | {
+            i.high for s in body for i in s.where if isinstance(i, S.RangeBound)} | {
+            i.low for s in body for i in s.where if isinstance(i, S.RangeBound)} | used
+        head += [s for s in self.syntax.statements if isinstance(s, S.Declaration) and (
+            s.tensor in used or size_uses & set(s.dims or ()))]
         return parse("\n".join(str(s) for s in head + forward + rendered))
 
     def cotangent(self, item: StatementStructure) -> Expr:

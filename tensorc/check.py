@@ -46,7 +46,8 @@ def _bracket_names(expr: S.Expr) -> list[tuple[str, Span]]:
 
 
 def program_inputs(program: S.Program) -> list[str]:
-    """Names a program reads and never defines, in order of first use.
+    """Names a program reads and never defines, in order of first use, then tensors that
+    are declared and never defined.
 
     (Reading a name before the statement that defines it is an error the checker reports.)
     """
@@ -67,6 +68,11 @@ def program_inputs(program: S.Program) -> list[str]:
                     and node.name not in statement_indices and node.name not in size_names:
                 inputs[node.name] = None
         defined.add(statement.target.tensor)
+    # A declared tensor that nothing computes is an input too: its shape binds size names.
+    targets = {s.target.tensor for s in program.statements if isinstance(s, S.Assignment)}
+    for statement in program.statements:
+        if isinstance(statement, S.Declaration) and statement.tensor not in targets:
+            inputs.setdefault(statement.tensor, None)
     return list(inputs)
 
 
@@ -216,7 +222,7 @@ class _ProgramChecker:
             self.seen_statements.append(statement)
             if isinstance(statement, S.Assignment):
                 self.statements.append(_StatementChecker(self, statement).check())
-        read_by_later: set[str] = set()
+        read_by_later = _shape_donors(self.program)
         outputs: list[str] = []
         for number in range(len(self.statements) - 1, -1, -1):
             statement = self.statements[number]
@@ -226,7 +232,8 @@ class _ProgramChecker:
         defined = {s.target for s in self.statements}
         inputs = [n for n in self.tensors if self.tensors[n].defined_by is None and n not in defined]
         for name in self.shapes:
-            if name not in self.tensors and name not in self.size_values:
+            if name not in self.tensors and name not in self.size_values \
+                    and name not in self.declarations:
                 raise ShapeError(f"a shape was given for '{name}', which the program does not "
                                  f"use{_suggest(name, self.tensors)}")
         return CheckedProgram(tuple(self.statements), dict(self.tensors), tuple(inputs),
@@ -628,6 +635,37 @@ class _StatementChecker:
                         f"such as 'where {read.tensor}: zero', or narrow the range", read.span)
 
 
+def _shape_donors(program: S.Program) -> set[str]:
+    """Computed tensors whose shapes bind size names that the program uses elsewhere.
+
+    A declaration's size names are bound by an input's shape when an input is declared
+    with them, else by the first tensor computed with `=` that is declared with them
+    (`y: [y_0, y_1]` in an adjoint, whose `dy: [y_0, y_1]` needs them). Such a tensor's
+    shape is used, so it is not a result even if no statement reads its values.
+    """
+    declarations = {s.tensor: s for s in program.statements if isinstance(s, S.Declaration)}
+    assigned = [s.target.tensor for s in program.statements
+                if isinstance(s, S.Assignment) and not s.accumulate]
+    targets = {s.target.tensor for s in program.statements if isinstance(s, S.Assignment)}
+    uses: dict[str, int] = {}
+    for declaration in declarations.values():
+        for dim in declaration.dims or ():
+            if isinstance(dim, str):
+                uses[dim] = uses.get(dim, 0) + 1
+    bound = {d for name, declaration in declarations.items() if name not in targets
+             for d in declaration.dims or () if isinstance(d, str)}
+    donors = set()
+    for tensor in dict.fromkeys(assigned):
+        declaration = declarations.get(tensor)
+        if declaration is None:
+            continue
+        names = {d for d in declaration.dims or () if isinstance(d, str)} - bound
+        if any(uses[name] > 1 for name in names):
+            donors.add(tensor)
+        bound |= names
+    return donors
+
+
 def _free_indices(expr: Expr) -> list[str]:
     """Indices an expression uses that no reduction inside it binds, in order."""
     if isinstance(expr, Read):
@@ -721,7 +759,7 @@ def structure(program: S.Program) -> ProgramStructure:
         if not statements:
             raise TensorcError("the program has no statements; write one such as "
                                "'C[i,k] = A[i,j] * B[j,k]'")
-        read_by_later: set[str] = set()
+        read_by_later = _shape_donors(program)
         outputs: list[str] = []
         for item in reversed(statements):
             if item.target not in read_by_later and item.target not in outputs:
