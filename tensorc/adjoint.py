@@ -533,7 +533,7 @@ class _Derivation:
             i.high for s in body for i in s.where if isinstance(i, S.RangeBound)} | {
             i.low for s in body for i in s.where if isinstance(i, S.RangeBound)} | used
         head += [s for s in self.syntax.statements if isinstance(s, S.Declaration) and (
-            s.tensor in used or size_uses & set(s.dims or ()))]
+            s.tensor in used or size_uses & {d for d in s.dims or () if isinstance(d, str)})]
         return parse("\n".join(str(s) for s in head + forward + rendered))
 
     def cotangent(self, item: StatementStructure) -> Expr:

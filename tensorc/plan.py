@@ -31,7 +31,8 @@ GEMM_CALL_NS = 300.0  # each entry of a batched matmul
 TRANSPOSED_COPY_NS = 1.2  # per element, materializing a transposed array
 TRANSPOSED_VIEW_NS = 0.05  # per element, handing a statement's result back transposed
 WINDOW_COPY_NS = 0.4  # per element of an im2col copy whose innermost axis is an output axis
-WINDOW_COPY_SLOW_NS = 2.4  # ... and whose innermost axis is a window (contracted) axis
+WINDOW_COPY_SLOW_NS = 2.4  # ... and whose innermost axis is a window axis or short
+WINDOW_COPY_FAST_RUN = 16  # a contracted innermost axis this long copies fast too
 # im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
 IM2COL_CHUNK_BYTES = 8 << 20
 
@@ -176,6 +177,12 @@ class _StatementPlanner:
         self.temporaries: list[int] = []  # bytes of each array the statement allocates
         self.largest = 0
         self.strategies: list[str] = []
+        # A '+=' into a windowed target adds its contribution one window offset at a time,
+        # slicing along the last dimension's position index: that axis should be innermost.
+        last = statement.target_maps[-1] if statement.accumulate and statement.target_maps \
+            else None
+        positions = [n for n, c in last.terms if c > 0] if last is not None else []
+        self.scatter_inner = {max(positions, key=self.sizes.__getitem__)} if positions else set()
 
     def canonical(self, names) -> tuple[str, ...]:
         return tuple(sorted(set(names), key=self.position.__getitem__))
@@ -328,7 +335,8 @@ class _StatementPlanner:
         # Candidates: every split of the result order into [group, first, second] that a
         # matmul yields directly (either operand on the left), and the natural
         # [batch, a-kept, b-kept] followed by a transpose. The cheapest by _layout_cost wins.
-        candidates = [(tuple(batch), tuple(a_kept), tuple(b_kept), False)]
+        candidates = [(tuple(batch), tuple(a_kept), tuple(b_kept), False),
+                      (tuple(batch), tuple(b_kept), tuple(a_kept), True)]
         for p in range(len(result) + 1):
             group = result[:p]
             if not set(batch) <= set(group):
@@ -374,8 +382,10 @@ class _StatementPlanner:
                                          (right, right_kind, second, contracted)):
             present = tuple(x for x in group if x in axes)
             arranged = present + tuple(outer) + tuple(inner)
-            if kind == "strided":  # im2col: fast when the innermost copied axis is kept
-                fast = bool(inner) and inner[-1] not in contracted
+            if kind == "strided":  # im2col: fast when the innermost copied axis is a long run
+                # (a kept output axis, or a long contracted one as in a weight gradient)
+                fast = bool(inner) and (inner[-1] not in contracted
+                                        or self.sizes[inner[-1]] >= WINDOW_COPY_FAST_RUN)
                 elements = size(arranged)
                 cost += elements * (WINDOW_COPY_NS if fast else WINDOW_COPY_SLOW_NS)
                 copies.append(elements)
@@ -384,7 +394,10 @@ class _StatementPlanner:
                 elements = size(arranged)  # a transpose that reshape must copy
                 cost += elements * TRANSPOSED_COPY_NS
                 copies.append(elements)
-        if group + first + second != result:
+        layout = group + first + second
+        if self.scatter_inner and result_may_be_view and layout[-1] not in self.scatter_inner:
+            cost += size(result) * TRANSPOSED_COPY_NS  # the scatter reads it across the grain
+        if layout != result:
             # The result is read transposed later; a statement's own result may stay a view,
             # but still loses ties against a layout that needs no transpose.
             cost += size(result) * (TRANSPOSED_VIEW_NS if result_may_be_view
