@@ -395,7 +395,7 @@ class _StatementPlanner:
                 cost += elements * TRANSPOSED_COPY_NS
                 copies.append(elements)
         layout = group + first + second
-        if self.scatter_inner and result_may_be_view and layout[-1] not in self.scatter_inner:
+        if self.scatter_inner and result_may_be_view and layout[-1:] != tuple(self.scatter_inner):
             cost += size(result) * TRANSPOSED_COPY_NS  # the scatter reads it across the grain
         if layout != result:
             # The result is read transposed later; a statement's own result may stay a view,
