@@ -161,6 +161,32 @@ def rename(expr: Expr, names: dict[str, str]) -> Expr:
     return expr
 
 
+# ---- where each index of a forward statement gets its range --------------------------------
+
+@dataclass
+class _IndexSource:
+    """How a forward statement ranges one index; derived statements must range it alike."""
+
+    where: tuple[int | str, int | str] | None = None  # `where i in low:high`
+    whole: list[tuple[str, int]] = field(default_factory=list)  # (tensor, axis) used whole
+    windows: set[tuple[str, tuple[IndexMap, ...]]] = field(default_factory=set)  # valid-range reads
+
+
+def _index_sources(item: StatementStructure) -> dict[str, _IndexSource]:
+    sources = {index: _IndexSource(item.where_ranges.get(index)) for index in item.indices}
+    reads = [n for n in walk(item.value) if isinstance(n, Read) and n.maps]
+    if item.accumulate:  # a `+=` target's known shape takes part in range inference too
+        reads.append(Read(item.target, item.target_maps, item.boundaries.get(item.target)))
+    for read in reads:
+        for axis, m in enumerate(read.maps):
+            if m.is_plain:
+                sources[m.terms[0][0]].whole.append((read.tensor, axis))
+            elif read.boundary is None:
+                for index in m.indices():
+                    sources[index].windows.add((read.tensor, read.maps))
+    return sources
+
+
 # ---- one statement, root to leaves --------------------------------------------------------
 
 @dataclass
@@ -170,23 +196,25 @@ class Contribution:
     read: Read
     value: Expr
     statement: StatementStructure
-    extra_ranges: dict[str, tuple[int | str, int | str]] = field(default_factory=dict)
+    origin: dict[str, str]  # renamed index -> the forward statement's index
 
 
 class _StatementAdjoint:
-    def __init__(self, item: StatementStructure, cotangent: Expr, active: set[str],
-                 fresh: _FreshNames, ranges: _SymbolicRanges,
-                 temporaries: dict[tuple[str, Expr], S.Assignment]) -> None:
+    def __init__(self, derivation: _Derivation, item: StatementStructure, cotangent: Expr) -> None:
+        self.derivation = derivation
         self.item = item
-        self.temporaries = temporaries
-        self.active = active
-        self.fresh = fresh
-        self.ranges = ranges
+        self.active = derivation.active
         self.contributions: list[Contribution] = []
-        self.extra_ranges: dict[str, tuple[int | str, int | str]] = {}
-        # The statement's own value is its target: exp' = exp reads the result, not a recompute.
+        self.origin: dict[str, str] = {}
+        self.scope: list[str] = []  # indices bound by the reductions around the current node
+        # The statement's own value is its target (exp' = exp reads the result), unless a
+        # later `+=` changes the target.
         plain = not item.accumulate and all(m.is_plain for m in item.target_maps)
-        self.root_value = Read(item.target, item.target_maps) if plain else None
+        later = any(s.accumulate and s.target == item.target
+                    for s in derivation.structure.statements)
+        self.root_value = (derivation.plain_read(item.target, [m.terms[0][0] for m in
+                                                               item.target_maps], item, {})
+                           if plain and not later else None)
         self.propagate(item.value, cotangent)
 
     def value_of(self, node: Expr) -> Expr:
@@ -199,26 +227,10 @@ class _StatementAdjoint:
             return self.root_value
         if not any(isinstance(n, Reduce) for n in walk(node)):
             return node
-        indices = free_indices(node)
-        key = (self.item.target, node)
-        if key not in self.temporaries:
-            if isinstance(node, Reduce):
-                first = next(n.tensor for n in walk(node) if isinstance(n, Read))
-                base = f"{node.op}_{first}"
-            else:
-                base = f"{self.item.target}_inner"
-            name = self.fresh.make(base)
-            used = {n for m in walk(node) if isinstance(m, Read) for n in m.indices()}
-            used |= {n for m in walk(node) if isinstance(m, Reduce) for n in m.indices}
-            where: list[S.WhereItem] = [S.RangeBound(i, *self.item.where_ranges[i])
-                                        for i in self.item.indices
-                                        if i in used and i in self.item.where_ranges]
-            moded = {n.tensor: n.boundary for n in walk(node) if isinstance(n, Read) and n.boundary}
-            where += [S.Boundary(t, mode) for t, mode in moded.items()]
-            target = S.Target(name, tuple(S.Affine((S.AffineTerm(i, 1),), 0) for i in indices))
-            self.temporaries[key] = S.Assignment(target, to_syntax(node), tuple(where))
-        name = self.temporaries[key].target.tensor
-        return Read(name, tuple(IndexMap(((i, 1),)) for i in indices))
+        try:
+            return self.derivation.temporary(self.item, node, dict(self.origin))
+        except RangeError:  # its ranges need reads outside it: compute it in place instead
+            return node
 
     def depends(self, node: Expr) -> bool:
         return any(isinstance(n, Read) and n.tensor in self.active for n in walk(node))
@@ -227,7 +239,13 @@ class _StatementAdjoint:
         if _is(g, 0) or not self.depends(node):
             return
         if isinstance(node, Read):
-            self.contributions.append(Contribution(node, g, self.item, self.extra_ranges))
+            # A reduction index that neither g nor the read uses still sums: the read gets
+            # one contribution per value of it (d/ds sum[k](s + w[k]) = |k|).
+            for index in self.scope:
+                if index not in free_indices(g) and index not in node.indices():
+                    g = mul(g, self.derivation.count(index, self.item, self.origin,
+                                                     in_statement=False))
+            self.contributions.append(Contribution(node, g, self.item, dict(self.origin)))
         elif isinstance(node, Apply):
             self.propagate_apply(node, g)
         elif isinstance(node, Reduce):
@@ -270,25 +288,27 @@ class _StatementAdjoint:
     #   max[j](b[j])  -> db[j] = g * (b[j] == max) / #ties   (ties share, like torch.amax)
     def propagate_reduce(self, node: Reduce, g: Expr) -> None:
         body, indices = node.body, node.indices
-        clashes = {i for i in indices if i in free_indices(g)}
-        if clashes:  # g uses an outer index that this reduction's own index shadows
-            names = {i: self.fresh.index(i) for i in clashes}
+        taken = set(free_indices(g)) | set(self.scope)
+        clashes = [i for i in indices if i in taken]
+        if clashes:  # an outer index of the same name is in use: rename this reduction's own
+            names = {i: self.derivation.fresh.index(i) for i in clashes}
             for old, new in names.items():
-                if old in self.item.where_ranges:
-                    self.extra_ranges[new] = self.item.where_ranges[old]
+                self.origin[new] = self.origin.get(old, old)
             body = rename(body, names)
             indices = tuple(names.get(i, i) for i in indices)
-        if node.op == "sum":
-            self.propagate(body, g)
-        elif node.op == "mean":
+        if node.op == "mean":
             count: Expr = ONE
-            for index in node.indices:
-                count = mul(count, self.ranges.size(index, self.item))
-            self.propagate(body, div(g, count))
-        else:
+            for index in indices:
+                count = mul(count, self.derivation.count(index, self.item, self.origin))
+            g = div(g, count)
+        elif node.op in ("max", "min"):
             mask = Apply("eq", (self.value_of(body), self.value_of(node)))
-            ties = Reduce("sum", indices, mask)
-            self.propagate(body, div(mul(g, mask), ties))
+            ties = self.derivation.temporary(self.item, Reduce("sum", indices, mask),
+                                             dict(self.origin), "ties")
+            g = div(mul(g, mask), ties)
+        self.scope.extend(indices)
+        self.propagate(body, g)
+        del self.scope[len(self.scope) - len(indices):]
 
 
 # ---- names and symbolic sizes -------------------------------------------------------------
@@ -321,24 +341,12 @@ class _SymbolicRanges:
                 self.shapes[name] = tuple(declaration.dims)
 
     def shape(self, tensor: str, rank: int) -> tuple[int | str, ...]:
+        if rank == 0:
+            return ()
         if tensor not in self.shapes:
             self.shapes[tensor] = tuple(self.fresh.make(f"{tensor}_{axis}") for axis in range(rank))
             self.generated.add(tensor)
         return self.shapes[tensor]
-
-    def size(self, index: str, item: StatementStructure) -> Expr:
-        """The number of values `index` takes in `item`, as an expression."""
-        if index in item.where_ranges:
-            low, high = item.where_ranges[index]
-            return sub(_size_value(high), _size_value(low))
-        reads = [n for n in walk(item.value) if isinstance(n, Read) and n.maps]
-        reads.sort(key=lambda read: read.tensor not in self.program.inputs)  # inputs first
-        for node in reads:
-            for axis, m in enumerate(node.maps):
-                if m.is_plain and m.terms[0][0] == index:
-                    return _size_value(self.shape(node.tensor, len(node.maps))[axis])
-        raise RangeError(f"tc.grad needs the size of '{index}' to differentiate the mean over it; "
-                         f"add 'where {index} < N' to the statement", item.source.span)
 
 
 def _size_value(size: int | str) -> Expr:
@@ -387,7 +395,11 @@ def _statement_value(value: Expr, summed: list[str]) -> S.Expr:
     if not summed:
         return to_syntax(value)
     explicit = Reduce("sum", tuple(summed), value, True)
-    if place_sums(value, set(summed), first_appearance(value)) == explicit:
+    bracketed = {n for node in walk(value) if isinstance(node, Read) for n in node.indices()}
+    bracketed |= {n for node in walk(value) if isinstance(node, Reduce) for n in node.indices}
+    # An index used only as a value (`k*x[i]`) is an index only inside brackets: say sum[k].
+    if set(summed) <= bracketed and \
+            place_sums(value, set(summed), first_appearance(value)) == explicit:
         return to_syntax(value)
     return to_syntax(Reduce("sum", tuple(summed), value))
 
@@ -481,15 +493,132 @@ class _Derivation:
         self.active = _active_tensors(self.structure, wrt, outputs)
         self.gradient_names = {name: self.fresh.make(f"d{name}") for name in
                                sorted(self.active | set(wrt) | set(outputs))}
+        self.temporaries: dict[tuple[str, Expr], S.Assignment] = {}
+        self.sources = {id(item): _index_sources(item) for item in self.structure.statements}
+
+    # ---- sizes and ranges carried from a forward statement into derived ones ----
+    def size(self, index: str, item: StatementStructure) -> Expr | None:
+        """How many values the forward index takes, as an expression of sizes, if one says."""
+        source = self.sources[id(item)][index]
+        if source.where is not None:
+            low, high = source.where
+            return sub(_size_value(high), _size_value(low))
+        if source.whole:
+            tensor, axis = min(source.whole, key=lambda ta: ta[0] not in self.structure.inputs)
+            return _size_value(self.ranges.shape(tensor, self.rank(tensor))[axis])
+        return None
+
+    def count(self, index: str, item: StatementStructure, origin: dict[str, str],
+              in_statement: bool = True) -> Expr:
+        """The number of values of `index` (renamed from origin) in a derived statement."""
+        size = self.size(origin.get(index, index), item)
+        if size is not None:
+            return size
+        if in_statement:  # the index ranges in the derived statement itself: count it there
+            return Reduce("sum", (index,), ONE)
+        raise RangeError(f"tc.grad needs the size of '{origin.get(index, index)}' here; add "
+                         f"'where {origin.get(index, index)} < N' to the statement",
+                         item.source.span)
+
+    def plain_read(self, tensor: str, indices: list[str], item: StatementStructure,
+                   origin: dict[str, str]) -> Read:
+        """`tensor[i, j, ...]` for a tensor indexed by a statement's own plain indices, whose
+        ranges may start above 0 (`where i in 1:3`: position i - 1)."""
+        maps = []
+        for index in indices:
+            where = self.sources[id(item)][origin.get(index, index)].where
+            low = where[0] if where else 0
+            if isinstance(low, str):
+                raise RangeError(f"tc.grad: a range starting at the size '{low}' is not "
+                                 f"supported yet; shift '{index}' to start at 0",
+                                 item.source.span)
+            maps.append(IndexMap(((index, 1),), -low))
+        return Read(tensor, tuple(maps))
+
+    def temporary(self, item: StatementStructure, node: Expr, origin: dict[str, str],
+                  base: str | None = None) -> Read:
+        """A forward subexpression computed once into a named tensor; read back plainly."""
+        indices = free_indices(node)
+        key = (item.target, node)
+        if key not in self.temporaries:
+            if base is None and isinstance(node, Reduce):
+                first = next((n.tensor for n in walk(node) if isinstance(n, Read) and n.maps),
+                             "value")
+                base = f"{node.op}_{first}"
+            name = self.fresh.make(base or f"{item.target}_inner")
+            target = S.Target(name, tuple(S.Affine((S.AffineTerm(i, 1),), 0) for i in indices))
+            where = self.where_clause(item, origin, node, (), None, False)
+            self.temporaries[key] = S.Assignment(target, _statement_value(node, []), where)
+        name = self.temporaries[key].target.tensor
+        return self.plain_read(name, indices, item, origin)
+
+    def where_clause(self, item: StatementStructure, origin: dict[str, str], value: Expr,
+                     target_maps: tuple[IndexMap, ...], target: tuple[str, str | None] | None,
+                     target_shaped: bool) -> tuple[S.WhereItem, ...]:
+        """Ranges and boundary modes of a statement derived from `item`.
+
+        Every index must take the range it has in the forward statement. An index used whole
+        in the derived statement gets it from the same dimension; otherwise the `where` of
+        the forward carries over, or its size (`where h < x_2`); an index whose forward range
+        came from windows ("valid") keeps it only if the derived statement reads them all.
+        `target` is (the forward tensor it stands for, its mode) for a gradient target.
+        """
+        sources = self.sources[id(item)]
+        back = {new: old for new, old in origin.items()}
+        reads = [n for n in walk(value) if isinstance(n, Read) and n.maps]
+        whole = {m.terms[0][0] for r in reads for m in r.maps if m.is_plain}
+        if target_shaped:
+            whole |= {m.terms[0][0] for m in target_maps if m.is_plain}
+        # (a cotangent dy[A] has y's shape: it bounds its indices as y[A] did)
+        forward_name = {g: t for t, g in self.gradient_names.items()}
+        windows = {(forward_name.get(r.tensor, r.tensor), rename(r, back).maps)
+                   for r in reads if r.boundary is None}
+        if target is not None and target[1] is None:
+            windows.add((target[0], rename(Read(target[0], target_maps), back).maps))
+        indices = dict.fromkeys(n for m in target_maps for n in m.indices())
+        for node in walk(value):
+            if isinstance(node, Read):
+                indices.update(dict.fromkeys(node.indices()))
+            elif isinstance(node, Reduce):
+                indices.update(dict.fromkeys(node.indices))
+            elif isinstance(node, IndexValue):
+                indices[node.index] = None
+        clause: list[S.WhereItem] = []
+        for index in indices:
+            forward = back.get(index, index)
+            source = sources.get(forward)
+            if source is None:
+                continue
+            if source.where is not None:
+                clause.append(S.RangeBound(index, *source.where))
+            elif index in whole:
+                continue
+            elif source.whole:
+                tensor, axis = min(source.whole, key=lambda ta: ta[0] not in self.structure.inputs)
+                clause.append(S.RangeBound(index, 0, self.ranges.shape(tensor,
+                                                                       self.rank(tensor))[axis]))
+            else:
+                missing = [(t, maps) for t, maps in source.windows if (t, maps) not in windows]
+                if missing:
+                    read = Read(*missing[0])
+                    raise RangeError(
+                        f"tc.grad: the range of '{forward}' is inferred from '{read}', which a "
+                        f"derived statement does not read; give it explicitly, as in "
+                        f"'where {forward} < N'", item.source.span)
+        if target is not None and target[1] is not None:
+            clause.append(S.Boundary(self.gradient_names[target[0]], target[1]))
+        moded = {n.tensor: n.boundary for n in reads if n.boundary}
+        clause.extend(S.Boundary(t, mode) for t, mode in moded.items())
+        return tuple(clause)
 
     def program(self, keep_forward: bool = False) -> S.Program:
         contributions: list[Contribution] = []
-        temporaries: dict[tuple[str, Expr], S.Assignment] = {}
+        reached = set(self.outputs)  # tensors with a (nonzero) cotangent so far
         for item in reversed(self.structure.statements):  # reverse mode: last statement first
-            if item.target in self.active:
-                derived = _StatementAdjoint(item, self.cotangent(item), self.active, self.fresh,
-                                            self.ranges, temporaries)
+            if item.target in self.active and item.target in reached:
+                derived = _StatementAdjoint(self, item, self.cotangent(item))
                 contributions.extend(derived.contributions)
+                reached |= {c.read.tensor for c in derived.contributions}
         rendered: list[S.Assignment] = []
         defined: set[str] = set()
         declared: list[str] = []  # gradients whose shape must be declared
@@ -505,7 +634,7 @@ class _Derivation:
             if gradient not in defined:
                 rendered.append(self.zero_gradient(name, gradient))
                 defined.add(gradient)
-        rendered = self.without_dead(list(temporaries.values()) + rendered)
+        rendered = self.without_dead(list(self.temporaries.values()) + rendered)
         targets = {s.target.tensor for s in rendered}
         declared = [g for g in declared if g in targets]
         reads = {n.tensor for s in rendered for n in S.walk(s.value) if isinstance(n, S.Access)}
@@ -513,10 +642,12 @@ class _Derivation:
         by_gradient = {g: t for t, g in self.gradient_names.items()}
         shapes = {by_gradient[g]: self.ranges.shape(by_gradient[g], self.rank(by_gradient[g]))
                   for g in declared}
-        # A gradient declared with an intermediate's sizes needs that intermediate computed.
-        # Sizes named after an intermediate are bound by computing it.
-        wanted = reads | {t for t in self.ranges.generated if t not in self.structure.inputs}
-        wanted |= {t for t in shapes if t not in self.structure.inputs}
+        # Sizes named by an intermediate's declaration are bound by computing it.
+        inputs = set(self.structure.inputs)
+        input_sizes = {d for t in inputs for d in self.ranges.shapes.get(t, ()) if isinstance(d, str)}
+        wanted = reads | {t for t in self.ranges.generated if t not in inputs}
+        wanted |= {t for t, shape in shapes.items() if t not in inputs
+                   and any(isinstance(d, str) and d not in input_sizes for d in shape)}
         if keep_forward:
             wanted |= {item.target for item in self.structure.statements}
         forward = self.recomputed(wanted)
@@ -524,24 +655,38 @@ class _Derivation:
         head: list[S.Statement] = [S.Declaration(t, None, self.ranges.shapes[t])
                                    for t in sorted(self.ranges.generated)]
         head += [S.Declaration(self.gradient_names[t], None, shape) for t, shape in shapes.items()]
-        # The forward's declarations of tensors the adjoint uses, or that name its sizes.
-        body = forward + rendered
-        used = {s.target.tensor for s in body} | reads
-        used |= {n.tensor for s in forward for n in S.walk(s.value) if isinstance(n, S.Access)}
-        used |= {n.name for s in forward for n in S.walk(s.value) if isinstance(n, S.Name)}
-        size_uses = {d for s in head for d in s.dims or () if isinstance(d, str)} | {
-            i.high for s in body for i in s.where if isinstance(i, S.RangeBound)} | {
-            i.low for s in body for i in s.where if isinstance(i, S.RangeBound)} | used
-        head += [s for s in self.syntax.statements if isinstance(s, S.Declaration) and (
-            s.tensor in used or size_uses & {d for d in s.dims or () if isinstance(d, str)})]
+        head += self.forward_declarations(forward + rendered, head)
         return parse("\n".join(str(s) for s in head + forward + rendered))
+
+    def forward_declarations(self, body: list[S.Assignment],
+                             head: list[S.Declaration]) -> list[S.Declaration]:
+        """The forward's declarations of tensors the adjoint uses, then of inputs (else any
+        tensor) that bind the size names it still needs."""
+        used = {s.target.tensor for s in body}
+        used |= {n.tensor for s in body for n in S.walk(s.value) if isinstance(n, S.Access)}
+        used |= {n.name for s in body for n in S.walk(s.value) if isinstance(n, S.Name)}
+        names = lambda d: {x for x in d.dims or () if isinstance(x, str)}  # noqa: E731
+        needed = set().union(*(names(d) for d in head)) | used
+        needed |= {b for s in body for i in s.where if isinstance(i, S.RangeBound)
+                   for b in (i.low, i.high) if isinstance(b, str)}
+        forward = [s for s in self.syntax.statements if isinstance(s, S.Declaration)]
+        chosen = [d for d in forward if d.tensor in used]
+        provided = set().union(*(names(d) for d in chosen + head))
+        inputs = set(self.structure.inputs)
+        for declaration in sorted(forward, key=lambda d: d.tensor not in inputs):
+            if declaration not in chosen and (names(declaration) & needed) - provided:
+                chosen.append(declaration)
+                provided |= names(declaration)
+        return [d for d in forward if d in chosen]
 
     def cotangent(self, item: StatementStructure) -> Expr:
         """The cotangent of a statement's target, read at the positions it writes."""
         if item.target in self.outputs and not item.target_maps:
             return ONE  # a scalar such as a loss: d loss / d loss = 1
-        boundary = item.boundaries.get(item.target) if item.accumulate else None
-        return Read(self.gradient_names[item.target], item.target_maps, boundary)
+        gradient = self.gradient_names[item.target]
+        if item.accumulate:
+            return Read(gradient, item.target_maps, item.boundaries.get(item.target))
+        return self.plain_read(gradient, [m.terms[0][0] for m in item.target_maps], item, {})
 
     def render(self, contribution: Contribution, gradient: str,
                exists: bool) -> tuple[S.Assignment, bool]:
@@ -549,27 +694,18 @@ class _Derivation:
         lhs = [n for m in read.maps for n in m.indices()]
         summed = [n for n in first_appearance(value) if n not in lhs and n in free_indices(value)]
         plain = all(m.is_plain for m in read.maps) and len(set(lhs)) == len(lhs) == len(read.maps)
-        ranged = {**item.where_ranges, **contribution.extra_ranges}
+        sources = self.sources[id(item)]
+        back = contribution.origin
+        ranged = any(sources[back.get(n, n)].where for n in lhs)
         whole = {m.terms[0][0] for n in walk(value) if isinstance(n, Read)
                  for m in n.maps if m.is_plain}
-        assign = (not exists and plain and read.boundary is None
-                  and not any(n in ranged for n in lhs))
+        assign = not exists and plain and read.boundary is None and not ranged
         # `=` infers the shape when every index on the left is used whole on the right.
         needs_shape = bool(read.maps) and not exists and not (assign and set(lhs) <= whole)
-        where: list[S.WhereItem] = []
-        used = set(lhs) | {n for node in walk(value) if isinstance(node, (Read, IndexValue))
-                           for n in (node.indices() if isinstance(node, Read) else (node.index,))}
-        used |= {n for node in walk(value) if isinstance(node, Reduce) for n in node.indices}
-        for index in item.indices + tuple(contribution.extra_ranges):
-            if index in used and index in ranged:
-                low, high = ranged[index]
-                where.append(S.RangeBound(index, low, high))
-        if read.boundary is not None:
-            where.append(S.Boundary(gradient, read.boundary))
-        moded = {n.tensor: n.boundary for n in walk(value) if isinstance(n, Read) and n.boundary}
-        where.extend(S.Boundary(t, mode) for t, mode in moded.items())
+        where = self.where_clause(item, back, value, read.maps, (read.tensor, read.boundary),
+                                  target_shaped=bool(read.maps) and (exists or needs_shape))
         target = S.Target(gradient, tuple(_affine(m) for m in read.maps))
-        statement = S.Assignment(target, _statement_value(value, summed), tuple(where),
+        statement = S.Assignment(target, _statement_value(value, summed), where,
                                  accumulate=not assign)
         return statement, needs_shape
 

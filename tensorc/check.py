@@ -467,8 +467,9 @@ class _StatementChecker:
                 raise RangeError(f"'{name}' is already reduced here; reduce each index once", span)
         body = self.build(node.body, bound + node.indices)
         used = set(_free_indices(body))
+        counting = isinstance(body, Constant) and node.op == "sum"  # sum[j](1): j's count
         for name, span in zip(node.indices, spans):
-            if name not in used:
+            if name not in used and not counting:
                 raise RangeError(f"{node.op}[...] reduces '{name}', which its argument does not "
                                  "use", span)
         return Reduce(node.op, node.indices, body, False, node.span)

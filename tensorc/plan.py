@@ -230,6 +230,8 @@ class _StatementPlanner:
 
     def plan_reduce(self, expr: Reduce) -> Node:
         count = math.prod(self.sizes[n] for n in expr.indices)
+        if isinstance(expr.body, Constant):  # sum[j](1) counts j's values
+            return ConstNode(expr.body.value * count if expr.op == "sum" else expr.body.value)
         if expr.op in ("sum", "mean"):
             scale, factors = _factors(expr.body)
             if len([f for f in factors if not isinstance(f, Constant)]) >= 2:

@@ -582,7 +582,7 @@ class _StatementRenderer:
     def assign(self, target: str, value: _Value, lhs: tuple[str, ...],
                shape: tuple[int, ...]) -> None:
         if not lhs:
-            self.emit(f"{target} = np.asarray({value.code}, dtype=DTYPE)")
+            self.emit(f"{target} = np.array({value.code}, dtype=DTYPE)  # a copy: later += must not touch the source")
         elif not value.axes and not value.owned:
             self.emit(f"{target} = np.full({_tuple(shape)}, {value.code}, dtype=DTYPE)")
         elif value.axes != lhs:
