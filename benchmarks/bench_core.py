@@ -30,6 +30,9 @@ Method (everything in one process, float32 inputs):
 Targets (printed under the table):
   * every pure contraction: ratio <= 1.1 against the best of opt_einsum / np.einsum;
   * convolution forward: the median of the conv ratios against PyTorch NCHW <= 2.0;
+  * convolution forward+backward (tc.compile_grad: output, input and weight gradients)
+    against PyTorch autograd NCHW: median <= 2.0, and tensorc's backward (a tc.grad kernel)
+    at most 3x its own forward on each layer;
   * max-pool: ratio < 1.0 against PyTorch NCHW (every max-pool case).
 """
 
@@ -108,6 +111,7 @@ class Side:
     inner: int = 1
     times: list[float] = field(default_factory=list)  # seconds per call, one per repeat
     view: bool = False  # returns a non-contiguous view (a caller may still pay for a copy)
+    checked: bool = True  # compared with the reference (off for partial work: backward only)
 
     @property
     def median(self) -> float:
@@ -209,6 +213,8 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 def _dense(value: Any) -> bool:
     """Whether an output is laid out densely (C order, or a torch memory format)."""
+    if isinstance(value, tuple):
+        return all(_dense(item) for item in value)
     if hasattr(value, "is_contiguous"):
         import torch
         return value.is_contiguous() or (value.dim() == 4 and value.is_contiguous(
@@ -218,7 +224,11 @@ def _dense(value: Any) -> bool:
 
 
 def check_close(name: str, got: Any, ref: Any) -> str | None:
-    """None if got matches ref (rtol 1e-3; atol 1e-5 of ref's largest magnitude)."""
+    """None if got matches ref (rtol 1e-3; atol 1e-5 of ref's largest magnitude); tuples
+    (output and gradients) are compared item by item."""
+    if isinstance(ref, tuple):
+        problems = [check_close(f"{name} [{i}]", g, r) for i, (g, r) in enumerate(zip(got, ref))]
+        return "; ".join(p for p in problems if p) or None
     got, ref = _as_numpy(got), _as_numpy(ref)
     if got.shape != ref.shape:
         return f"{name}: shape {got.shape}, expected {ref.shape}"
@@ -249,6 +259,49 @@ def build_conv_case(tc, torch, rng, name, xshape, cout, ksize, stride, pad, src)
                       lambda: F.conv2d(xc, kc, stride=stride, padding=pad), "torch")],
                 target_peer="torch conv2d NCHW")
     case.kernel = kern
+    return case
+
+
+def build_conv_grad_case(tc, torch, rng, name, xshape, cout, ksize, stride, pad, src) -> Case:
+    """Forward + backward (input and weight gradients, cotangent dy) against torch autograd;
+    the extras time tensorc's forward alone and its backward (tc.grad kernel) alone."""
+    import torch.nn.functional as F
+    x = rng.standard_normal(xshape, dtype=np.float32)
+    k = (rng.standard_normal((cout, xshape[1], ksize, ksize), dtype=np.float32)
+         / np.float32(math.sqrt(xshape[1] * ksize * ksize)))
+    forward = tc.compile(src, dtype="float32", x=x.shape, k=k.shape)
+    y_shape = forward(x=x, k=k).shape
+    dy = rng.standard_normal(y_shape, dtype=np.float32)
+    both = tc.compile_grad(src, wrt=["x", "k"], dtype="float32", x=x.shape, k=k.shape,
+                           dy=dy.shape)
+    backward = tc.compile(tc.grad(src, wrt=["x", "k"]), dtype="float32", x=x.shape,
+                          k=k.shape, dy=dy.shape)
+
+    def torch_side(memory_format):
+        xt = torch.from_numpy(x).contiguous(memory_format=memory_format).requires_grad_()
+        kt = torch.from_numpy(k).contiguous(memory_format=memory_format).requires_grad_()
+        dyt = torch.from_numpy(dy).contiguous(memory_format=memory_format)
+
+        def run():
+            with torch.enable_grad():
+                y = F.conv2d(xt, kt, stride=stride, padding=pad)
+                dx, dk = torch.autograd.grad(y, (xt, kt), dyt)
+            return y.detach(), dx, dk
+        return run
+
+    def tensorc_side():
+        result = both(x=x, k=k, dy=dy)
+        return result["y"], result["dx"], result["dk"]
+
+    case = Case("convgrad", name,
+                Side("tensorc", tensorc_side),
+                [Side("torch NCHW fwd+bwd", torch_side(torch.contiguous_format), "torch"),
+                 Side("torch channels_last fwd+bwd", torch_side(torch.channels_last), "torch")],
+                extras=[Side("tensorc forward only", lambda: forward(x=x, k=k), checked=False),
+                        Side("tensorc backward only", lambda: backward(x=x, k=k, dy=dy),
+                             checked=False)],
+                target_peer="torch NCHW fwd+bwd")
+    case.kernel = both
     return case
 
 
@@ -294,9 +347,11 @@ def run_case(builder: Callable[[], Case], name: str, group: str, args) -> Case:
         outputs = {id(side): side.fn() for side in sides}
         for side in sides:
             side.view = not _dense(outputs[id(side)])
-        reference = _as_numpy(outputs[id(case.peers[0])])
+        reference = outputs[id(case.peers[0])]
+        if not isinstance(reference, tuple):
+            reference = _as_numpy(reference)
         problems = [check_close(side.name, outputs[id(side)], reference)
-                    for side in [case.tensorc] + case.peers[1:] + case.extras]
+                    for side in [case.tensorc] + case.peers[1:] + case.extras if side.checked]
         del outputs
         problems = [p for p in problems if p]
         if problems:
@@ -492,6 +547,17 @@ def summary(cases: list[Case]) -> list[str]:
                      f"(cases: {', '.join(f'{r:.2f}' for r in ratios)}; vs best layout median "
                      f"{statistics.median(best_ratios):.2f}), target median <= 2.0: "
                      f"{'PASS' if passed else 'FAIL'}")
+    grads = [c for c in ok if c.group == "convgrad"]
+    if grads:
+        ratios = [c.target_ratio() for c in grads]
+        median = statistics.median(ratios)
+        own = [c.extras[1].median / c.extras[0].median for c in grads]
+        passed = median <= 2.0 and all(r <= 3.0 for r in own)
+        verdicts.append(passed)
+        lines.append(f"  conv forward+backward vs torch NCHW: median ratio {median:.2f} (cases: "
+                     f"{', '.join(f'{r:.2f}' for r in ratios)}); tensorc backward / its forward: "
+                     f"{', '.join(f'{r:.2f}' for r in own)}; target median <= 2.0 and each "
+                     f"backward <= 3x forward: {'PASS' if passed else 'FAIL'}")
     pools = [c for c in ok if c.group == "pool"]
     if pools:
         ratios = [c.target_ratio() for c in pools]
@@ -566,6 +632,11 @@ def main(argv=None) -> int:
     for name, xshape, cout, ksize, stride, pad, src in CONVS:
         builders.append((name, "conv", lambda a=(name, xshape, cout, ksize, stride, pad, src):
                          build_conv_case(tc, torch, rng, *a)))
+    for name, xshape, cout, ksize, stride, pad, src in CONVS:
+        grad_name = name.replace("conv ", "conv fwd+bwd ", 1)
+        builders.append((grad_name, "convgrad",
+                         lambda a=(grad_name, xshape, cout, ksize, stride, pad, src):
+                         build_conv_grad_case(tc, torch, rng, *a)))
     for name, xshape in POOLS:
         builders.append((name, "pool", lambda a=(name, xshape): build_pool_case(tc, torch, rng, *a)))
     for name, equation, shapes, src in CONTRACTIONS:

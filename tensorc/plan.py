@@ -8,12 +8,14 @@ of elementwise operations line up by inserting new axes, never by transposing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 import opt_einsum
 
-from .ir import Apply, CheckedProgram, Constant, Expr, IndexValue, Read, Reduce, Statement
+from .ir import (
+    Apply, CheckedProgram, Constant, Expr, IndexMap, IndexValue, Read, Reduce, Statement, walk,
+)
 
 __all__ = ["IM2COL_CHUNK_BYTES", "ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
            "ReduceNode", "Node", "StatementPlan", "ProgramPlan", "plan_program",
@@ -30,9 +32,8 @@ GEMM_FULL_SPEED_DIMENSION = 64  # GEMMs with a smaller m, n or k run slower (~sq
 GEMM_CALL_NS = 300.0  # each entry of a batched matmul
 TRANSPOSED_COPY_NS = 1.2  # per element, materializing a transposed array
 TRANSPOSED_VIEW_NS = 0.05  # per element, handing a statement's result back transposed
-WINDOW_COPY_NS = 0.4  # per element of an im2col copy whose innermost axis is an output axis
-WINDOW_COPY_SLOW_NS = 2.4  # ... and whose innermost axis is a window axis or short
-WINDOW_COPY_FAST_RUN = 16  # a contracted innermost axis this long copies fast too
+WINDOW_COPY_NS = 0.4  # per element of an im2col copy, plus, per contiguous run it copies:
+WINDOW_COPY_RUN_NS = 4.0  # NumPy's inner-loop overhead (runs of 8 measured ~0.9 ns/element)
 # im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
 IM2COL_CHUNK_BYTES = 8 << 20
 
@@ -385,11 +386,9 @@ class _StatementPlanner:
             present = tuple(x for x in group if x in axes)
             arranged = present + tuple(outer) + tuple(inner)
             if kind == "strided":  # im2col: fast when the innermost copied axis is a long run
-                # (a kept output axis, or a long contracted one as in a weight gradient)
-                fast = bool(inner) and (inner[-1] not in contracted
-                                        or self.sizes[inner[-1]] >= WINDOW_COPY_FAST_RUN)
                 elements = size(arranged)
-                cost += elements * (WINDOW_COPY_NS if fast else WINDOW_COPY_SLOW_NS)
+                run = self.sizes[arranged[-1]] if arranged else 1
+                cost += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / max(1, run))
                 copies.append(elements)
             elif axes not in (arranged, present + tuple(inner) + tuple(outer)) \
                     and max(len(outer), len(inner)) > 1:
@@ -460,10 +459,97 @@ def _node_flops(node: Node, naive: bool = False) -> int:
     return 0
 
 
+def _substitute(m: IndexMap, index: str, by: IndexMap) -> IndexMap:
+    """m with `index` replaced by the affine map `by`."""
+    coefficient = dict(m.terms).get(index, 0)
+    if not coefficient:
+        return m
+    terms: dict[str, int] = {n: c for n, c in m.terms if n != index}
+    for n, c in by.terms:
+        terms[n] = terms.get(n, 0) + coefficient * c
+    return IndexMap(tuple((n, c) for n, c in terms.items() if c), m.offset + coefficient * by.offset)
+
+
+def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | None:
+    """An accumulation through windows, rewritten to read through them instead.
+
+    `dx[n,c,h+u-1,w+v-1] += dy[n,o,h,w]*k[o,c,u,v]` (the input gradient of a stride-1
+    convolution, as tc.grad writes it) is `dx[n,c,i,j] += dy[n,o,i-u+1,j-v+1]*k[o,c,u,v]`
+    with dy read as zero outside its bounds: a convolution with the flipped kernel, which
+    im2col + GEMM computes without adding a contribution back per window offset. Each
+    substituted position index (h = i - u + 1) must be read only whole, in factors, so that
+    the zero boundary restores its range exactly.
+    """
+    if not statement.accumulate or statement.target_boundary not in (None, "zero") \
+            or all(m.is_plain for m in statement.target_maps):
+        return None
+    value = statement.value
+    body = value.body if isinstance(value, Reduce) and value.op == "sum" else value
+    factor_reads = [f for f in _factors(body)[1] if isinstance(f, Read)]
+    if any(isinstance(n, IndexValue) for n in walk(value)):
+        return None
+    maps, ranges = list(statement.target_maps), dict(statement.ranges)
+    replaced: dict[str, IndexMap] = {}
+    for dim, m in enumerate(statement.target_maps):
+        if m.is_plain:
+            continue
+        for position, coefficient in m.terms:
+            others = [o for i, o in enumerate(statement.target_maps) if i != dim]
+            reads = [r for r in walk(value) if isinstance(r, Read) and position in r.indices()]
+            if coefficient != 1 or any(position in o.indices() for o in others) or not reads:
+                continue
+            whole = all(sum(position in rm.indices() for rm in r.maps) == 1 and any(
+                rm.is_plain and rm.terms[0][0] == position for rm in r.maps) for r in reads)
+            gating = any(r in factor_reads for r in reads)
+            if whole and gating and all(r.boundary in (None, "zero") for r in reads):
+                break
+        else:
+            return None
+        new = f"{position}_at"
+        while new in ranges:
+            new += "_"
+        rest = [(n, -c) for n, c in m.terms if n != position]
+        replaced[position] = IndexMap(((new, 1), *rest), -m.offset)
+        maps[dim] = IndexMap(((new, 1),))
+        ranges[new] = shape[dim]
+        del ranges[position]
+
+    def rewrite(node: Expr) -> Expr:
+        if isinstance(node, Read):
+            if not set(replaced) & set(node.indices()):
+                return node
+            new_maps = node.maps
+            for position, by in replaced.items():
+                new_maps = tuple(_substitute(rm, position, by) for rm in new_maps)
+            return replace(node, maps=new_maps, boundary="zero")
+        if isinstance(node, Apply):
+            return replace(node, args=tuple(rewrite(a) for a in node.args))
+        if isinstance(node, Reduce):
+            return replace(node, body=rewrite(node.body))
+        return node
+
+    # Window offsets were target positions; now they are summed like any other index.
+    new_value = rewrite(value)
+    kept = {m.terms[0][0] for m in maps}
+    bound = set(value.indices) if isinstance(value, Reduce) and value.op == "sum" else set()
+    summed = tuple(n for n in statement.index_order() if n in ranges and n not in kept)
+    inner = new_value.body if bound else new_value
+    new_value = Reduce("sum", summed, inner, True)
+    order = {n: ranges[n] for n in [*(m.terms[0][0] for m in maps), *ranges]}
+    return replace(statement, target_maps=tuple(maps), value=new_value, ranges=order,
+                   target_boundary=None)
+
+
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8) -> ProgramPlan:
     plans = []
     for number, statement in enumerate(program.statements):
+        gathered = gather_form(statement, program.tensors[statement.target].shape)
+        if gathered is not None:
+            statement = gathered
         planner = _StatementPlanner(program, statement, itemsize)
+        if gathered is not None:
+            planner.strategies.append("accumulation through windows read as a convolution "
+                                      "with the flipped kernel (gather form)")
         root = planner.plan(statement.value)
         elementwise = _epilogue_ops(root)
         strategy = "; ".join(planner.strategies) or "elementwise"

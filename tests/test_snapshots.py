@@ -29,8 +29,15 @@ CASES = {
     "conv_padded_chunked": ("y[n,o,h,w] = relu(x[n,c,h+u-1,w+v-1] * k[o,c,u,v] + b[o])   "
                             "where h < 48, w < 48, x: zero",
                             dict(x=(8, 32, 48, 48), k=(16, 32, 3, 3), b=(16,))),
-    "col2im": ("dx: [N,C,H,W]\ndx[n,c,h+u,w+v] += dy[n,o,h,w] * k[o,c,u,v]",
-               dict(N=8, C=3, H=12, W=12, dy=(8, 4, 10, 10), k=(4, 3, 3, 3))),
+    # stride 1: read back through the window (gather form, a flipped-kernel convolution)
+    "flipped_kernel": ("dx: [N,C,H,W]\ndx[n,c,h+u,w+v] += dy[n,o,h,w] * k[o,c,u,v]",
+                       dict(N=8, C=3, H=12, W=12, dy=(8, 4, 10, 10), k=(4, 3, 3, 3))),
+    # stride 2: GEMM, then the contribution added back per window offset (col2im)
+    "col2im": ("dx: [N,C,H,W]\ndx[n,c,2*h+u,2*w+v] += dy[n,o,h,w] * k[o,c,u,v]",
+               dict(N=8, C=3, H=11, W=11, dy=(8, 4, 5, 5), k=(4, 3, 3, 3))),
+    "col2im_reflect": ("dx: [N,C,H,W]\n"
+                       "dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w] * k[o,c,u,v]   where dx: reflect",
+                       dict(N=2, C=3, H=9, W=9, dy=(2, 4, 5, 5), k=(4, 3, 3, 3))),
 }
 
 

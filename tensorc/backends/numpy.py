@@ -599,6 +599,15 @@ class _StatementRenderer:
         statement = self.sp.statement
         program = self.module.plan.program
         shape = program.tensors[statement.target].shape
+        maps = statement.target_maps
+        first = statement.target not in self.module.defined \
+            and statement.target not in program.inputs
+        lhs = tuple(m.terms[0][0] for m in maps) if all(m.is_plain for m in maps) else None
+        if first and lhs is not None and len(set(lhs)) == len(lhs) \
+                and all(self.sizes[n] == size for n, size in zip(lhs, shape)):
+            # the first contribution to a fresh tensor, everywhere: it is the value
+            self.assign(target, self.render(self.sp.root, "contribution"), lhs, shape)
+            return
         if statement.target not in self.module.defined:
             if statement.target in program.inputs:
                 self.emit(f"{target} = np.array({target}, dtype=DTYPE)  # accumulate into a copy")
