@@ -34,6 +34,7 @@ TRANSPOSED_COPY_NS = 1.2  # per element, materializing a transposed array
 TRANSPOSED_VIEW_NS = 0.05  # per element, handing a statement's result back transposed
 WINDOW_COPY_NS = 0.4  # per element of an im2col copy, plus, per contiguous run it copies:
 WINDOW_COPY_RUN_NS = 4.0  # NumPy's inner-loop overhead (runs of 8 measured ~0.9 ns/element)
+SCATTER_ADD_NS = 2.5  # per element added back through a window (col2im), read-modify-write
 # im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
 IM2COL_CHUNK_BYTES = 8 << 20
 
@@ -99,7 +100,8 @@ class PairStep:
     copy_bytes: int = 0
     result_bytes: int = 0
     estimated_ns: float = 0.0
-    chunk: int | None = None  # im2col in chunks of this many entries of batch[0]
+    chunk: int | None = None  # im2col in chunks of this many entries of chunk_axis
+    chunk_axis: str | None = None  # batch[0] (chunks of the result) or contracted[0] (summed)
     windows: tuple[bool, bool] = (False, False)  # (matmul left, right) is a strided window
 
 
@@ -178,6 +180,7 @@ class _StatementPlanner:
         self.temporaries: list[int] = []  # bytes of each array the statement allocates
         self.largest = 0
         self.strategies: list[str] = []
+        self.unit_axes: dict[tuple[str, ...], set[str]] = {}
         # A '+=' into a windowed target adds its contribution one window offset at a time,
         # slicing along the last dimension's position index: that axis should be innermost.
         last = statement.target_maps[-1] if statement.accumulate and statement.target_maps \
@@ -270,6 +273,9 @@ class _StatementPlanner:
         steps: list[PairStep] = []
         working = [o.axes for o in operands]
         kinds = [o.kind if isinstance(o, ViewNode) else "temporary" for o in operands]
+        for o in operands:  # a window's cache-friendly runs: axes stepping along its last dim
+            if isinstance(o, ViewNode) and o.kind == "strided" and o.read.maps:
+                self.unit_axes[o.axes] = {n for n, c in o.read.maps[-1].terms if abs(c) <= 4}
         for number, positions in enumerate(path):
             positions = tuple(sorted(positions))
             if len(positions) == 1:  # opt_einsum only does this for a single operand
@@ -387,7 +393,8 @@ class _StatementPlanner:
             arranged = present + tuple(outer) + tuple(inner)
             if kind == "strided":  # im2col: fast when the innermost copied axis is a long run
                 elements = size(arranged)
-                run = self.sizes[arranged[-1]] if arranged else 1
+                run = self.sizes[arranged[-1]] if arranged and \
+                    arranged[-1] in self.unit_axes.get(axes, ()) else 1
                 cost += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / max(1, run))
                 copies.append(elements)
             elif axes not in (arranged, present + tuple(inner) + tuple(outer)) \
@@ -411,11 +418,17 @@ class _StatementPlanner:
         pieces that fit IM2COL_CHUNK_BYTES (reused buffers beat fresh large ones), else None."""
         strided = [axes for axes, kind in ((left, left_kind), (right, right_kind))
                    if kind == "strided"]
-        if not strided or not step.batch or step.final_transpose is not None:
+        if not strided:
             return None
-        axis = step.batch[0]
+        if step.batch and step.final_transpose is None:
+            axis = step.batch[0]
+        elif not step.batch and step.contracted and step.copy_bytes > IM2COL_CHUNK_BYTES:
+            axis = step.contracted[0]  # a weight gradient: sum the GEMMs of the chunks
+        else:
+            return None
         if any(axis not in axes for axes in strided):
             return None
+        step.chunk_axis = axis
         per_entry = step.copy_bytes // self.sizes[axis]
         return max(1, min(self.sizes[axis], IM2COL_CHUNK_BYTES // max(1, per_entry)))
 
@@ -493,7 +506,12 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
     for dim, m in enumerate(statement.target_maps):
         if m.is_plain:
             continue
-        for position, coefficient in m.terms:
+        # the position is the longest index of the dimension (h in h+u): substituting a
+        # window offset instead would turn the kernel into the image
+        if not m.terms:
+            return None  # a fixed position: nothing to read back through
+        longest = max(m.terms, key=lambda term: ranges[term[0]])
+        for position, coefficient in [longest]:
             others = [o for i, o in enumerate(statement.target_maps) if i != dim]
             reads = [r for r in walk(value) if isinstance(r, Read) and position in r.indices()]
             if coefficient != 1 or any(position in o.indices() for o in others) or not reads:
@@ -535,6 +553,15 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
     summed = tuple(n for n in statement.index_order() if n in ranges and n not in kept)
     inner = new_value.body if bound else new_value
     new_value = Reduce("sum", summed, inner, True)
+    # By cost: the gather copies each substituted read's window (im2col); the scatter
+    # writes a contribution per target position and window offset, then adds it back.
+    gathered = sum(math.prod(ranges[n] for n in r.indices()) for r in walk(new_value)
+                   if isinstance(r, Read) and r.boundary == "zero" and set(r.indices()) - kept)
+    scattered = math.prod(statement.ranges[n] for m in statement.target_maps
+                          for n in m.indices())
+    per_copy = WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / max(1, shape[-1] if shape else 1)
+    if gathered * per_copy > scattered * SCATTER_ADD_NS:
+        return None
     order = {n: ranges[n] for n in [*(m.terms[0][0] for m in maps), *ranges]}
     return replace(statement, target_maps=tuple(maps), value=new_value, ranges=order,
                    target_boundary=None)
@@ -625,9 +652,10 @@ def format_plan(plan: ProgramPlan) -> str:
                         f"->{_axes_text(step.result_axes)}" if step.left != step.right
                         else f"{_axes_text(step.left_axes)}->{_axes_text(step.result_axes)}")
                 how = _step_text(step, s.ranges)
-                if step.copy_bytes and step.chunk and step.chunk < s.ranges[step.batch[0]]:
-                    chunk_bytes = step.copy_bytes * step.chunk // s.ranges[step.batch[0]]
-                    how += (f", im2col in chunks of {step.chunk} along {step.batch[0]} "
+                if step.copy_bytes and step.chunk and step.chunk < s.ranges[step.chunk_axis]:
+                    chunk_bytes = step.copy_bytes * step.chunk // s.ranges[step.chunk_axis]
+                    summed = " (summed)" if step.chunk_axis in step.contracted else ""
+                    how += (f", im2col in chunks of {step.chunk} along {step.chunk_axis}{summed} "
                             f"({_si(chunk_bytes, 'B')} reused buffer)")
                 elif step.copy_bytes:
                     how += f", copies {_si(step.copy_bytes, 'B')} into GEMM layout"

@@ -431,7 +431,9 @@ class _StatementRenderer:
             self.emit(f"{result} = {code}")
             return _Value(result, step.result_axes, out_shape, bool(out_shape))
         first, second = (b, a) if step.swap else (a, b)
-        if step.chunk is not None and step.chunk < self.sizes[step.batch[0]]:
+        if step.chunk is not None and step.chunk < self.sizes[step.chunk_axis]:
+            if step.chunk_axis in step.contracted:
+                return self.render_summed_chunks(step, first, second, result)
             return self.render_chunked_gemm(step, first, second, result)
         left = self.gemm_operand(first, step.batch, step.kept_left, step.contracted)
         right = self.gemm_operand(second, step.batch, step.contracted, step.kept_right)
@@ -457,7 +459,14 @@ class _StatementRenderer:
         reads without a copy. `sizes` may map an axis to a Python expression (a chunk).
         """
         sizes = sizes or self.sizes
-        size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
+
+        def size(axes) -> int | str:  # a chunk's size is a Python expression
+            numbers = [sizes[x] for x in axes]
+            if all(isinstance(n, int) for n in numbers):
+                return math.prod(numbers)
+            fixed = math.prod(n for n in numbers if isinstance(n, int))
+            parts = [f"({n})" for n in numbers if isinstance(n, str)]
+            return " * ".join(([str(fixed)] if fixed != 1 else []) + parts)
         present = [g for g in batch if g in value.axes]
         lead = tuple(sizes[g] if g in value.axes else 1 for g in batch) if present else ()
         code = value.code if value.atomic else f"({value.code})"
@@ -532,6 +541,64 @@ class _StatementRenderer:
             self.emit("    " + line)
         self.emit(f"    np.matmul({arranged[0]}, {arranged[1]}, out={out_view})")
         return _Value(result, step.result_axes, out_shape, True)
+
+    def render_summed_chunks(self, step: PairStep, first: _Value, second: _Value,
+                             result: str) -> _Value:
+        """A GEMM that contracts over a window's leading axis (a weight gradient sums over
+        the batch): im2col one chunk of that axis at a time into a reused buffer and add up
+        the chunks' GEMMs, instead of copying the whole window at once."""
+        self.module.needs_scratch = True
+        axis = step.chunk_axis
+        total = self.sizes[axis]
+        start, stop = self.fresh(f"{axis}_start"), self.fresh(f"{axis}_stop")
+        chunk_sizes = {**self.sizes, axis: f"{stop} - {start}"}
+        rows = math.prod(self.sizes[x] for x in step.kept_left)
+        columns = math.prod(self.sizes[x] for x in step.kept_right)
+        total_name = self.fresh(f"{result}_sum")
+        self.emit(f"{total_name} = np.zeros({_tuple((rows, columns))}, dtype=DTYPE)")
+        loop_lines: list[str] = []
+        arranged = []
+        for value, outer, inner, window in ((first, step.kept_left, step.contracted,
+                                             step.windows[0]),
+                                            (second, step.contracted, step.kept_right,
+                                             step.windows[1])):
+            index = ", ".join([":"] * value.axes.index(axis) + [f"{start}:{stop}"])
+            sliced = _Value(f"{value.code}[{index}]", value.axes, value.shape,
+                            contiguous=value.contiguous)
+            if window:  # copy this chunk of the window into the front of a reused buffer
+                order = list(outer) + list(inner)
+                buffer = self.fresh(value.code.removesuffix("_win") + "_cols")
+                most = math.prod(self.sizes[x] if x != axis else step.chunk for x in order)
+                self.emit(f"{buffer} = _scratch({buffer!r}, ({most},))")
+                shape = ", ".join(chunk_sizes[x] if x == axis else str(self.sizes[x])
+                                  for x in order)
+                count = " * ".join(f"({chunk_sizes[x]})" if x == axis else str(self.sizes[x])
+                                   for x in order)
+                cols = self.fresh("cols")
+                permutation = [value.axes.index(x) for x in order]
+                loop_lines.append(f"{cols} = {buffer}[:{count}].reshape({shape})")
+                moved = "" if permutation == sorted(permutation) else \
+                    f".transpose{_arguments(permutation)}"
+                loop_lines.append(f"np.copyto({cols}, {sliced.code}{moved})")
+                copied = _Value(cols, tuple(order), ())
+                arranged.append(self.gemm_operand(copied, (), outer, inner, chunk_sizes))
+            else:
+                arranged.append(self.gemm_operand(sliced, (), outer, inner, chunk_sizes))
+        self.emit(f"for {start} in range(0, {total}, {step.chunk}):")
+        self.emit(f"    {stop} = min({start} + {step.chunk}, {total})")
+        for line in loop_lines:
+            self.emit("    " + line)
+        self.emit(f"    {total_name} += np.matmul({arranged[0]}, {arranged[1]})")
+        natural = step.kept_left + step.kept_right
+        code = total_name
+        if len(natural) != 2 or not step.kept_left or not step.kept_right:
+            code += f".reshape{_arguments(tuple(self.sizes[x] for x in natural))}"
+        if step.final_transpose is not None:
+            code += f".transpose{_arguments(step.final_transpose)}"
+        self.emit(f"{result} = {code}")
+        out_shape = tuple(self.sizes[a] for a in step.result_axes)
+        return _Value(result, step.result_axes, out_shape, True,
+                      contiguous=step.final_transpose is None)
 
     def render_reduce(self, node: ReduceNode, name_hint: str) -> _Value:
         body = self.render(node.body)
