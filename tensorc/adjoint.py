@@ -172,10 +172,11 @@ class _IndexSource:
     windows: set[tuple[str, tuple[IndexMap, ...]]] = field(default_factory=set)  # valid-range reads
 
 
-def _index_sources(item: StatementStructure) -> dict[str, _IndexSource]:
+def _index_sources(item: StatementStructure, declared: set[str]) -> dict[str, _IndexSource]:
     sources = {index: _IndexSource(item.where_ranges.get(index)) for index in item.indices}
     reads = [n for n in walk(item.value) if isinstance(n, Read) and n.maps]
-    if item.accumulate:  # a `+=` target's known shape takes part in range inference too
+    if item.accumulate or item.target in declared:
+        # a target's known shape (`+=`, or declared) takes part in range inference too
         reads.append(Read(item.target, item.target_maps, item.boundaries.get(item.target)))
     for read in reads:
         for axis, m in enumerate(read.maps):
@@ -494,7 +495,9 @@ class _Derivation:
         self.gradient_names = {name: self.fresh.make(f"d{name}") for name in
                                sorted(self.active | set(wrt) | set(outputs))}
         self.temporaries: dict[tuple[str, Expr], S.Assignment] = {}
-        self.sources = {id(item): _index_sources(item) for item in self.structure.statements}
+        declared = {name for name, d in self.structure.declarations.items() if d.dims is not None}
+        self.sources = {id(item): _index_sources(item, declared)
+                        for item in self.structure.statements}
 
     # ---- sizes and ranges carried from a forward statement into derived ones ----
     def size(self, index: str, item: StatementStructure) -> Expr | None:

@@ -518,7 +518,9 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
                 continue
             whole = all(sum(position in rm.indices() for rm in r.maps) == 1 and any(
                 rm.is_plain and rm.terms[0][0] == position for rm in r.maps) for r in reads)
-            gating = any(r in factor_reads for r in reads)
+            # every read of the position is a factor of the product, so a zero read outside
+            # its range zeroes the term (inside a function, 0 could give inf: 0^-0.5)
+            gating = all(any(r is f for f in factor_reads) for r in reads)
             if whole and gating and all(r.boundary in (None, "zero") for r in reads):
                 break
         else:

@@ -16,6 +16,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 
+from ..ir import Read, walk
 from ..plan import (
     ConstNode, ContractNode, ElementwiseNode, IndexNode, Node, PairStep, ProgramPlan,
     ReduceNode, StatementPlan, ViewNode, format_plan,
@@ -668,7 +669,9 @@ class _StatementRenderer:
         shape = program.tensors[statement.target].shape
         maps = statement.target_maps
         first = statement.target not in self.module.defined \
-            and statement.target not in program.inputs
+            and statement.target not in program.inputs \
+            and not any(isinstance(n, Read) and n.tensor == statement.target
+                        for n in walk(statement.value))
         lhs = tuple(m.terms[0][0] for m in maps) if all(m.is_plain for m in maps) else None
         if first and lhs is not None and len(set(lhs)) == len(lhs) \
                 and all(self.sizes[n] == size for n, size in zip(lhs, shape)):
