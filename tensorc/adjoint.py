@@ -674,7 +674,8 @@ class _Derivation:
                    for b in (i.low, i.high) if isinstance(b, str)}
         forward = [s for s in self.syntax.statements if isinstance(s, S.Declaration)]
         chosen = [d for d in forward if d.tensor in used]
-        provided = set().union(*(names(d) for d in chosen + head))
+        binding = [d for d in head if d.tensor in self.ranges.generated]  # not gradients'
+        provided = set().union(*(names(d) for d in chosen + binding))
         inputs = set(self.structure.inputs)
         for declaration in sorted(forward, key=lambda d: d.tensor not in inputs):
             if declaration not in chosen and (names(declaration) & needed) - provided:

@@ -434,6 +434,11 @@ class _StatementChecker:
             return Read(node.name, (), None, node.span)  # a size as a value, kept symbolic
         if node.name in self.p.size_values:
             return Constant(self.p.size_values[node.name])
+        if node.name in self.p.size_names:
+            raise NameResolutionError(
+                f"size '{node.name}' has no value yet: it is bound by a declaration whose "
+                f"tensor is not an input or not computed before this line; pass "
+                f"{node.name}=... to tc.compile", node.span)
         shape = self.p.tensor_shape(node.name, node.span, 0)
         if shape:
             raise RankError(f"'{node.name}' has {len(shape)} dimensions (shape {list(shape)}); "
@@ -653,6 +658,13 @@ def _shape_donors(program: S.Program) -> set[str]:
         for dim in declaration.dims or ():
             if isinstance(dim, str):
                 uses[dim] = uses.get(dim, 0) + 1
+    for statement in program.statements:  # sizes used as values or range bounds
+        if isinstance(statement, S.Assignment):
+            named = {n.name for n in S.walk(statement.value) if isinstance(n, S.Name)}
+            named |= {b for item in statement.where if isinstance(item, S.RangeBound)
+                      for b in (item.low, item.high) if isinstance(b, str)}
+            for name in named & set(uses):
+                uses[name] += 1
     bound = {d for name, declaration in declarations.items() if name not in targets
              for d in declaration.dims or () if isinstance(d, str)}
     donors = set()

@@ -501,6 +501,9 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
     factor_reads = [f for f in _factors(body)[1] if isinstance(f, Read)]
     if any(isinstance(n, IndexValue) for n in walk(value)):
         return None
+    target_indices = {n for m in statement.target_maps for n in m.indices()}
+    if any(isinstance(n, Reduce) and set(n.indices) & target_indices for n in walk(body)):
+        return None  # a reduction inside shadows a target index: keep the scatter form
     maps, ranges = list(statement.target_maps), dict(statement.ranges)
     replaced: dict[str, IndexMap] = {}
     for dim, m in enumerate(statement.target_maps):

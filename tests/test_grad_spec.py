@@ -5,8 +5,11 @@ Each adjoint program is compiled and run on exactly the inputs it reads
 (to 1e-8), or, where PyTorch has no counterpart, with central finite differences of the
 forward kernel (whose values test_spec_examples.py checks against PyTorch).
 
-Known bugs are marked xfail(strict=True) with the minimal program in the reason (BUG_A,
-BUG_H, BUG_N, the residual block); test_grad_properties.py has the others.
+Constructs where an adjoint is easy to get wrong have their own cases: 0-d tensors used
+twice ('dt = t; dt += t' must copy t), a reduction over an index that one term does not use
+(that term's gradient counts every value of the index), 'y = f(..)' then 'y += ..' (the
+derivative of f must not read the final y), and windows under 'x: zero' whose ranges come
+from another read.
 
 A non-scalar output `y` is differentiated with a random cotangent `dy`: the reference is
 the gradient of sum(y * dy) (plus any scalar outputs, whose cotangent is 1).
@@ -545,17 +548,11 @@ def test_tensor_used_three_times():
                         cotangent_shapes={"y": (6,)})
 
 
-BUG_N = pytest.mark.xfail(
-    strict=True, reason="bug N (lowering): for a 0-d tensor, 'dt = t; dt += t' compiles to "
-                        "'dt = np.asarray(t); dt += t', which doubles t as well; t = tanh(s), "
-                        "u = t*t then gives ds = 2t(1 - 4t^2) instead of 2t(1 - t^2)")
-
-
 @pytest.mark.parametrize("src,fn,shapes", [
     pytest.param("t = tanh(s)\nu = t*t", lambda s: torch.tanh(s) ** 2, dict(s=()),
-                 marks=BUG_N, id="scalar-input"),
+                 id="scalar-input"),
     pytest.param("t = tanh(x[i])\nu = t*t", lambda x: torch.tanh(x.sum()) ** 2, dict(x=(3,)),
-                 marks=BUG_N, id="scalar-intermediate"),
+                 id="scalar-intermediate"),
     pytest.param("t[i] = tanh(x[i])\nu[i] = t[i]*t[i]", lambda x: torch.tanh(x) ** 2,
                  dict(x=(3,)), id="vector-intermediate"),
     pytest.param("t = tanh(x[i])\nu = t^2", lambda x: torch.tanh(x.sum()) ** 2, dict(x=(3,)),
@@ -581,12 +578,7 @@ def test_gram_matrix():
 
 
 @pytest.mark.parametrize("ranges", [
-    pytest.param("", marks=pytest.mark.xfail(
-        strict=True, raises=tc.TensorcError,
-        reason="the adjoint's temporary for the relu argument, 'y_inner[n,h,w,c] = "
-               "relu(...x[n,d,h+u-1,w+v-1]...) where x: zero', loses the ranges of h, w that "
-               "the plain read x[n,c,h,w] gave them: RangeError 'index h has no range'"),
-        id="ranges-inferred"),
+    pytest.param("", id="ranges-inferred"),
     pytest.param("h < 5, w < 6, ", id="ranges-explicit"),
 ])
 def test_residual_block_with_zero_padding(ranges):
@@ -680,14 +672,7 @@ def test_sum_mean_of_a_product_with_a_summed_factor(reducer, wrt):
                         cotangent_shapes={"r": (3,)})
 
 
-BUG_A = pytest.mark.xfail(
-    strict=True, reason="bug A: in sum[k](...)/mean[k](...), a term that does not use k gets "
-                        "the cotangent once instead of once per k (dx = dy for "
-                        "y[i] = sum[k](x[i] + w[k]); expected K*dy)")
-
-
-@pytest.mark.parametrize("reducer", [pytest.param("sum", marks=BUG_A),
-                                     pytest.param("mean", marks=BUG_A), "max", "min"])
+@pytest.mark.parametrize("reducer", ["sum", "mean", "max", "min"])
 @pytest.mark.parametrize("src,fn", [
     ("y[i] = {}[k](x[i] + w[k])", lambda red, x, w: red(x[:, None] + w[None, :], 1)),
     ("y[i] = {}[k](x[i]*2 + w[k]^2)", lambda red, x, w: red(2 * x[:, None] + w[None, :] ** 2, 1)),
@@ -701,7 +686,6 @@ def test_reduction_over_an_index_one_term_does_not_use(reducer, src, fn):
                         cotangent_shapes={"y": (3,)})
 
 
-@BUG_A
 def test_scalar_inside_a_sum_over_an_index():
     w = rng(57).standard_normal(4)
     check_against_torch("y = sum[k](s + w[k])", lambda s, w: (s + w).sum(),
@@ -862,20 +846,13 @@ def test_accumulate_with_dropped_out_of_range_writes():
     check_against_torch(src, fn, dict(x=x, k=k), cotangent_shapes={"y": (5,)})
 
 
-BUG_H = pytest.mark.xfail(
-    strict=True, reason="bug H: for 'y = f(...)' followed by 'y += ...', the adjoint of the "
-                        "first statement reuses y as the value of f (exp' = out) although the "
-                        "'+=' has changed y: y[i] = exp(x[i]); y[i] += x[i] gives "
-                        "dx = dy + dy*y instead of dy + dy*exp(x)")
-
-
 @pytest.mark.parametrize("src,fn", [
     pytest.param("y[i] = exp(a[i])\ny[i] += b[i,j] * c[j]",
-                 lambda a, b, c: torch.exp(a) + b @ c, marks=BUG_H, id="exp"),
+                 lambda a, b, c: torch.exp(a) + b @ c, id="exp"),
     pytest.param("y[i] = tanh(a[i])\ny[i] += a[i]", lambda a, b, c: torch.tanh(a) + a,
-                 marks=BUG_H, id="tanh-then-self"),
+                 id="tanh-then-self"),
     pytest.param("y[i] = a[i] / c[i]\ny[i] += b[i,j] * c[j]",
-                 lambda a, b, c: a / c[:4] + b @ c, marks=BUG_H, id="division"),
+                 lambda a, b, c: a / c[:4] + b @ c, id="division"),
     pytest.param("y[i] = a[i]^2\ny[i] += b[i,j] * c[j]",
                  lambda a, b, c: a ** 2 + b @ c, id="square"),
 ])
