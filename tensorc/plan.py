@@ -497,7 +497,8 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
             or all(m.is_plain for m in statement.target_maps):
         return None
     value = statement.value
-    body = value.body if isinstance(value, Reduce) and value.op == "sum" else value
+    outer = isinstance(value, Reduce) and value.op == "sum" and value.implicit
+    body = value.body if outer else value
     factor_reads = [f for f in _factors(body)[1] if isinstance(f, Read)]
     if any(isinstance(n, IndexValue) for n in walk(value)):
         return None
@@ -554,7 +555,7 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
     # Window offsets were target positions; now they are summed like any other index.
     new_value = rewrite(value)
     kept = {m.terms[0][0] for m in maps}
-    bound = set(value.indices) if isinstance(value, Reduce) and value.op == "sum" else set()
+    bound = set(value.indices) if outer else set()
     summed = tuple(n for n in statement.index_order() if n in ranges and n not in kept)
     inner = new_value.body if bound else new_value
     new_value = Reduce("sum", summed, inner, True)

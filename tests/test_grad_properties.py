@@ -22,7 +22,10 @@ contractions, windows, boundary modes, elementwise functions, reductions, '+=').
    without a tensor read, index ranges that derived statements (hoisted temporaries,
    gradient statements) must keep, ranges starting above 0, means over window-inferred
    ranges, adjoints that read no input, indices used as values, ties counted inside a sum
-   over the same index, 0-d inputs of a kernel.
+   over the same index, 0-d inputs of a kernel; and (test_fixed_bug_*, at the end) the
+   minimal programs of the bugs properties 1-3 found: inputs declared with a size name,
+   ranges taken from a target's declared shape, recomputed forward tensors returned as
+   outputs, size names read as values, accumulations through windows in gather form.
 
 tc.grad may refuse a valid program with a TensorcError in documented cases, which the
 properties skip (counting them with hypothesis events): '+=' into a result after a later
@@ -30,32 +33,27 @@ statement read it; an index whose forward range is inferred from a window that a
 statement does not read ("give it explicitly"); a size tc.grad cannot name ("tc.grad needs
 the size of"). Anything else raised is a failure.
 
-Known bugs. Each is pinned by strict xfails with its minimal program (test_known_bug_*, at
+Known bugs. Each is pinned by a strict xfail with its minimal program (test_known_bug_*, at
 the end of this file) and filtered from property 1 by a narrow signature (a predicate
 below, with a hypothesis event "filtered: known bug ..."); where it can, a signature
 checks a counterfactual (the same program with a range written out, the reference
 interpreter) rather than a pattern; test_known_bug_signatures_are_narrow checks them.
 tc.grad:
-  - an input declared with a size name ('x: [N]; y = x[i]') that the adjoint does not read:
-    it declares 'dx: [N]' but drops 'x: [N]', so nothing binds N (no range, a KeyError in
-    the kernel, or dx sized by a window of dy);
   - a derived statement wraps a sum over i around the forward's implicit sum over i made
-    explicit ('y: f64; y += tanh(x[i]*sum[i](a[i]))' -> 'tanh(sum[i](x[i]*sum[i](a[i])))'):
-    "'i' is already reduced here";
+    explicit ('y: f64; y += tanh(x[i]*sum[i](a[i]))' -> 'tanh(sum[i](x[i]*sum[i](a[i])))',
+    or a function recomputed inline in a gradient statement): "'i' is already reduced";
   - a mean over a window-inferred range counts with sum[i](1) inside a sum over i;
-  - an index whose range is the declared size of its target loses it in a derived
-    statement (no range, a conflicting or out-of-bounds range, or silently a larger range
-    for a renamed shadowed copy: wrong gradients);
-  - an index whose range comes through a reduction over the same name loses it, where
-    tc.grad should keep it or refuse;
-  - the ties of a max are counted by exact comparison with the stored forward result, which
-    was summed in another order: the count can be 0 and the gradient NaN;
-  - a forward tensor recomputed only to bind its generated size name is returned too.
-Kernel and planner (met through adjoint kernels):
-  - a declared size name bound by no input, read as a value: KeyError;
-  - the gather form of a '+=' through a window (commit 53b867d) evaluates its value at the
-    zero padding too (t^-0.5 or 0.5/y there: NaN), and with a reduction over a free index
-    raises KeyError or computes other values.
+  - an index whose range comes through a reduction over the same name loses it
+    ('y: f64[3]; y[j+1] += sum[j](x[j+1]) where y: zero'), where tc.grad should keep it
+    or refuse;
+  - the ties of a max are counted by exact comparison of a recomputed temporary with the
+    stored forward result, which was summed in another order: the count can be 0 and the
+    gradient NaN;
+  - a forward tensor recomputed for a size name that no remaining statement uses is
+    returned beside the gradients (which are still checked).
+Planner (met through the forward kernel of property 1): the gather form of a '+=' through
+a window substitutes the window position into a reduction over the same name
+('y: f64[2]; y[i+m] += sum[m](x[m])').
 """
 
 from __future__ import annotations
@@ -770,7 +768,7 @@ def test_second_order_reads_no_first_order_gradient():
     assert {"dx2", "dk2"} <= targets, sorted(targets)
 
 
-# ---- known bugs (strict xfail: they flip when a bug is fixed) --------------------------------------
+# ---- bugs the properties found: fixed (regression tests), known (strict xfail) ---------------
 
 @pytest.mark.parametrize("src,arrays,expected", [
     ("x: [N]\ny = x[i]", dict(x=np.ones(3)), np.ones(3)),
@@ -940,12 +938,7 @@ def test_fixed_bug_accumulation_through_a_window_with_a_shadowed_index():
     np.testing.assert_allclose(out, [3.0, 9.0, 15.0, 9.0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "planner (gather form, commit 53b867d): tc.compile('y: f64[2]\\ny[i+m] += "
-    "sum[m](x[m])')(x=[0.5, 1]) is [0.5, 1], not [1.5, 1.5]: the gather form substitutes "
-    "the window position for m inside sum[m] too (the reference interpreter, and 5f76ae6, "
-    "give [1.5, 1.5])"))
-def test_known_bug_forward_accumulation_through_a_window_with_a_shadowed_index():
+def test_fixed_bug_forward_accumulation_through_a_window_with_a_shadowed_index():
     out = tc.compile("y: f64[2]\ny[i+m] += sum[m](x[m])", dtype="float64")(
         x=np.array([0.5, 1.0]))
     np.testing.assert_allclose(out, [1.5, 1.5])  # i < 1, m < 2: y[m] += sum(x)
@@ -984,7 +977,6 @@ def test_known_bug_signatures_are_narrow():
 
     for src, shapes in [("y: f64[3]\ny[j+1] += sum[j](x[j+1])   where y: zero",
                          dict(x=(3,), dy=(3,))),
-                        ("y: f64[1]\ny[i+m] += sum[m](x[m+1])", dict(x=(2,), dy=(1,))),
                         ("t = -(sum[k,i](x[i+1] + b[k])*max(c[i+j], s))   where k < 1",
                          dict(x=(2,), b=(1,), c=(1,), s=()))]:
         g = tc.grad(src, wrt=["x"])
@@ -1019,7 +1011,7 @@ def test_known_bug_signatures_are_narrow():
     src = "y: f64[2]\ny[i+m] += sum[m](x[m])"
     x = np.array([0.5, 1.0])
     kernel = tc.compile(src, dtype="float64")
-    assert gather_form_wrong_bug([(kernel, tc.parse(src), dict(x=x), kernel(x=x))])
+    assert not gather_form_wrong_bug([(kernel, tc.parse(src), dict(x=x), kernel(x=x))])  # fixed
     src = "dx: [10]\ndx[i+j] += dy[i] * k[j]"  # a gather form that is right
     kernel = tc.compile(src, dtype="float64")
     feed = dict(dy=np.arange(8.0), k=np.array([2.0, 3.0, 5.0]))
