@@ -27,7 +27,7 @@ from .check import place_sums, structure
 from .errors import NameResolutionError, RangeError, TensorcError
 from .ir import (
     Apply, Constant, Expr, IndexMap, IndexValue, ProgramStructure, Read, Reduce,
-    StatementStructure, first_appearance, walk,
+    StatementStructure, first_appearance, free_indices, walk,
 )
 from .ops import BINARY_OPS, COMPARE_OPS, FUNCTIONS
 from .parser import parse
@@ -130,18 +130,6 @@ def _instantiate(node: S.Expr, bindings: dict[str, Expr]) -> Expr:
 
 
 # ---- index bookkeeping ---------------------------------------------------------------------
-
-def free_indices(expr: Expr) -> list[str]:
-    if isinstance(expr, Read):
-        return list(expr.indices())
-    if isinstance(expr, IndexValue):
-        return [expr.index]
-    if isinstance(expr, Apply):
-        return list(dict.fromkeys(n for arg in expr.args for n in free_indices(arg)))
-    if isinstance(expr, Reduce):
-        return [n for n in free_indices(expr.body) if n not in expr.indices]
-    return []
-
 
 def rename(expr: Expr, names: dict[str, str]) -> Expr:
     """Substitute index names (free occurrences only)."""
@@ -333,7 +321,6 @@ class _SymbolicRanges:
     """Sizes as language expressions: declared or generated size names, `where` bounds."""
 
     def __init__(self, program: ProgramStructure, fresh: _FreshNames) -> None:
-        self.program = program
         self.fresh = fresh
         self.shapes: dict[str, tuple[int | str, ...]] = {}
         self.generated: set[str] = set()  # tensors that need a declaration added
@@ -507,9 +494,13 @@ class _Derivation:
             low, high = source.where
             return sub(_size_value(high), _size_value(low))
         if source.whole:
-            tensor, axis = min(source.whole, key=lambda ta: ta[0] not in self.structure.inputs)
-            return _size_value(self.ranges.shape(tensor, self.rank(tensor))[axis])
+            return _size_value(self.whole_size(source))
         return None
+
+    def whole_size(self, source: _IndexSource) -> int | str:
+        """The size of a dimension the index is used whole in (an input's, if it can)."""
+        tensor, axis = min(source.whole, key=lambda ta: ta[0] not in self.structure.inputs)
+        return self.ranges.shape(tensor, self.rank(tensor))[axis]
 
     def count(self, index: str, item: StatementStructure, origin: dict[str, str],
               in_statement: bool = True) -> Expr:
@@ -578,14 +569,8 @@ class _Derivation:
                    for r in reads if r.boundary is None}
         if target is not None and target[1] is None:
             windows.add((target[0], rename(Read(target[0], target_maps), back).maps))
-        indices = dict.fromkeys(n for m in target_maps for n in m.indices())
-        for node in walk(value):
-            if isinstance(node, Read):
-                indices.update(dict.fromkeys(node.indices()))
-            elif isinstance(node, Reduce):
-                indices.update(dict.fromkeys(node.indices))
-            elif isinstance(node, IndexValue):
-                indices[node.index] = None
+        indices = dict.fromkeys([*(n for m in target_maps for n in m.indices()),
+                                 *first_appearance(value)])
         clause: list[S.WhereItem] = []
         for index in indices:
             forward = back.get(index, index)
@@ -597,9 +582,7 @@ class _Derivation:
             elif index in whole:
                 continue
             elif source.whole:
-                tensor, axis = min(source.whole, key=lambda ta: ta[0] not in self.structure.inputs)
-                clause.append(S.RangeBound(index, 0, self.ranges.shape(tensor,
-                                                                       self.rank(tensor))[axis]))
+                clause.append(S.RangeBound(index, 0, self.whole_size(source)))
             else:
                 missing = [(t, maps) for t, maps in source.windows if (t, maps) not in windows]
                 if missing:

@@ -13,7 +13,7 @@ from .errors import (
 )
 from .ir import (
     Apply, CheckedProgram, Constant, Expr, IndexMap, IndexValue, ProgramStructure, Read, Reduce,
-    Statement, StatementStructure, TensorInfo, first_appearance, walk,
+    Statement, StatementStructure, TensorInfo, first_appearance, free_indices, walk,
 )
 from .ops import BINARY_OPS, BOUNDARY_MODES, COMPARE_OPS, FUNCTIONS, canonical_mode
 
@@ -471,7 +471,7 @@ class _StatementChecker:
             if name in bound or node.indices.count(name) > 1:
                 raise RangeError(f"'{name}' is already reduced here; reduce each index once", span)
         body = self.build(node.body, bound + node.indices)
-        used = set(_free_indices(body))
+        used = set(free_indices(body))
         counting = isinstance(body, Constant) and node.op == "sum"  # sum[j](1): j's count
         for name, span in zip(node.indices, spans):
             if name not in used and not counting:
@@ -482,7 +482,7 @@ class _StatementChecker:
     # ---- implicit (Einstein) sums --------------------------------------------------------
     def place_implicit_sums(self, value: Expr, lhs: set[str]) -> Expr:
         order = first_appearance(value)
-        free = [name for name in _free_indices(value) if name not in lhs]
+        free = [name for name in free_indices(value) if name not in lhs]
         return place_sums(value, set(free), order)
 
     # ---- shapes and ranges --------------------------------------------------------------
@@ -679,19 +679,6 @@ def _shape_donors(program: S.Program) -> set[str]:
     return donors
 
 
-def _free_indices(expr: Expr) -> list[str]:
-    """Indices an expression uses that no reduction inside it binds, in order."""
-    if isinstance(expr, Read):
-        return list(expr.indices())
-    if isinstance(expr, IndexValue):
-        return [expr.index]
-    if isinstance(expr, Apply):
-        return list(dict.fromkeys(n for arg in expr.args for n in _free_indices(arg)))
-    if isinstance(expr, Reduce):
-        return [n for n in _free_indices(expr.body) if n not in expr.indices]
-    return []
-
-
 def _children(node: Expr) -> tuple[tuple[Expr, bool], ...]:
     """(child, starts a new summation scope) pairs."""
     if isinstance(node, Apply):
@@ -709,7 +696,7 @@ def place_sums(scope: Expr, to_sum: set[str], order: list[str]) -> Expr:
 
     def collect(node: Expr) -> None:
         if isinstance(node, (Read, IndexValue)):
-            glue_uses.update(_free_indices(node))
+            glue_uses.update(free_indices(node))
         for child, new_scope in _children(node):
             if new_scope:
                 child_scopes.append(child)
@@ -719,7 +706,7 @@ def place_sums(scope: Expr, to_sum: set[str], order: list[str]) -> Expr:
     collect(scope)
     pushed: dict[int, set[str]] = {id(child): set() for child in child_scopes}
     for name in to_sum:
-        holders = [child for child in child_scopes if name in _free_indices(child)]
+        holders = [child for child in child_scopes if name in free_indices(child)]
         if name not in glue_uses and len(holders) == 1:
             pushed[id(holders[0])].add(name)
     here = to_sum - set().union(*pushed.values()) if pushed else set(to_sum)

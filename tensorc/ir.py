@@ -10,7 +10,7 @@ from .syntax import NO_SPAN
 
 __all__ = ["IndexMap", "Read", "Constant", "IndexValue", "Apply", "Reduce", "Expr",
            "TensorInfo", "Statement", "CheckedProgram", "StatementStructure", "ProgramStructure",
-           "walk", "first_appearance"]
+           "walk", "first_appearance", "free_indices"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,19 @@ def first_appearance(expr: Expr) -> list[str]:
         elif isinstance(node, IndexValue):
             order[node.index] = None
     return list(order)
+
+
+def free_indices(expr: Expr) -> list[str]:
+    """Indices an expression uses that no reduction inside it binds, in order."""
+    if isinstance(expr, Read):
+        return list(expr.indices())
+    if isinstance(expr, IndexValue):
+        return [expr.index]
+    if isinstance(expr, Apply):
+        return list(dict.fromkeys(n for arg in expr.args for n in free_indices(arg)))
+    if isinstance(expr, Reduce):
+        return [n for n in free_indices(expr.body) if n not in expr.indices]
+    return []
 
 
 @dataclass(frozen=True)

@@ -555,9 +555,8 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
     # Window offsets were target positions; now they are summed like any other index.
     new_value = rewrite(value)
     kept = {m.terms[0][0] for m in maps}
-    bound = set(value.indices) if outer else set()
     summed = tuple(n for n in statement.index_order() if n in ranges and n not in kept)
-    inner = new_value.body if bound else new_value
+    inner = new_value.body if outer else new_value
     new_value = Reduce("sum", summed, inner, True)
     # By cost: the gather copies each substituted read's window (im2col); the scatter
     # writes a contribution per target position and window offset, then adds it back.
