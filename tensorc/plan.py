@@ -32,8 +32,10 @@ GEMM_FULL_SPEED_DIMENSION = 64  # GEMMs with a smaller m, n or k run slower (~sq
 GEMM_CALL_NS = 300.0  # each entry of a batched matmul
 TRANSPOSED_COPY_NS = 1.2  # per element, materializing a transposed array
 TRANSPOSED_VIEW_NS = 0.05  # per element, handing a statement's result back transposed
-WINDOW_COPY_NS = 0.4  # per element of an im2col copy, plus, per contiguous run it copies:
-WINDOW_COPY_RUN_NS = 4.0  # NumPy's inner-loop overhead (runs of 8 measured ~0.9 ns/element)
+WINDOW_COPY_NS = 0.2  # per element of an im2col copy, plus, per run of its innermost axis:
+WINDOW_COPY_RUN_NS = 8.0  # NumPy's inner-loop overhead (runs of 8 measured ~1.1 ns/element)
+WINDOW_GAPPED_NS = 0.4  # per element, when the innermost axis steps over gaps (stride 2)
+RELAYOUT_NS = 0.6  # per element, copying a tensor into channels-last order (with its padding)
 SCATTER_ADD_NS = 2.5  # per element added back through a window (col2im), read-modify-write
 # im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
 IM2COL_CHUNK_BYTES = 8 << 20
@@ -48,6 +50,9 @@ class ViewNode:
     shape: tuple[int, ...]
     kind: str  # "scalar" | "whole" | "strided"
     pad: tuple[tuple[int, int], ...] | None = None  # per dimension, when a boundary mode applies
+    # A window copied from a channels-last copy of the tensor: its dimensions from the
+    # outermost in memory to the innermost (None: the tensor's own order).
+    memory_order: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -101,7 +106,8 @@ class PairStep:
     result_bytes: int = 0
     estimated_ns: float = 0.0
     chunk: int | None = None  # im2col in chunks of this many entries of chunk_axis
-    chunk_axis: str | None = None  # batch[0] (chunks of the result) or contracted[0] (summed)
+    chunk_axis: str | None = None  # batch[0] or kept_left[0] (chunks of the result), or
+    #                                 contracted[0] (chunks summed)
     windows: tuple[bool, bool] = (False, False)  # (matmul left, right) is a strided window
 
 
@@ -180,7 +186,9 @@ class _StatementPlanner:
         self.temporaries: list[int] = []  # bytes of each array the statement allocates
         self.largest = 0
         self.strategies: list[str] = []
-        self.unit_axes: dict[tuple[str, ...], set[str]] = {}
+        # the contraction being planned: its strided windows and their steps, by axes
+        self.windows: dict[tuple[str, ...], ViewNode] = {}
+        self.window_strides: dict[tuple[str, ...], dict[str, int]] = {}
         # A '+=' into a windowed target adds its contribution one window offset at a time,
         # slicing along the last dimension's position index: that axis should be innermost.
         last = statement.target_maps[-1] if statement.accumulate and statement.target_maps \
@@ -270,12 +278,61 @@ class _StatementPlanner:
         equation = ",".join(terms) + "->" + "".join(symbol[a] for a in out_axes)
         shapes = [o.shape for o in operands]
         path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")
+        may_be_view = expr is self.statement.value
+        before = (list(self.temporaries), self.largest)
+        steps = self.plan_steps(operands, path, out_axes, may_be_view)
+        # A window whose channel dimension is summed may be copied from a channels-last copy
+        # of its tensor: one pass over the tensor buys im2col runs of channels x kernel width
+        # instead of runs of the output width (LeNet-2's rows are 8 wide). Chosen by cost.
+        relaid = [(o, order) for o in operands
+                  if (order := self.channels_last_order(o, expr.indices)) is not None]
+        if relaid:
+            native = (steps, list(self.temporaries), self.largest)
+            self.temporaries[:], self.largest = before
+            for o, order in relaid:
+                o.memory_order = order
+            relaid_steps = self.plan_steps(operands, path, out_axes, may_be_view)
+            relayout_ns = sum(RELAYOUT_NS * math.prod(self.padded_shape(o)) for o, _ in relaid)
+            if relayout_ns + sum(s.estimated_ns for s in relaid_steps) < \
+                    sum(s.estimated_ns for s in steps):
+                steps = relaid_steps
+                for o, _ in relaid:
+                    if o.pad is None:  # the channels-last copy is a new temporary
+                        self.allocate(math.prod(self.padded_shape(o)))
+            else:
+                for o, _ in relaid:
+                    o.memory_order = None
+                steps, self.temporaries[:], self.largest = native
+        naive = _naive_flops(operands, self.sizes)
+        flops = sum(s.flops for s in steps)
+        windowed = [o for o in operands if isinstance(o, ViewNode) and o.kind == "strided"
+                    and any(not m.is_plain for m in o.read.maps)]
+        if windowed:
+            names = ", ".join(str(o.read) for o in windowed)
+            relaid_names = ", ".join(o.read.tensor for o in windowed if o.memory_order)
+            self.strategies.append(f"windowed contraction: strided window view of {names}, "
+                                   "copied in GEMM order (im2col) + GEMM"
+                                   + (f"; {relaid_names} first copied channels-last"
+                                      if relaid_names else ""))
+        elif len(operands) > 2:
+            self.strategies.append(f"{len(operands)}-operand contraction in opt_einsum order, "
+                                   "each step a BLAS GEMM")
+        else:
+            self.strategies.append("contraction as a BLAS GEMM"
+                                   + (" (batched)" if steps[0].batch else ""))
+        mean_count = count if expr.op == "mean" else 1
+        return ContractNode(operands, scale, expr.indices, steps, out_axes,
+                            self.shape_of(out_axes), naive, flops, mean_count)
+
+    def plan_steps(self, operands: list[Node], path, out_axes: tuple[str, ...],
+                   result_may_be_view: bool) -> list[PairStep]:
+        """The pairwise GEMM steps of a contraction along opt_einsum's path."""
         steps: list[PairStep] = []
         working = [o.axes for o in operands]
         kinds = [o.kind if isinstance(o, ViewNode) else "temporary" for o in operands]
-        for o in operands:  # a window's cache-friendly runs: axes stepping along its last dim
-            if isinstance(o, ViewNode) and o.kind == "strided" and o.read.maps:
-                self.unit_axes[o.axes] = {n for n, c in o.read.maps[-1].terms if abs(c) <= 4}
+        self.windows = {o.axes: o for o in operands
+                        if isinstance(o, ViewNode) and o.kind == "strided"}
+        self.window_strides = {axes: self.strides_of(o) for axes, o in self.windows.items()}
         for number, positions in enumerate(path):
             positions = tuple(sorted(positions))
             if len(positions) == 1:  # opt_einsum only does this for a single operand
@@ -288,32 +345,63 @@ class _StatementPlanner:
             last = number == len(path) - 1
             if last:
                 result = out_axes
-            step = self.plan_pair(left, right, working[left], working[right], result,
-                                  kinds[left], kinds[right],
-                                  result_may_be_view=last and expr is self.statement.value)
-            steps.append(step)
+            steps.append(self.plan_pair(left, right, working[left], working[right], result,
+                                        kinds[left], kinds[right],
+                                        result_may_be_view=last and result_may_be_view))
             for i in sorted(positions, reverse=True):
                 working.pop(i)
                 kinds.pop(i)
             working.append(result)
             kinds.append("temporary")
-        naive = _naive_flops(operands, self.sizes)
-        flops = sum(s.flops for s in steps)
-        windowed = [o for o in operands if isinstance(o, ViewNode) and o.kind == "strided"
-                    and any(not m.is_plain for m in o.read.maps)]
-        if windowed:
-            names = ", ".join(str(o.read) for o in windowed)
-            self.strategies.append(f"windowed contraction: strided window view of {names}, "
-                                   "copied in GEMM order (im2col) + GEMM")
-        elif len(operands) > 2:
-            self.strategies.append(f"{len(operands)}-operand contraction in opt_einsum order, "
-                                   "each step a BLAS GEMM")
-        else:
-            self.strategies.append("contraction as a BLAS GEMM"
-                                   + (" (batched)" if steps[0].batch else ""))
-        mean_count = count if expr.op == "mean" else 1
-        return ContractNode(operands, scale, expr.indices, steps, out_axes,
-                            self.shape_of(out_axes), naive, flops, mean_count)
+        return steps
+
+    def padded_shape(self, view: ViewNode) -> tuple[int, ...]:
+        shape = self.program.tensors[view.read.tensor].shape
+        pad = view.pad or tuple((0, 0) for _ in shape)
+        return tuple(size + a + b for size, (a, b) in zip(shape, pad))
+
+    def strides_of(self, view: ViewNode) -> dict[str, int]:
+        """Each axis's step, in elements, through the array a window is cut from (the
+        tensor, its padded copy or its channels-last copy)."""
+        padded = self.padded_shape(view)
+        dim_strides = [0] * len(padded)
+        step = 1
+        for dim in reversed(view.memory_order or range(len(padded))):
+            dim_strides[dim] = step
+            step *= padded[dim]
+        strides: dict[str, int] = {}
+        for dim, m in enumerate(view.read.maps):
+            for name, coefficient in m.terms:
+                strides[name] = strides.get(name, 0) + coefficient * dim_strides[dim]
+        return strides
+
+    def channels_last_order(self, node: Node, reduced: tuple[str, ...]) -> tuple[int, ...] | None:
+        """The memory order that moves a window's last whole-read, summed dimension innermost
+        (x[n,c,h+u,w+v] -> [n,h,w,c]), or None when the window has no such dimension."""
+        if not (isinstance(node, ViewNode) and node.kind == "strided") or \
+                len(node.read.maps) < 2 or node.read.maps[-1].is_plain:
+            return None
+        channels = [dim for dim, m in enumerate(node.read.maps[:-1])
+                    if m.is_plain and m.terms[0][0] in reduced and self.sizes[m.terms[0][0]] > 1]
+        if not channels:
+            return None
+        order = tuple(d for d in range(len(node.read.maps)) if d != channels[-1])
+        return order + (channels[-1],)
+
+    def copy_run(self, strides: dict[str, int], arranged: tuple[str, ...]) -> tuple[int, bool]:
+        """How many elements an im2col copy in `arranged` order moves per pass of NumPy's inner
+        loop (it merges axes that are contiguous in the source), and whether they have gaps."""
+        axes = [a for a in arranged if self.sizes[a] > 1]
+        if not axes or not 0 < abs(strides.get(axes[-1], 0)) <= 4:
+            return 1, False
+        step = abs(strides[axes[-1]])
+        run = self.sizes[axes[-1]]
+        if step == 1:
+            for a in reversed(axes[:-1]):
+                if strides.get(a) != run:
+                    break
+                run *= self.sizes[a]
+        return run, step != 1
 
     def plan_pair(self, left: int, right: int, a: tuple[str, ...], b: tuple[str, ...],
                   result: tuple[str, ...], kind_a: str, kind_b: str,
@@ -328,6 +416,10 @@ class _StatementPlanner:
         shared = set(a) & set(b)
         batch = tuple(x for x in result if x in shared)
         contracted = self.canonical(x for x in shared if x not in keep)
+        for axes in (a, b):  # im2col from a channels-last copy: channels innermost
+            if axes in self.windows and self.windows[axes].memory_order:
+                strides = self.window_strides[axes]
+                contracted = tuple(sorted(contracted, key=lambda x: -abs(strides.get(x, 0))))
         presum_a = tuple(x for x in a if x not in b and x not in keep)
         presum_b = tuple(x for x in b if x not in a and x not in keep)
         a_kept = [x for x in result if x in a and x not in b]
@@ -391,11 +483,11 @@ class _StatementPlanner:
                                          (right, right_kind, second, contracted)):
             present = tuple(x for x in group if x in axes)
             arranged = present + tuple(outer) + tuple(inner)
-            if kind == "strided":  # im2col: fast when the innermost copied axis is a long run
+            if kind == "strided":  # im2col: fast when the innermost copied axes are long runs
                 elements = size(arranged)
-                run = self.sizes[arranged[-1]] if arranged and \
-                    arranged[-1] in self.unit_axes.get(axes, ()) else 1
-                cost += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / max(1, run))
+                run, gapped = self.copy_run(self.window_strides.get(axes, {}), arranged)
+                cost += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / run
+                                    + (WINDOW_GAPPED_NS if gapped else 0.0))
                 copies.append(elements)
             elif axes not in (arranged, present + tuple(inner) + tuple(outer)) \
                     and max(len(outer), len(inner)) > 1:
@@ -414,16 +506,24 @@ class _StatementPlanner:
 
     def chunk_for(self, step: PairStep, left: tuple[str, ...], right: tuple[str, ...],
                   left_kind: str, right_kind: str) -> int | None:
-        """Entries of the first batch axis per chunk when an im2col copy should be done in
-        pieces that fit IM2COL_CHUNK_BYTES (reused buffers beat fresh large ones), else None."""
+        """Entries per chunk of one axis when an im2col copy should be done in pieces that
+        fit IM2COL_CHUNK_BYTES (reused buffers beat fresh large ones), else None. The axis
+        is the first batch axis, the window's first row axis (the GEMM's rows: chunks of
+        the result), or the first contracted axis (a weight gradient: chunks summed)."""
         strided = [axes for axes, kind in ((left, left_kind), (right, right_kind))
                    if kind == "strided"]
         if not strided:
             return None
+        size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
         if step.batch and step.final_transpose is None:
             axis = step.batch[0]
-        elif not step.batch and step.contracted and step.copy_bytes > IM2COL_CHUNK_BYTES:
-            axis = step.contracted[0]  # a weight gradient: sum the GEMMs of the chunks
+        elif step.batch or step.copy_bytes <= IM2COL_CHUNK_BYTES:
+            return None
+        elif strided == [left] and step.kept_left and \
+                size(step.kept_left) > size(step.contracted):
+            axis = step.kept_left[0]
+        elif step.contracted:
+            axis = step.contracted[0]
         else:
             return None
         if any(axis not in axes for axes in strided):
@@ -560,12 +660,21 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
     new_value = Reduce("sum", summed, inner, True)
     # By cost: the gather copies each substituted read's window (im2col); the scatter
     # writes a contribution per target position and window offset, then adds it back.
-    gathered = sum(math.prod(ranges[n] for n in r.indices()) for r in walk(new_value)
-                   if isinstance(r, Read) and r.boundary == "zero" and set(r.indices()) - kept)
+    gathered = 0.0
+    for r in walk(new_value):
+        if isinstance(r, Read) and r.boundary == "zero" and set(r.indices()) - kept:
+            elements = math.prod(ranges[n] for n in r.indices())
+            # runs of the target's rows, or, from a channels-last copy of the read (the
+            # planner's choice), runs of its channels (whole, summed) x kernel width
+            channels = math.prod(ranges[rm.terms[0][0]] for rm in r.maps[:-1]
+                                 if rm.is_plain and rm.terms[0][0] not in kept)
+            width = math.prod(ranges[n] for n, _ in r.maps[-1].terms if n not in kept) \
+                if r.maps else 1
+            run = max(shape[-1] if shape else 1, channels * width)
+            gathered += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / run)
     scattered = math.prod(statement.ranges[n] for m in statement.target_maps
                           for n in m.indices())
-    per_copy = WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / max(1, shape[-1] if shape else 1)
-    if gathered * per_copy > scattered * SCATTER_ADD_NS:
+    if gathered > scattered * SCATTER_ADD_NS:
         return None
     order = {n: ranges[n] for n in [*(m.terms[0][0] for m in maps), *ranges]}
     return replace(statement, target_maps=tuple(maps), value=new_value, ranges=order,

@@ -108,3 +108,66 @@ def test_chunked_im2col_is_correct_and_stated_in_the_plan():
         np.testing.assert_allclose(kern(x_win=x, k=k), F.conv2d(torch.tensor(x), torch.tensor(k),
                                                                  padding=1).numpy(), rtol=1e-10,
                                    atol=1e-10)
+
+
+def _torch_conv(x, k, stride=1, padding=0, mode="zeros"):
+    import torch
+    import torch.nn.functional as F
+    xt = torch.tensor(x)
+    if padding and mode != "zeros":
+        xt = F.pad(xt, (padding,) * 4, mode=mode)
+        padding = 0
+    return F.conv2d(xt, torch.tensor(k), stride=stride, padding=padding).numpy()
+
+
+def test_im2col_from_a_channels_last_copy_when_rows_are_short():
+    # LeNet-2: output rows are 8 wide, so an NCHW im2col copies runs of 8; from a
+    # channels-last copy of x it copies runs of v x c = 80
+    kern = tc.compile("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]", dtype="float32",
+                      x=(64, 16, 12, 12), k=(32, 16, 5, 5))
+    assert "x first copied channels-last" in str(kern.plan)
+    assert "x_last = _scratch('x_last', (64, 12, 12, 16)).transpose(0, 3, 1, 2)" in kern.source
+    rng = np.random.default_rng(0)
+    x, k = rng.standard_normal((64, 16, 12, 12)), rng.standard_normal((32, 16, 5, 5))
+    kern64 = tc.compile("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]", x=x.shape, k=k.shape)
+    assert "channels-last" in str(kern64.plan)
+    for _ in range(2):  # the second call reuses the channels-last buffer
+        np.testing.assert_allclose(kern64(x=x, k=k), _torch_conv(x, k), rtol=1e-10, atol=1e-10)
+
+
+def test_single_channel_input_keeps_its_own_layout():
+    kern = tc.compile("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]", dtype="float32",
+                      x=(64, 1, 28, 28), k=(16, 1, 5, 5))
+    assert "channels-last" not in kern.source
+
+
+@pytest.mark.parametrize("mode, torch_mode", [("zero", "zeros"), ("reflect", "reflect"),
+                                              ("circular", "circular"),
+                                              ("replicate", "replicate")])
+def test_channels_last_strided_chunked_rows_with_every_padding(mode, torch_mode):
+    source = (f"y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   "
+              f"where h < 20, w < 20, x: {mode}")
+    kern = tc.compile(source, x=(8, 48, 40, 40), k=(24, 48, 3, 3))
+    plan = str(kern.plan)
+    assert "channels-last" in plan and "im2col in chunks of" in plan
+    rng = np.random.default_rng(1)
+    x, k = rng.standard_normal((8, 48, 40, 40)), rng.standard_normal((24, 48, 3, 3))
+    for _ in range(2):
+        np.testing.assert_allclose(kern(x=x, k=k), _torch_conv(x, k, 2, 1, torch_mode),
+                                   rtol=1e-10, atol=1e-10)
+
+
+def test_gradients_through_channels_last_windows_match_torch():
+    import torch
+    import torch.nn.functional as F
+    source = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]"
+    rng = np.random.default_rng(2)
+    x, k = rng.standard_normal((32, 16, 12, 12)), rng.standard_normal((32, 16, 5, 5))
+    dy = rng.standard_normal((32, 32, 8, 8))
+    kern = tc.compile_grad(source, wrt=["x", "k"], x=x.shape, k=k.shape, dy=dy.shape)
+    assert "channels-last" in str(kern.plan)
+    out = kern(x=x, k=k, dy=dy)
+    xt, kt = torch.tensor(x, requires_grad=True), torch.tensor(k, requires_grad=True)
+    F.conv2d(xt, kt).backward(torch.tensor(dy))
+    np.testing.assert_allclose(out["dx"], xt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out["dk"], kt.grad.numpy(), rtol=1e-10, atol=1e-10)

@@ -29,6 +29,13 @@ CASES = {
     "conv_padded_chunked": ("y[n,o,h,w] = relu(x[n,c,h+u-1,w+v-1] * k[o,c,u,v] + b[o])   "
                             "where h < 48, w < 48, x: zero",
                             dict(x=(8, 32, 48, 48), k=(16, 32, 3, 3), b=(16,))),
+    # LeNet-2: rows 8 wide, so im2col copies from a channels-last copy of x (runs of v x c)
+    "conv_channels_last": ("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]",
+                           dict(x=(64, 16, 12, 12), k=(32, 16, 5, 5))),
+    # strided, padded and channels-last: GEMM rows chunked along n, transposed at the end
+    "conv_channels_last_chunked": ("y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   "
+                                   "where h < 28, w < 28, x: zero",
+                                   dict(x=(8, 64, 56, 56), k=(64, 64, 3, 3))),
     # stride 1: read back through the window (gather form, a flipped-kernel convolution)
     "flipped_kernel": ("dx: [N,C,H,W]\ndx[n,c,h+u,w+v] += dy[n,o,h,w] * k[o,c,u,v]",
                        dict(N=8, C=3, H=12, W=12, dy=(8, 4, 10, 10), k=(4, 3, 3, 3))),

@@ -276,13 +276,14 @@ class _StatementRenderer:
             value = _Value(code, node.axes, node.shape, contiguous=code == tensor)
             self.views[key] = value
             return value
-        base = tensor  # the array the window is cut from: the tensor or its padded copy
+        # the array the window is cut from: the tensor, or its padded or channels-last copy
+        base = tensor
         pad = node.pad or tuple((0, 0) for _ in read.maps)
-        if node.pad is not None:
-            pad_key = (read.tensor, node.pad, read.boundary)
+        if node.pad is not None or node.memory_order is not None:
+            pad_key = (read.tensor, node.pad, read.boundary, node.memory_order)
             if pad_key not in self.padded:
-                name = self.fresh(f"{tensor}_pad")
-                self.emit_padding(name, tensor, read.boundary, node.pad)
+                name = self.fresh(f"{tensor}_pad" if node.pad else f"{tensor}_last")
+                self.emit_padding(name, tensor, read.boundary, pad, node.memory_order)
                 self.padded[pad_key] = name
             base = self.padded[pad_key]
         source = base
@@ -309,21 +310,34 @@ class _StatementRenderer:
         self.views[key] = value
         return value
 
-    def emit_padding(self, name: str, tensor: str, mode: str,
-                     pad: tuple[tuple[int, int], ...]) -> None:
+    def emit_padding(self, name: str, tensor: str, mode: str | None,
+                     pad: tuple[tuple[int, int], ...],
+                     memory_order: tuple[int, ...] | None = None) -> None:
+        """`name` = the tensor padded per `mode`, stored in `memory_order` (a channels-last
+        copy is a transposed view of a contiguous buffer, so it indexes like the tensor)."""
         shape = self.module.plan.program.tensors[self.module.tensor_of[tensor]].shape
-        if mode == "zero":  # copy into the middle of a reused buffer whose margins stay zero
+        order = memory_order or tuple(range(len(shape)))
+        inverse = tuple(order.index(d) for d in range(len(order)))
+        back = "" if memory_order is None else f".transpose{_arguments(inverse)}"
+        if mode in (None, "zero"):  # copy into the middle of a reused buffer
             self.module.needs_scratch = True
             padded = tuple(size + a + b for size, (a, b) in zip(shape, pad))
+            stored = tuple(padded[d] for d in order)
             middle = ", ".join(f"{a}:{a + size}" if (a, b) != (0, 0) else ":"
                                for size, (a, b) in zip(shape, pad))
-            self.emit(f"{name} = _scratch({name!r}, {_tuple(padded)}, zeroed=True)  "
-                      "# boundary 'zero'")
+            zeroed = any(a != (0, 0) for a in pad)
+            comment = "boundary 'zero'" if zeroed else "channels-last copy"
+            if zeroed and memory_order is not None:
+                comment += ", channels-last"
+            self.emit(f"{name} = _scratch({name!r}, {_tuple(stored)}"
+                      f"{', zeroed=True' if zeroed else ''}){back}  # {comment}")
             self.emit(f"{name}[{middle}] = {tensor}")
             return
-        widths = ", ".join(f"({a}, {b})" for a, b in pad)
-        self.emit(f"{name} = np.pad({tensor}, ({widths}{',' if len(pad) == 1 else ''}), "
-                  f"mode={NUMPY_PAD_MODES[mode]!r})  # boundary '{mode}'")
+        widths = ", ".join(f"({pad[d][0]}, {pad[d][1]})" for d in order)
+        source = tensor if memory_order is None else f"{tensor}.transpose{_arguments(order)}"
+        self.emit(f"{name} = np.pad({source}, ({widths}{',' if len(pad) == 1 else ''}), "
+                  f"mode={NUMPY_PAD_MODES[mode]!r}){back}  # boundary '{mode}'"
+                  + (", channels-last" if memory_order is not None else ""))
 
     def render_elementwise(self, node: ElementwiseNode, name_hint: str) -> _Value:
         args = [self.render(arg, name_hint if i == 0 else "t") for i, arg in enumerate(node.args)]
@@ -452,6 +466,17 @@ class _StatementRenderer:
         return _Value(result, step.result_axes, out_shape, bool(out_shape),
                       contiguous=step.final_transpose is None)
 
+    @staticmethod
+    def gemm_size(axes: tuple[str, ...], sizes: dict) -> int | str:
+        """The product of the axes' sizes: a number, or a Python expression when one of
+        them is a chunk's size (`n_stop - n_start`)."""
+        numbers = [sizes[x] for x in axes]
+        if all(isinstance(n, int) for n in numbers):
+            return math.prod(numbers)
+        fixed = math.prod(n for n in numbers if isinstance(n, int))
+        parts = [f"({n})" for n in numbers if isinstance(n, str)]
+        return " * ".join(([str(fixed)] if fixed != 1 else []) + parts)
+
     def gemm_operand(self, value: _Value, batch: tuple[str, ...], first: tuple[str, ...],
                      second: tuple[str, ...], sizes: dict | None = None) -> str:
         """Arrange an operand as [batch..., first, second] (size-1 batch axes it lacks).
@@ -460,14 +485,7 @@ class _StatementRenderer:
         reads without a copy. `sizes` may map an axis to a Python expression (a chunk).
         """
         sizes = sizes or self.sizes
-
-        def size(axes) -> int | str:  # a chunk's size is a Python expression
-            numbers = [sizes[x] for x in axes]
-            if all(isinstance(n, int) for n in numbers):
-                return math.prod(numbers)
-            fixed = math.prod(n for n in numbers if isinstance(n, int))
-            parts = [f"({n})" for n in numbers if isinstance(n, str)]
-            return " * ".join(([str(fixed)] if fixed != 1 else []) + parts)
+        size = lambda axes: self.gemm_size(axes, sizes)  # noqa: E731
         present = [g for g in batch if g in value.axes]
         lead = tuple(sizes[g] if g in value.axes else 1 for g in batch) if present else ()
         code = value.code if value.atomic else f"({value.code})"
@@ -490,15 +508,20 @@ class _StatementRenderer:
 
     def render_chunked_gemm(self, step: PairStep, first: _Value, second: _Value,
                             result: str) -> _Value:
-        """im2col one chunk of the first batch axis at a time into a reused buffer, and GEMM
-        each chunk straight into the result."""
+        """im2col one chunk of the GEMM's leading axis (the first batch or row axis) at a
+        time into a reused buffer, and GEMM each chunk straight into the result (in the
+        GEMM's layout, transposed at the end when that differs from the result's)."""
         self.module.needs_scratch = True
-        axis = step.batch[0]
+        axis = step.chunk_axis
         total = self.sizes[axis]
         out_shape = tuple(self.sizes[a] for a in step.result_axes)
         start, stop = self.fresh(f"{axis}_start"), self.fresh(f"{axis}_stop")
         chunk_sizes = {**self.sizes, axis: f"{stop} - {start}"}
-        self.emit(f"{result} = np.empty({_tuple(out_shape)}, dtype=DTYPE)")
+        layout = step.batch + step.kept_left + step.kept_right
+        product = self.gemm_size
+        gemm_out = result if step.final_transpose is None else self.fresh(f"{result}_gemm")
+        self.emit(f"{gemm_out} = np.empty({_tuple(tuple(self.sizes[a] for a in layout))}, "
+                  "dtype=DTYPE)")
         loop_lines: list[str] = []
         arranged = []
         for value, outer, inner, window in ((first, step.kept_left, step.contracted,
@@ -519,9 +542,10 @@ class _StatementRenderer:
                 self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(full)})")
                 cols = self.fresh("cols")
                 permutation = [value.axes.index(x) for x in order]
+                moved = "" if permutation == sorted(permutation) else \
+                    f".transpose{_arguments(permutation)}"
                 loop_lines.append(f"{cols} = {buffer}[:{stop} - {start}]")
-                loop_lines.append(f"np.copyto({cols}, {sliced.code}.transpose"
-                                  f"{_arguments(permutation)})")
+                loop_lines.append(f"np.copyto({cols}, {sliced.code}{moved})")
                 copied = _Value(cols, tuple(order), full)
                 arranged.append(self.gemm_operand(copied, step.batch, outer, inner, chunk_sizes))
             elif axis in value.axes:
@@ -534,14 +558,17 @@ class _StatementRenderer:
                     hoisted = name
                 arranged.append(hoisted)
         lead = tuple(chunk_sizes[g] for g in step.batch)
-        out_view = (f"{result}[{start}:{stop}].reshape"
-                    f"{_arguments(lead + (math.prod(self.sizes[x] for x in step.kept_left), math.prod(self.sizes[x] for x in step.kept_right)))}")
+        out_view = (f"{gemm_out}[{start}:{stop}].reshape"
+                    f"{_arguments(lead + (product(step.kept_left, chunk_sizes), product(step.kept_right, chunk_sizes)))}")
         self.emit(f"for {start} in range(0, {total}, {step.chunk}):")
         self.emit(f"    {stop} = min({start} + {step.chunk}, {total})")
         for line in loop_lines:
             self.emit("    " + line)
         self.emit(f"    np.matmul({arranged[0]}, {arranged[1]}, out={out_view})")
-        return _Value(result, step.result_axes, out_shape, True)
+        if step.final_transpose is not None:
+            self.emit(f"{result} = {gemm_out}.transpose{_arguments(step.final_transpose)}")
+        return _Value(result, step.result_axes, out_shape, True,
+                      contiguous=step.final_transpose is None)
 
     def render_summed_chunks(self, step: PairStep, first: _Value, second: _Value,
                              result: str) -> _Value:
