@@ -113,7 +113,6 @@ def test_multiline_error_points_at_the_right_line():
 
 
 def test_file_name_appears_in_errors():
-    program = tc.parse("y[i] = x[i\n", filename="layer.tc") if False else None
     with pytest.raises(tc.ParseError) as caught:
         tc.parse("y[i] = x[i\n", filename="layer.tc")
     assert str(caught.value).startswith("layer.tc:1:")
