@@ -55,6 +55,7 @@ from .losses import CrossEntropyLoss, Loss, MSELoss
 from .module import InputShapeError, Module, Parameter, Sequential, StateDictError
 from .optim import SGD, Adam, AdamW, Optimizer
 from .program import Program, ProgramModule
+from .summary import LayerSummary, ModelSummary, summarize
 
 __all__ = [
     "init", "manual_seed", "Parameter", "Module", "Sequential", "ProgramModule", "Program",
@@ -67,4 +68,5 @@ __all__ = [
     "Loss", "CrossEntropyLoss", "MSELoss",
     "Optimizer", "SGD", "Adam", "AdamW",
     "minibatches", "accuracy", "evaluate", "fit", "train_step",
+    "summarize", "ModelSummary", "LayerSummary",
 ]

@@ -223,6 +223,17 @@ class Module:
             self.load_state_dict({name: archive[name] for name in archive.files}, strict)
 
     # ---- printing ----
+    def summary(self, input_shape: tuple[int, ...], *, batch_size: int | None = 1,
+                show: bool = False) -> str:
+        """Per layer: output shape, parameters, FLOPs and receptive field, as a table.
+
+        `input_shape` excludes the batch dimension (`batch_size`, 1 by default; with
+        `batch_size=None` the first entry of `input_shape` is the batch). Printed when
+        `show`. `tensorc.nn.summarize` returns the same figures as data.
+        """
+        from .summary import summary
+        return summary(self, input_shape, batch_size=batch_size, show=show)
+
     def extra_repr(self) -> str:
         return ""
 
