@@ -22,7 +22,7 @@ import numpy as np
 from .. import Kernel, parse
 from .. import compile as compile_program
 from .. import grad as derive_gradient
-from .. import syntax as S
+from ..check import structure
 from ..errors import TensorcError
 from . import init as initializers
 from .module import InputShapeError, Module, Parameter
@@ -108,9 +108,7 @@ class ProgramModule(Module):
         variant = variant or self.variant()
         name = self._output_names.get(variant)
         if name is None:
-            program = self._parsed[variant]
-            used = _read_names(program)
-            outputs = [n for n in _defined_names(program) if n not in used]
+            outputs = structure(self._parsed[variant]).outputs  # what its kernel returns
             if len(outputs) != 1:
                 raise TensorcError(f"{type(self).__name__}: the program defines {len(outputs)} "
                                    f"outputs ({', '.join(outputs)}); set `output` to the one "
@@ -169,23 +167,6 @@ class ProgramModule(Module):
             return None
         grads = tuple(results[f"d{name}"].reshape(x.shape) for name, x in zip(self.inputs, xs))
         return grads[0] if len(grads) == 1 else grads
-
-
-def _defined_names(program: S.Program) -> list[str]:
-    names = [s.target.tensor for s in program.statements if isinstance(s, S.Assignment)]
-    return list(dict.fromkeys(names))
-
-
-def _read_names(program: S.Program) -> set[str]:
-    read = set()
-    for statement in program.statements:
-        if isinstance(statement, S.Assignment):
-            for node in S.walk(statement.value):
-                if isinstance(node, S.Access):
-                    read.add(node.tensor)
-                elif isinstance(node, S.Name):
-                    read.add(node.name)
-    return read
 
 
 Initializer = Callable[..., np.ndarray]
