@@ -152,6 +152,9 @@ class StatementPlan:
     largest_intermediate: int  # elements
     peak_temporary_bytes: int
     notes: list[str] = field(default_factory=list)
+    # An elementwise '+=' through windows evaluates its contribution one window offset at
+    # a time (these indices, looped): long inner runs instead of a broadcast over offsets.
+    offset_loop: tuple[str, ...] = ()
 
 
 @dataclass
@@ -250,9 +253,12 @@ class _StatementPlanner:
                 return self.plan_contraction(expr, scale, factors, count)
         body = self.plan(expr.body)
         axes = tuple(a for a in body.axes if a not in expr.indices)
-        windowed = isinstance(body, ViewNode) and body.kind == "strided" and any(
+        # A small window reduced over its offsets (pooling, the tie count of a max-pool
+        # gradient) is a running update over one slice per offset: reducing tiny trailing
+        # axes, or broadcasting against them, runs NumPy's inner loop a few elements at a time.
+        windowed = elementwise_only(body) and set(expr.indices) <= set(body.axes) and any(
             set(m.indices()) & set(expr.indices) and set(m.indices()) - set(expr.indices)
-            for m in body.read.maps)
+            for view in reads_in(body) if view.kind == "strided" for m in view.read.maps)
         strategy = "window-loop" if windowed and count <= WINDOW_LOOP_LIMIT else "axis"
         self.allocate(math.prod(self.shape_of(axes)))
         self.strategies.append(f"{expr.op} over {','.join(expr.indices)}: "
@@ -681,6 +687,34 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
                    target_boundary=None)
 
 
+def scatter_slices(maps: tuple[IndexMap, ...], sizes: dict[str, int]) -> list[str | None]:
+    """How a '+=' through windows addresses its target: per dimension, the index that is
+    sliced (the longest one only that dimension uses, h in 2*h+u), or None; the target's
+    other indices (the window offsets u) are looped over, one strided add per offset."""
+    sliced: list[str | None] = []
+    for m in maps:
+        only_here = [n for n, c in m.terms if c > 0
+                     and sum(n in other.indices() for other in maps) == 1 and n not in sliced]
+        sliced.append(max(only_here, key=lambda n: sizes[n]) if only_here else None)
+    return sliced
+
+
+def reads_in(node: Node) -> list[ViewNode]:
+    """The reads of an elementwise tree."""
+    if isinstance(node, ViewNode):
+        return [node]
+    if isinstance(node, ElementwiseNode):
+        return [v for arg in node.args for v in reads_in(arg)]
+    return []
+
+
+def elementwise_only(node: Node) -> bool:
+    """True for a tree of reads, constants, index values and elementwise operations."""
+    if isinstance(node, ElementwiseNode):
+        return all(elementwise_only(arg) for arg in node.args)
+    return isinstance(node, (ViewNode, ConstNode, IndexNode))
+
+
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8) -> ProgramPlan:
     plans = []
     for number, statement in enumerate(program.statements):
@@ -696,9 +730,21 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         strategy = "; ".join(planner.strategies) or "elementwise"
         if elementwise and planner.strategies:
             strategy += f"; then elementwise {', '.join(elementwise)}"
+        offset_loop: tuple[str, ...] = ()
+        maps = statement.target_maps
+        if statement.accumulate and not all(m.is_plain for m in maps) \
+                and elementwise_only(root):
+            sliced = scatter_slices(maps, statement.ranges)
+            looped = tuple(n for n in planner.order if n not in sliced
+                           and any(n in m.indices() for m in maps))
+            if set(looped) & set(root.axes):
+                offset_loop = looped
+                strategy += (f", evaluated per window offset ({','.join(looped)}) and added "
+                             "through strided slices")
         plans.append(StatementPlan(number, statement, planner.order, root, strategy,
                                    _node_flops(root, naive=True), _node_flops(root),
-                                   planner.largest, planner.peak_bytes()))
+                                   planner.largest, planner.peak_bytes(),
+                                   offset_loop=offset_loop))
     return ProgramPlan(program, dtype, itemsize, plans)
 
 

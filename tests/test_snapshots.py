@@ -42,6 +42,10 @@ CASES = {
     # stride 2: GEMM, then the contribution added back per window offset (col2im)
     "col2im": ("dx: [N,C,H,W]\ndx[n,c,2*h+u,2*w+v] += dy[n,o,h,w] * k[o,c,u,v]",
                dict(N=8, C=3, H=11, W=11, dy=(8, 4, 5, 5), k=(4, 3, 3, 3))),
+    # the max-pool gradient: the tie count and the routed gradient, one window offset at a time
+    "maxpool_grad": (str(tc.grad(tc.parse("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   "
+                                          "where u < 2, v < 2"), wrt=["y"])),
+                     dict(y=(8, 16, 24, 24), dp=(8, 16, 12, 12))),
     "col2im_reflect": ("dx: [N,C,H,W]\n"
                        "dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w] * k[o,c,u,v]   where dx: reflect",
                        dict(N=2, C=3, H=9, W=9, dy=(2, 4, 5, 5), k=(4, 3, 3, 3))),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..ir import Read, walk
 from ..plan import (
     ConstNode, ContractNode, ElementwiseNode, IndexNode, Node, PairStep, ProgramPlan,
-    ReduceNode, StatementPlan, ViewNode, format_plan,
+    ReduceNode, StatementPlan, ViewNode, format_plan, reads_in, scatter_slices,
 )
 
 __all__ = ["render_module", "python_name", "NUMPY_PAD_MODES"]
@@ -212,9 +212,13 @@ class _StatementRenderer:
         self.lines: list[str] = []
         self.padded: dict[tuple, str] = {}
         self.views: dict[tuple, _Value] = {}
+        # Inside a loop over window offsets: the looped indices and their loop variables
+        # (reads are sliced at them), and the indentation of the loop body.
+        self.fixed: dict[str, str] = {}
+        self.indent = ""
 
     def emit(self, line: str) -> None:
-        self.lines.append(line)
+        self.lines.append(self.indent + line)
 
     def fresh(self, hint: str) -> str:
         return self.module.fresh(hint)
@@ -242,6 +246,27 @@ class _StatementRenderer:
 
     # ---- nodes ----
     def render(self, node: Node, name_hint: str = "t") -> _Value:
+        value = self.render_node(node, name_hint)
+        if not set(self.fixed) & set(value.axes):
+            return value
+        # a read inside a loop over window offsets: its slice at the current offset
+        if isinstance(node, IndexNode):
+            return _Value(f"DTYPE({self.fixed[node.index]} + {node.start})", (), (),
+                          precedence=_ATOM)
+        index = [self.fixed.get(a, ":") for a in value.axes]
+        while index[-1] == ":":
+            index.pop()
+        code = value.code if value.atomic else f"({value.code})"
+        kept = [i for i, a in enumerate(value.axes) if a not in self.fixed]
+        return _Value(f"{code}[{', '.join(index)}]", tuple(value.axes[i] for i in kept),
+                      tuple(value.shape[i] for i in kept), contiguous=False)
+
+    def render_views_first(self, node: Node) -> None:
+        """Emit the window views (and padded copies) a loop body reads, before the loop."""
+        for view in reads_in(node):
+            self.render_view(view)
+
+    def render_node(self, node: Node, name_hint: str) -> _Value:
         if isinstance(node, ViewNode):
             return self.render_view(node)
         if isinstance(node, ConstNode):
@@ -345,29 +370,31 @@ class _StatementRenderer:
             return self.render(ConstNode(_fold(node.op, [arg.constant for arg in args])))
         if node.op in ("gelu", "erf"):
             self.module.needs_erf = True
+        kept = [i for i, a in enumerate(node.axes) if a not in self.fixed]
+        axes = tuple(node.axes[i] for i in kept)
+        shape = tuple(node.shape[i] for i in kept)
         first = args[0]
-        if node.op in _IN_PLACE and first.owned and first.is_name and first.axes == node.axes \
-                and (len(args) == 1 or set(args[1].axes) <= set(node.axes)):
-            other = self.aligned(args[1], node.axes) if len(args) > 1 else ""
+        if node.op in _IN_PLACE and first.owned and first.is_name and first.axes == axes \
+                and (len(args) == 1 or set(args[1].axes) <= set(axes)):
+            other = self.aligned(args[1], axes) if len(args) > 1 else ""
             self.emit(_IN_PLACE[node.op].format(first.code, other))
             return first
         if node.op == "pow" and isinstance(node.args[1], ConstNode) and node.args[1].value == 2:
-            return _Value(f"np.square({self.aligned(first, node.axes)})", node.axes,
-                          node.shape, True)
+            return _Value(f"np.square({self.aligned(first, axes)})", axes, shape, True)
         template = _ELEMENTWISE[node.op]
         if template.count("{0}") > 1 and not first.is_name:
             first = self.materialized(first, "t")
             args[0] = first
         codes = []
         for i, arg in enumerate(args):
-            code = self.aligned(arg, node.axes)
+            code = self.aligned(arg, axes)
             precedence = _ATOM if code != arg.code else arg.precedence
             needed = _OPERAND_PRECEDENCE[node.op][i] if node.op in _INFIX else \
                 _argument_precedence(template, i)
             codes.append(f"({code})" if precedence < needed else code)
         code = template.format(*codes)
         precedence = _RESULT_PRECEDENCE.get(node.op, _TEMPLATE_PRECEDENCE.get(node.op, _ATOM))
-        return _Value(code, node.axes, node.shape, True, precedence)
+        return _Value(code, axes, shape, True, precedence)
 
     def operand(self, node: Node) -> _Value:
         value = self.render(node)
@@ -629,33 +656,42 @@ class _StatementRenderer:
                       contiguous=step.final_transpose is None)
 
     def render_reduce(self, node: ReduceNode, name_hint: str) -> _Value:
+        if node.strategy == "window-loop":
+            return self.render_window_loop(node, name_hint)
         body = self.render(node.body)
         positions = [body.axes.index(a) for a in node.reduced]
         result = self.fresh(name_hint)
-        if node.strategy == "window-loop":
-            sizes = [self.sizes[a] for a in node.reduced]
-            loop_names = [self.module.index_variable(a) for a in node.reduced]
-            index = [":"] * len(body.axes)
-            for p, name in zip(positions, loop_names):
-                index[p] = name
-            first = [":" if i not in positions else "0" for i in range(len(body.axes))]
-            self.emit(f"# {node.op} over {','.join(node.reduced)}: running update over "
-                      f"{node.count} strided window slices")
-            self.emit(f"{result} = {body.code}[{', '.join(first)}].copy()")
-            if len(sizes) == 1:
-                header = f"for {loop_names[0]} in range(1, {sizes[0]}):"
-            else:
-                header = (f"for {', '.join(loop_names)} in "
-                          f"list(np.ndindex{_tuple(sizes)})[1:]:")
-            self.emit(header)
-            update = _WINDOW_UPDATE[node.op]
-            self.emit(f"    {update}({result}, {body.code}[{', '.join(index)}], out={result})")
-            if node.op == "mean":
-                self.emit(f"{result} *= {_number(1 / node.count)}")
-            return _Value(result, node.axes, node.shape, True)
         code = f"{_REDUCERS[node.op]}({body.code}, axis={_tuple(positions)})"
         self.emit(f"{result} = {code}")
         return _Value(result, node.axes, node.shape, bool(node.axes))
+
+    def render_window_loop(self, node: ReduceNode, name_hint: str) -> _Value:
+        """A reduction over window offsets as a running update, one offset's slice at a time."""
+        assert not self.fixed, "window loops do not nest"
+        self.render_views_first(node.body)
+        result = self.fresh(name_hint)
+        sizes = [self.sizes[a] for a in node.reduced]
+        loop_names = [self.module.index_variable(a) for a in node.reduced]
+        self.emit(f"# {node.op} over {','.join(node.reduced)}: running update over "
+                  f"{node.count} strided window slices")
+        self.fixed = {a: "0" for a in node.reduced}
+        first = self.render(node.body)
+        fresh = first.owned and not first.is_name  # a new array, not a view of an input
+        self.emit(f"{result} = {first.code}" + ("" if fresh else ".copy()"))
+        if len(sizes) == 1:
+            header = f"for {loop_names[0]} in range(1, {sizes[0]}):"
+        else:
+            header = f"for {', '.join(loop_names)} in list(np.ndindex{_tuple(sizes)})[1:]:"
+        self.emit(header)
+        self.fixed, self.indent = dict(zip(node.reduced, loop_names)), self.indent + "    "
+        try:
+            value = self.render(node.body)
+            self.emit(f"{_WINDOW_UPDATE[node.op]}({result}, {value.code}, out={result})")
+        finally:
+            self.fixed, self.indent = {}, self.indent[:-4]
+        if node.op == "mean":
+            self.emit(f"{result} *= {_number(1 / node.count)}")
+        return _Value(result, node.axes, node.shape, True)
 
     # ---- statements ----
     def render_statement(self) -> list[str]:
@@ -712,8 +748,9 @@ class _StatementRenderer:
                 self.emit(f"{target} = np.zeros({_tuple(shape)}, dtype=DTYPE)")
         maps = statement.target_maps
         order = [a for a in self.sp.order if any(a in m.indices() for m in maps)]
-        value = self.render(self.sp.root, "contribution")
-        value = self.materialized(value, "contribution")
+        per_offset = bool(self.sp.offset_loop)  # else: computed once, sliced per offset
+        if not per_offset:
+            value = self.materialized(self.render(self.sp.root, "contribution"), "contribution")
         pad = [(0, 0)] * len(maps)
         destination = target
         mode = statement.target_boundary
@@ -729,12 +766,7 @@ class _StatementRenderer:
                        f"the margin is folded back onto the samples a '{mode}' read takes")
                 self.emit(f"{destination} = np.zeros({_tuple(padded_shape)}, dtype=DTYPE)  # {why}")
         # Each dimension is sliced along one index that only it uses; the rest are looped.
-        slice_index: list[str | None] = []
-        for m in maps:
-            only_here = [n for n, c in m.terms if c > 0
-                         and sum(n in other.indices() for other in maps) == 1
-                         and n not in slice_index]
-            slice_index.append(max(only_here, key=lambda n: self.sizes[n]) if only_here else None)
+        slice_index = scatter_slices(maps, self.sizes)
         loops = [a for a in order if a not in slice_index]
         loop_names = {a: self.module.index_variable(a) for a in loops}
         subscripts = []
@@ -757,35 +789,24 @@ class _StatementRenderer:
             step = f":{coefficient}" if coefficient != 1 else ""
             start_text = "" if start == "0" else start
             subscripts.append(f"{start_text}:{stop}{step}")
-        value_index = []
-        for a in order:
-            if a in value.axes:
-                value_index.append(loop_names[a] if a in loop_names else ":")
-        sliced_axes = [a for a in order if a in value.axes and a not in loop_names]
         dims_order = [s for s in slice_index if s is not None]
-        contribution = value.code
-        if any(i != ":" for i in value_index):
-            contribution += f"[{', '.join(value_index)}]"
-        present = [a for a in dims_order if a in sliced_axes]
-        if present != sliced_axes:
-            permutation = [sliced_axes.index(a) for a in present]
-            contribution += f".transpose{_arguments(permutation)}"
-        # broadcast over target indices the contribution does not depend on
-        missing = [a for a in dims_order if a not in sliced_axes]
-        if missing:
-            contribution = self.aligned(_Value(contribution, tuple(present), (), True),
-                                        tuple(dims_order))
-        line = (f"{destination}[{', '.join(subscripts)}] += {contribution}" if subscripts
-                else f"{destination} += {contribution}")
         if loops:
             sizes = [self.sizes[a] for a in loops]
             names = [loop_names[a] for a in loops]
-            header = (f"for {names[0]} in range({sizes[0]}):" if len(loops) == 1 else
+            if per_offset:
+                self.render_views_first(self.sp.root)
+            self.emit(f"for {names[0]} in range({sizes[0]}):" if len(loops) == 1 else
                       f"for {', '.join(names)} in np.ndindex{_tuple(sizes)}:")
-            self.emit(header)
-            self.emit("    " + line)
-        else:
-            self.emit(line)
+            self.indent += "    "
+        if per_offset:
+            self.fixed = dict(loop_names)
+            value = self.render(self.sp.root, "contribution")
+            self.fixed = {}
+        contribution = self.sliced_contribution(value, order, loop_names, dims_order)
+        self.emit(f"{destination}[{', '.join(subscripts)}] += {contribution}" if subscripts
+                  else f"{destination} += {contribution}")
+        if loops:
+            self.indent = self.indent[:-4]
         if destination != target and mode != "zero":
             self.module.needs_fold = True
             self.emit(f"{target} += _fold_margins({destination}, {_tuple(tuple(pad))}, "
@@ -794,6 +815,30 @@ class _StatementRenderer:
             crop = ", ".join(f"{a}:{a + s}" if (a, b) != (0, 0) else ":"
                              for (a, b), s in zip(pad, shape))
             self.emit(f"{target} += {destination}[{crop}]")
+
+    def sliced_contribution(self, value: _Value, order: list[str], loop_names: dict[str, str],
+                            dims_order: list[str]) -> str:
+        """The contribution at the current window offset, laid out like the target slice."""
+        value_index = []
+        for a in order:
+            if a in value.axes:
+                value_index.append(loop_names[a] if a in loop_names else ":")
+        sliced_axes = [a for a in order if a in value.axes and a not in loop_names]
+        contribution, precedence = value.code, value.precedence
+        if any(i != ":" for i in value_index):
+            contribution = f"{value.code}[{', '.join(value_index)}]"  # a materialized name
+        present = [a for a in dims_order if a in sliced_axes]
+        if present != sliced_axes:
+            permutation = [sliced_axes.index(a) for a in present]
+            contribution = (contribution if precedence >= _ATOM else f"({contribution})") + \
+                f".transpose{_arguments(permutation)}"
+            precedence = _ATOM
+        # broadcast over target indices the contribution does not depend on
+        missing = [a for a in dims_order if a not in sliced_axes]
+        if missing:
+            contribution = self.aligned(_Value(contribution, tuple(present), (), True,
+                                               precedence), tuple(dims_order))
+        return contribution
 
 
 class _ModuleRenderer:
