@@ -36,7 +36,11 @@ WINDOW_COPY_NS = 0.2  # per element of an im2col copy, plus, per run of its inne
 WINDOW_COPY_RUN_NS = 8.0  # NumPy's inner-loop overhead (runs of 8 measured ~1.1 ns/element)
 WINDOW_GAPPED_NS = 0.4  # per element, when the innermost axis steps over gaps (stride 2)
 RELAYOUT_NS = 0.6  # per element, copying a tensor into channels-last order (with its padding)
-SCATTER_ADD_NS = 2.5  # per element added back through a window (col2im), read-modify-write
+SCATTER_ADD_NS = 0.5  # per element added back through a window (col2im), read-modify-write,
+SCATTER_RUN_NS = 20.0  # plus, per run of the adds' innermost axis (LeNet-2's rows: 8 wide)
+# An accumulation whose adds would run this short puts a whole-read target index innermost
+# (dx[n,c,h+u,w+v]: n), so that each add runs over (w, n).
+SCATTER_SHORT_RUN = 64
 # im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
 IM2COL_CHUNK_BYTES = 8 << 20
 
@@ -124,6 +128,7 @@ class ContractNode:
     naive_flops: int
     flops: int
     mean_count: int = 1
+    estimated_ns: float = 0.0  # the steps and any channels-last copies
 
 
 @dataclass
@@ -152,6 +157,9 @@ class StatementPlan:
     largest_intermediate: int  # elements
     peak_temporary_bytes: int
     notes: list[str] = field(default_factory=list)
+    # The memory order of a '+=' target created by this statement, outermost dimension
+    # first, when it is not the target's own (a batch-last buffer for short scatter runs).
+    target_order: tuple[int, ...] | None = None
     # An elementwise '+=' through windows evaluates its contribution one window offset at
     # a time (these indices, looped): long inner runs instead of a broadcast over offsets.
     offset_loop: tuple[str, ...] = ()
@@ -179,7 +187,8 @@ class ProgramPlan:
 # ---- planning ----------------------------------------------------------------------------
 
 class _StatementPlanner:
-    def __init__(self, program: CheckedProgram, statement: Statement, itemsize: int) -> None:
+    def __init__(self, program: CheckedProgram, statement: Statement, itemsize: int,
+                 fresh_target: bool = False) -> None:
         self.program = program
         self.statement = statement
         self.sizes = statement.ranges
@@ -198,6 +207,52 @@ class _StatementPlanner:
             else None
         positions = [n for n, c in last.terms if c > 0] if last is not None else []
         self.scatter_inner = {max(positions, key=self.sizes.__getitem__)} if positions else set()
+        self.target_order = self.batch_last_order(fresh_target)
+        if self.target_order is not None:
+            dim = self.target_order[-1]
+            self.scatter_inner = {statement.target_maps[dim].terms[0][0]}
+
+    def batch_last_order(self, fresh_target: bool) -> tuple[int, ...] | None:
+        """A memory order for a fresh '+=' target whose adds through windows would run short
+        (rows of 8): its largest whole-read dimension moved innermost, or None."""
+        statement = self.statement
+        maps = statement.target_maps
+        value = statement.value
+        contraction = isinstance(value, Reduce) and value.op == "sum" and len(
+            [f for f in _factors(value.body)[1] if not isinstance(f, Constant)]) >= 2
+        # a GEMM can hand its result over in that order; an elementwise value cannot
+        if not (fresh_target and contraction and statement.accumulate and maps
+                and not maps[-1].is_plain and statement.target_boundary is None):
+            return None
+        sliced = scatter_slices(maps, self.sizes)
+        if sliced[-1] is None or self.sizes[sliced[-1]] >= SCATTER_SHORT_RUN:
+            return None
+        plain = [d for d, m in enumerate(maps) if m.is_plain and m.terms[0][1] == 1
+                 and sliced[d] == m.terms[0][0]]
+        if not plain:
+            return None
+        inner = max(plain, key=lambda d: self.sizes[maps[d].terms[0][0]])
+        if self.sizes[maps[inner].terms[0][0]] < 4:
+            return None
+        return tuple(d for d in range(len(maps)) if d != inner) + (inner,)
+
+    def scatter_ns(self) -> float:
+        """Estimated time of adding the contributions back through the windows."""
+        statement = self.statement
+        maps = statement.target_maps
+        if not statement.accumulate or all(m.is_plain for m in maps):
+            return 0.0
+        sliced = scatter_slices(maps, self.sizes)
+        elements = math.prod(self.sizes[n] for n in {n for m in maps for n in m.indices()})
+        order = self.target_order or tuple(range(len(maps)))
+        run = 1
+        for dim in reversed(order):  # the innermost dimensions, while the slice is contiguous
+            step = dict(maps[dim].terms).get(sliced[dim], 0)
+            if step == 1:
+                run *= self.sizes[sliced[dim]]
+            if not maps[dim].is_plain or step != 1:
+                break
+        return elements * (SCATTER_ADD_NS + SCATTER_RUN_NS / run)
 
     def canonical(self, names) -> tuple[str, ...]:
         return tuple(sorted(set(names), key=self.position.__getitem__))
@@ -327,8 +382,11 @@ class _StatementPlanner:
             self.strategies.append("contraction as a BLAS GEMM"
                                    + (" (batched)" if steps[0].batch else ""))
         mean_count = count if expr.op == "mean" else 1
+        estimated = sum(s.estimated_ns for s in steps) + sum(
+            RELAYOUT_NS * math.prod(self.padded_shape(o)) for o in operands
+            if isinstance(o, ViewNode) and o.memory_order is not None)
         return ContractNode(operands, scale, expr.indices, steps, out_axes,
-                            self.shape_of(out_axes), naive, flops, mean_count)
+                            self.shape_of(out_axes), naive, flops, mean_count, estimated)
 
     def plan_steps(self, operands: list[Node], path, out_axes: tuple[str, ...],
                    result_may_be_view: bool) -> list[PairStep]:
@@ -442,6 +500,10 @@ class _StatementPlanner:
         # Candidates: every split of the result order into [group, first, second] that a
         # matmul yields directly (either operand on the left), and the natural
         # [batch, a-kept, b-kept] followed by a transpose. The cheapest by _layout_cost wins.
+        inner = [x for x in self.scatter_inner if x in a_kept + b_kept]
+        if inner and result_may_be_view:  # that side with the scatter's inner axis last
+            a_kept = [x for x in a_kept if x not in inner] + [x for x in a_kept if x in inner]
+            b_kept = [x for x in b_kept if x not in inner] + [x for x in b_kept if x in inner]
         candidates = [(tuple(batch), tuple(a_kept), tuple(b_kept), False),
                       (tuple(batch), tuple(b_kept), tuple(a_kept), True)]
         for p in range(len(result) + 1):
@@ -664,24 +726,6 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
     summed = tuple(n for n in statement.index_order() if n in ranges and n not in kept)
     inner = new_value.body if outer else new_value
     new_value = Reduce("sum", summed, inner, True)
-    # By cost: the gather copies each substituted read's window (im2col); the scatter
-    # writes a contribution per target position and window offset, then adds it back.
-    gathered = 0.0
-    for r in walk(new_value):
-        if isinstance(r, Read) and r.boundary == "zero" and set(r.indices()) - kept:
-            elements = math.prod(ranges[n] for n in r.indices())
-            # runs of the target's rows, or, from a channels-last copy of the read (the
-            # planner's choice), runs of its channels (whole, summed) x kernel width
-            channels = math.prod(ranges[rm.terms[0][0]] for rm in r.maps[:-1]
-                                 if rm.is_plain and rm.terms[0][0] not in kept)
-            width = math.prod(ranges[n] for n, _ in r.maps[-1].terms if n not in kept) \
-                if r.maps else 1
-            run = max(shape[-1] if shape else 1, channels * width)
-            gathered += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / run)
-    scattered = math.prod(statement.ranges[n] for m in statement.target_maps
-                          for n in m.indices())
-    if gathered > scattered * SCATTER_ADD_NS:
-        return None
     order = {n: ranges[n] for n in [*(m.terms[0][0] for m in maps), *ranges]}
     return replace(statement, target_maps=tuple(maps), value=new_value, ranges=order,
                    target_boundary=None)
@@ -715,17 +759,30 @@ def elementwise_only(node: Node) -> bool:
     return isinstance(node, (ViewNode, ConstNode, IndexNode))
 
 
+def _estimated_ns(node: Node) -> float:
+    return sum(c.estimated_ns for c in _contractions(node))
+
+
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8) -> ProgramPlan:
     plans = []
+    defined = set(program.inputs)
     for number, statement in enumerate(program.statements):
+        fresh = statement.target not in defined and not any(
+            isinstance(n, Read) and n.tensor == statement.target for n in walk(statement.value))
+        defined.add(statement.target)
+        planner = _StatementPlanner(program, statement, itemsize, fresh)
+        root = planner.plan(statement.value)
+        # An accumulation through windows either adds each window's contribution back
+        # (col2im) or reads back through the windows (gather form): planned both ways, the
+        # cheaper by the cost model is kept.
         gathered = gather_form(statement, program.tensors[statement.target].shape)
         if gathered is not None:
-            statement = gathered
-        planner = _StatementPlanner(program, statement, itemsize)
-        if gathered is not None:
-            planner.strategies.append("accumulation through windows read as a convolution "
-                                      "with the flipped kernel (gather form)")
-        root = planner.plan(statement.value)
+            gather_planner = _StatementPlanner(program, gathered, itemsize)
+            gather_root = gather_planner.plan(gathered.value)
+            if _estimated_ns(gather_root) < _estimated_ns(root) + planner.scatter_ns():
+                statement, planner, root = gathered, gather_planner, gather_root
+                planner.strategies.insert(0, "accumulation through windows read as a "
+                                          "convolution with the flipped kernel (gather form)")
         elementwise = _epilogue_ops(root)
         strategy = "; ".join(planner.strategies) or "elementwise"
         if elementwise and planner.strategies:
@@ -741,10 +798,14 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
                 offset_loop = looped
                 strategy += (f", evaluated per window offset ({','.join(looped)}) and added "
                              "through strided slices")
+        if planner.target_order is not None and statement.accumulate:
+            inner = statement.target_maps[planner.target_order[-1]].terms[0][0]
+            strategy += (f"; contributions added into a buffer with {inner} innermost, so "
+                         "that each add runs over whole rows of it")
         plans.append(StatementPlan(number, statement, planner.order, root, strategy,
                                    _node_flops(root, naive=True), _node_flops(root),
                                    planner.largest, planner.peak_bytes(),
-                                   offset_loop=offset_loop))
+                                   offset_loop=offset_loop, target_order=planner.target_order))
     return ProgramPlan(program, dtype, itemsize, plans)
 
 

@@ -1012,9 +1012,9 @@ def test_known_bug_signatures_are_narrow():
     x = np.array([0.5, 1.0])
     kernel = tc.compile(src, dtype="float64")
     assert not gather_form_wrong_bug([(kernel, tc.parse(src), dict(x=x), kernel(x=x))])  # fixed
-    src = "dx: [10]\ndx[i+j] += dy[i] * k[j]"  # a gather form that is right
+    src = "dx: [1000]\ndx[i+j] += dy[i] * k[j]"  # a gather form that is right
     kernel = tc.compile(src, dtype="float64")
-    feed = dict(dy=np.arange(8.0), k=np.array([2.0, 3.0, 5.0]))
+    feed = dict(dy=np.arange(998.0), k=np.array([2.0, 3.0, 5.0]))
     result = kernel(**feed)
     assert "(gather form)" in str(kernel.plan)
     assert not gather_form_wrong_bug([(kernel, tc.parse(src), feed, result)])

@@ -38,7 +38,10 @@ CASES = {
                                    dict(x=(8, 64, 56, 56), k=(64, 64, 3, 3))),
     # stride 1: read back through the window (gather form, a flipped-kernel convolution)
     "flipped_kernel": ("dx: [N,C,H,W]\ndx[n,c,h+u,w+v] += dy[n,o,h,w] * k[o,c,u,v]",
-                       dict(N=8, C=3, H=12, W=12, dy=(8, 4, 10, 10), k=(4, 3, 3, 3))),
+                       dict(N=2, C=8, H=34, W=34, dy=(2, 8, 32, 32), k=(8, 8, 3, 3))),
+    # short rows (8 wide): col2im into a buffer with n innermost, each add over (w, n)
+    "col2im_batch_last": ("dx: [N,C,H,W]\ndx[n,c,h+u,w+v] += dy[n,o,h,w] * k[o,c,u,v]",
+                          dict(N=8, C=3, H=12, W=12, dy=(8, 4, 10, 10), k=(4, 3, 3, 3))),
     # stride 2: GEMM, then the contribution added back per window offset (col2im)
     "col2im": ("dx: [N,C,H,W]\ndx[n,c,2*h+u,2*w+v] += dy[n,o,h,w] * k[o,c,u,v]",
                dict(N=8, C=3, H=11, W=11, dy=(8, 4, 5, 5), k=(4, 3, 3, 3))),

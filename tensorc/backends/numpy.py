@@ -744,6 +744,13 @@ class _StatementRenderer:
         if statement.target not in self.module.defined:
             if statement.target in program.inputs:
                 self.emit(f"{target} = np.array({target}, dtype=DTYPE)  # accumulate into a copy")
+            elif self.sp.target_order is not None:
+                order = self.sp.target_order
+                inverse = tuple(order.index(d) for d in range(len(order)))
+                inner = maps[order[-1]].terms[0][0]
+                self.emit(f"{target} = np.zeros({_tuple(shape[d] for d in order)}, "
+                          f"dtype=DTYPE).transpose{_arguments(inverse)}  # {inner} innermost: "
+                          "the adds run over whole rows")
             else:
                 self.emit(f"{target} = np.zeros({_tuple(shape)}, dtype=DTYPE)")
         maps = statement.target_maps
