@@ -31,7 +31,8 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("abs", 1, "|a|", ("sign(a)",)),  # 0 at a = 0, like PyTorch
     Function("tanh", 1, "hyperbolic tangent", ("1 - out^2",)),
     Function("sigmoid", 1, "1/(1+e^-a)", ("out * (1 - out)",)),
-    Function("relu", 1, "max(a, 0)", ("out > 0",)),  # 0 at a = 0, like PyTorch
+    # a > 0 rather than out > 0: a backward run on its own then needs no forward recomputed
+    Function("relu", 1, "max(a, 0)", ("a > 0",)),  # 0 at a = 0, like PyTorch
     # d/da a*Phi(a) = Phi(a) + a*phi(a), with phi(a) = exp(-a^2/2)/sqrt(2*pi)
     Function("gelu", 1, "a*Phi(a), the exact (erf) form",
              ("0.5 * (1 + erf(0.7071067811865476 * a))"
