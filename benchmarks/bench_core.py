@@ -33,7 +33,9 @@ Targets (printed under the table):
   * convolution forward+backward (tc.compile_grad: output, input and weight gradients)
     against PyTorch autograd NCHW: median <= 2.0, and tensorc's backward (a tc.grad kernel)
     at most 3x its own forward on each layer;
-  * max-pool: ratio < 1.0 against PyTorch NCHW (every max-pool case).
+  * max-pool: ratio < 1.0 against PyTorch NCHW (every max-pool case);
+  * one training step of the LeNet (tensorc.nn: forward, loss, backward, SGD with
+    momentum; batch 64 of 28x28) against the same step in PyTorch: ratio <= 1.5.
 """
 
 from __future__ import annotations
@@ -77,6 +79,10 @@ POOLS = [
     ("maxpool 2x2 s2 N64 C16 24x24", (64, 16, 24, 24)),
     ("maxpool 2x2 s2 N16 C64 56x56", (16, 64, 56, 56)),
 ]
+
+# (name, batch shape): the classic two-block LeNet (5x5 convolutions with 16 and 32
+# channels, ReLU, 2x2 max-pooling, then 512 and 10 units), one SGD+momentum step
+TRAINING = [("train step LeNet N64 1x28x28 SGD+momentum", (64, 1, 28, 28))]
 
 # (name, einsum equation, operand shapes, tensorc program over inputs A, B, C, ...)
 CONTRACTIONS = [
@@ -317,6 +323,42 @@ def build_pool_case(tc, torch, rng, name, xshape) -> Case:
     return case
 
 
+def build_training_case(torch, rng, name, xshape) -> Case:
+    """tensorc.nn's train_step against the same step in PyTorch, from the same weights."""
+    from tensorc import nn
+    model = nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    tnn = torch.nn
+    reference = tnn.Sequential(tnn.Conv2d(1, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2),
+                               tnn.Conv2d(16, 32, 5), tnn.ReLU(), tnn.MaxPool2d(2),
+                               tnn.Flatten(), tnn.Linear(512, 512), tnn.ReLU(),
+                               tnn.Linear(512, 10))
+    model.load_state_dict({k: v.detach().numpy().copy()
+                           for k, v in reference.state_dict().items()})
+    x = rng.standard_normal(xshape, dtype=np.float32)
+    y = rng.integers(0, 10, size=xshape[0])
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    loss_function = nn.CrossEntropyLoss()
+    optimizer = nn.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9)
+
+    def tensorc_step():  # the first call's loss is checked against PyTorch's
+        return np.float32(nn.train_step(model, loss_function, optimizer, x, y)[0])
+
+    def torch_step():
+        with torch.enable_grad():
+            reference_optimizer.zero_grad()
+            loss = F.cross_entropy(reference(xt), yt)
+            loss.backward()
+            reference_optimizer.step()
+        return loss.detach()
+
+    import torch.nn.functional as F
+    return Case("train", name, Side("tensorc", tensorc_step),
+                [Side("torch (NCHW)", torch_step, "torch")], target_peer="torch (NCHW)")
+
+
 def build_contraction_case(tc, rng, name, equation, shapes, src, with_einsum) -> Case:
     import opt_einsum
     ops = [rng.random(shape, dtype=np.float32) for shape in shapes]
@@ -359,7 +401,7 @@ def run_case(builder: Callable[[], Case], name: str, group: str, args) -> Case:
             return case
         # Time it; if other processes were busy meanwhile, wait a little and time it again
         # (up to --retries times), keeping the quietest attempt.
-        best_times, case.busy = None, None
+        best_times, case.busy, busy = None, None, 0.0
         for attempt in range(1 + max(0, args.retries)):
             if attempt:
                 print(f"    busy ({100 * busy:.0f}% other load): timing it again",
@@ -558,6 +600,13 @@ def summary(cases: list[Case]) -> list[str]:
                      f"{', '.join(f'{r:.2f}' for r in ratios)}); tensorc backward / its forward: "
                      f"{', '.join(f'{r:.2f}' for r in own)}; target median <= 2.0 and each "
                      f"backward <= 3x forward: {'PASS' if passed else 'FAIL'}")
+    training = [c for c in ok if c.group == "train"]
+    if training:
+        ratios = [c.target_ratio() for c in training]
+        passed = all(r <= 1.5 for r in ratios)
+        verdicts.append(passed)
+        lines.append(f"  LeNet training step vs torch: ratio {', '.join(f'{r:.2f}' for r in ratios)}"
+                     f", target <= 1.5: {'PASS' if passed else 'FAIL'}")
     pools = [c for c in ok if c.group == "pool"]
     if pools:
         ratios = [c.target_ratio() for c in pools]
@@ -639,6 +688,8 @@ def main(argv=None) -> int:
                          build_conv_grad_case(tc, torch, rng, *a)))
     for name, xshape in POOLS:
         builders.append((name, "pool", lambda a=(name, xshape): build_pool_case(tc, torch, rng, *a)))
+    for name, xshape in TRAINING:
+        builders.append((name, "train", lambda a=(name, xshape): build_training_case(torch, rng, *a)))
     for name, equation, shapes, src in CONTRACTIONS:
         builders.append((name, "contraction", lambda a=(name, equation, shapes, src):
                          build_contraction_case(tc, rng, *a, with_einsum=not args.no_einsum)))
