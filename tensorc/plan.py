@@ -31,9 +31,6 @@ GEMM_FLOPS_PER_NS = 150.0  # large float32 GEMMs
 GEMM_FULL_SPEED_DIMENSION = 64  # GEMMs with a smaller m, n or k run slower (~sqrt)
 GEMM_CALL_NS = 300.0  # each entry of a batched matmul
 TRANSPOSED_COPY_NS = 1.2  # per element, materializing a transposed array
-# ... when neither of the copy's two innermost axes is the source's contiguous one, so each
-# cache line read serves one element (dy[n,o,h,w] -> [h,w,n,o]): measured 2.5-3x slower
-TRANSPOSED_SCATTER_NS = 3.0
 TRANSPOSED_VIEW_NS = 0.05  # per element, handing a statement's result back transposed
 WINDOW_COPY_NS = 0.2  # per element of an im2col copy, plus, per run of its innermost axis:
 WINDOW_COPY_RUN_NS = 8.0  # NumPy's inner-loop overhead (runs of 8 measured ~1.1 ns/element)
@@ -563,10 +560,7 @@ class _StatementPlanner:
             elif axes not in (arranged, present + tuple(inner) + tuple(outer)) \
                     and max(len(outer), len(inner)) > 1:
                 elements = size(arranged)  # a transpose that reshape must copy
-                source = [x for x in axes if self.sizes[x] > 1][-1:]
-                target = [x for x in arranged if self.sizes[x] > 1][-2:]
-                cost += elements * (TRANSPOSED_COPY_NS if set(source) & set(target)
-                                    else TRANSPOSED_SCATTER_NS)
+                cost += elements * TRANSPOSED_COPY_NS
                 copies.append(elements)
         layout = group + first + second
         if self.scatter_inner and result_may_be_view and layout[-1:] != tuple(self.scatter_inner):
