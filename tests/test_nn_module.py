@@ -130,6 +130,20 @@ def test_first_layer_skips_the_input_gradient():
     assert model[0].weight.grad is not None
 
 
+def test_backward_reads_the_forward_output_instead_of_recomputing_it():
+    """A max-pool's adjoint reads the pooled output; the layer feeds it the one its forward
+    returned, so the backward kernel computes no max of its own, and agrees with torch."""
+    pool = nn.MaxPool2d(2).to("float64")
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    y = pool(x)
+    dx = pool.backward(np.ones_like(y))
+    (kernel,) = [k for key, k in pool._kernels.items() if key[1] is not None]
+    assert "y" in kernel.inputs and "max over" not in str(kernel.plan)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, 2).sum().backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12)
+
+
 # ---- errors ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layer, shape, message", [

@@ -6,6 +6,8 @@ and registers a Parameter under the same name for every learned program input
 kernel then specializes and caches per input shape); `backward` compiles
 `tc.grad(program, wrt=...)` — the adjoint tensorc derives in the language — and runs it
 on the saved inputs and the cotangent `d<output>`. No gradient formula is written here.
+The results forward returned are kept too: the adjoint reads them instead of recomputing
+the statements that defined them (a max-pool's output, say).
 
 Layers that see their input through a reshape (elementwise layers see a flat vector,
 grouped convolutions a [N, G, C/G, ...] view) override `feed`; since feeds are reshapes,
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import Kernel, parse
+from .. import syntax as S
 from .. import compile as compile_program
 from .. import grad as derive_gradient
 from ..check import structure
@@ -92,7 +95,9 @@ class ProgramModule(Module):
             program = self._parsed[variant]
             extra = self.extra_outputs(variant)
             if wrt is not None:
-                kernel = compile_program(derive_gradient(program, wrt=list(wrt)), **sizes)
+                adjoint = derive_gradient(program, wrt=list(wrt))
+                kept = (self.output_name(variant),) + extra
+                kernel = compile_program(without_definitions(adjoint, kept), **sizes)
             elif extra:  # results that later statements also read
                 kernel = Kernel(program, sizes=dict(sizes),
                                 outputs=(self.output_name(variant),) + extra)
@@ -141,13 +146,15 @@ class ProgramModule(Module):
             self.after_forward(results, *xs)
         else:
             y = results
-        self._saved = (variant, xs, feed, sizes, y.shape)
+            results = {self.output_name(variant): y}
+        self._saved = (variant, xs, feed, sizes, results)
         return y.reshape(self.output_shape(y, *xs))
 
     def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        variant, xs, feed, sizes, program_shape = self._saved
+        variant, xs, feed, sizes, results = self._saved
+        program_shape = results[self.output_name(variant)].shape
         wrt = tuple((list(self.inputs) if input_grad else []) + self._trained_names())
         if not wrt:
             return None
@@ -156,7 +163,8 @@ class ProgramModule(Module):
             raise InputShapeError(f"{type(self).__name__}.backward: the output gradient has "
                                   f"shape {grad_output.shape}, but the output had "
                                   f"{int(np.prod(program_shape))} elements")
-        arrays = {**feed, f"d{self.output_name(variant)}": grad_output.reshape(program_shape)}
+        arrays = {**feed, **results,
+                  f"d{self.output_name(variant)}": grad_output.reshape(program_shape)}
         kernel = self.kernel(variant, wrt, sizes)
         results = kernel(**{name: arrays[name] for name in kernel.inputs})
         if not isinstance(results, dict):
@@ -167,6 +175,23 @@ class ProgramModule(Module):
             return None
         grads = tuple(results[f"d{name}"].reshape(x.shape) for name, x in zip(self.inputs, xs))
         return grads[0] if len(grads) == 1 else grads
+
+
+def without_definitions(program: S.Program, given: Sequence[str]) -> S.Program:
+    """`program` with the statements that define `given` tensors removed, so that they become
+    inputs: an adjoint fed the forward results it would otherwise recompute. Only a tensor
+    defined by one plain `=` is dropped; anything else is left to be computed."""
+    definitions: dict[str, list[S.Assignment]] = {}
+    for statement in program.statements:
+        if isinstance(statement, S.Assignment):
+            definitions.setdefault(statement.target.tensor, []).append(statement)
+    dropped = {name for name in given if len(definitions.get(name, ())) == 1
+               and not definitions[name][0].accumulate}
+    if not dropped:
+        return program
+    return S.Program(tuple(s for s in program.statements
+                           if not (isinstance(s, S.Assignment) and s.target.tensor in dropped)),
+                     program.source, program.filename)
 
 
 Initializer = Callable[..., np.ndarray]
