@@ -163,6 +163,16 @@ def test_single_channel_input_keeps_its_own_layout():
     assert "channels-last" not in kern.source
 
 
+def test_weight_gradient_avoids_a_scattered_transpose_of_dy():
+    """Copying x batch-last would make the GEMM need dy as [h,w,n,o], a transpose whose two
+    innermost axes both jump through dy (slow); for one channel that costs more than it saves."""
+    source = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]"
+    kern = tc.compile(tc.grad(source, wrt=["k"]), dtype="float32", x=(64, 1, 28, 28),
+                      k=(16, 1, 5, 5), dy=(64, 16, 24, 24))
+    assert "channels-last" not in str(kern.plan)
+    assert "dy.transpose(0, 2, 3, 1)" in kern.source  # [n,h,w,o]: runs along w stay whole
+
+
 @pytest.mark.parametrize("mode, torch_mode", [("zero", "zeros"), ("reflect", "reflect"),
                                               ("circular", "circular"),
                                               ("replicate", "replicate")])
