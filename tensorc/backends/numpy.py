@@ -814,6 +814,11 @@ class _StatementRenderer:
                   else f"{destination} += {contribution}")
         if loops:
             self.indent = self.indent[:-4]
+        if not per_offset and value.owned and value.code not in self.module.tensor_of:
+            # Freed now rather than at return: a large array still held while the next
+            # statement allocates its own makes malloc map fresh pages (page faults cost
+            # LeNet-1's backward 2x).
+            self.emit(f"del {value.code}")
         if destination != target and mode != "zero":
             self.module.needs_fold = True
             self.emit(f"{target} += _fold_margins({destination}, {_tuple(tuple(pad))}, "

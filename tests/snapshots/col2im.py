@@ -32,5 +32,6 @@ def kernel(dy, k):
     contribution = np.matmul(k.reshape(4, 27).T, dy.transpose(1, 2, 3, 0).reshape(4, 200)).reshape(3, 3, 3, 5, 5, 8).transpose(5, 0, 3, 1, 4, 2)
     for u, v in np.ndindex(3, 3):
         dx[:, :, u:u + 9:2, v:v + 9:2] += contribution[:, :, :, u, :, v]
+    del contribution
 
     return dx

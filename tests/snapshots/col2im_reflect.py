@@ -48,6 +48,7 @@ def kernel(dy, k):
     dx_padded = np.zeros((2, 3, 11, 11), dtype=DTYPE)  # the margin is folded back onto the samples a 'reflect' read takes
     for u, v in np.ndindex(3, 3):
         dx_padded[:, :, u:u + 9:2, v:v + 9:2] += contribution[:, :, :, u, :, v]
+    del contribution
     dx += _fold_margins(dx_padded, ((0, 0), (0, 0), (1, 1), (1, 1)), 'reflect')
 
     return dx
