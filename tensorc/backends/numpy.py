@@ -819,6 +819,10 @@ class _StatementRenderer:
             # statement allocates its own makes malloc map fresh pages (page faults cost
             # LeNet-1's backward 2x).
             self.emit(f"del {value.code}")
+        if self.sp.target_order is not None:
+            # back to the target's own layout: whatever reads it next (an elementwise
+            # gradient, say) would otherwise iterate against the grain
+            self.emit(f"{target} = np.ascontiguousarray({target})")
         if destination != target and mode != "zero":
             self.module.needs_fold = True
             self.emit(f"{target} += _fold_margins({destination}, {_tuple(tuple(pad))}, "

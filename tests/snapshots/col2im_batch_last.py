@@ -33,5 +33,6 @@ def kernel(dy, k):
     for u, v in np.ndindex(3, 3):
         dx[:, :, u:u + 10, v:v + 10] += contribution[:, :, :, u, :, v]
     del contribution
+    dx = np.ascontiguousarray(dx)
 
     return dx
