@@ -8,9 +8,10 @@
 """
 
 from .errors import (
-    BackendError, BoundsError, CallError, DtypeError, NameResolutionError, ParseError,
-    RangeError, RankError, ShapeError, TensorcError,
+    BackendError, BoundsError, CallError, DtypeError, MemoryBudgetError, NameResolutionError,
+    ParseError, RangeError, RankError, ShapeError, TensorcError,
 )
+from .budget import memory_budget, set_memory_budget
 from .parser import parse
 from .check import check
 from .adjoint import grad
@@ -23,5 +24,6 @@ __version__ = "0.1.0"
 __all__ = [
     "parse", "check", "grad", "plan_program", "compile", "compile_grad", "einsum", "Kernel", "TensorcError",
     "ParseError", "NameResolutionError", "RankError", "ShapeError", "RangeError",
-    "BoundsError", "DtypeError", "CallError", "BackendError",
+    "BoundsError", "DtypeError", "CallError", "BackendError", "MemoryBudgetError",
+    "memory_budget", "set_memory_budget",
 ]

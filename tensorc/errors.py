@@ -16,6 +16,7 @@ __all__ = [
     "DtypeError",
     "CallError",
     "BackendError",
+    "MemoryBudgetError",
 ]
 
 
@@ -111,3 +112,7 @@ class CallError(TensorcError):
 
 class BackendError(TensorcError):
     """A backend that is unknown or not usable on this machine."""
+
+
+class MemoryBudgetError(TensorcError):
+    """A kernel's temporaries would exceed the memory budget, or its tensors the machine."""

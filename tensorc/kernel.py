@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 
 from . import syntax as S
 from .adjoint import derive_adjoint
+from .budget import memory_budget
 from .check import DTYPES, check, program_inputs
 from .errors import BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError
 from .ir import CheckedProgram
@@ -56,8 +57,9 @@ def _load(source: str, backend: str) -> Callable[..., Any]:
 def _specialize(program: S.Program, program_text: str, backend: str,
                 shapes: dict[str, tuple[int, ...]], sizes: dict[str, int], dtype: str,
                 dtypes: dict[str, str], outputs: tuple[str, ...] | None = None) -> Specialization:
+    budget = memory_budget()  # plans (im2col chunks) depend on it
     key = (program_text, backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
-           dtype, outputs)
+           dtype, outputs, budget)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
@@ -70,7 +72,7 @@ def _specialize(program: S.Program, program_text: str, backend: str,
             checked = check(program, shapes, sizes, dtypes)
             if outputs is not None:  # results that later statements also read
                 checked = replace(checked, outputs=outputs)
-            plan = plan_program(checked, dtype, np.dtype(dtype).itemsize)
+            plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget)
             source = _render(plan, backend)
         specialization = Specialization(checked, plan, source, _load(source, backend))
         _CACHE[key] = specialization

@@ -13,6 +13,8 @@ from typing import Union
 
 import opt_einsum
 
+from .budget import format_size, memory_budget, physical_memory
+from .errors import MemoryBudgetError
 from .ir import (
     Apply, CheckedProgram, Constant, Expr, IndexMap, IndexValue, Read, Reduce, Statement, walk,
 )
@@ -192,8 +194,9 @@ class ProgramPlan:
 
 class _StatementPlanner:
     def __init__(self, program: CheckedProgram, statement: Statement, itemsize: int,
-                 fresh_target: bool = False) -> None:
+                 fresh_target: bool = False, chunk_bytes: int = IM2COL_CHUNK_BYTES) -> None:
         self.program = program
+        self.chunk_bytes = chunk_bytes
         self.statement = statement
         self.sizes = statement.ranges
         self.order = statement.index_order()
@@ -319,6 +322,9 @@ class _StatementPlanner:
             set(m.indices()) & set(expr.indices) and set(m.indices()) - set(expr.indices)
             for view in reads_in(body) if view.kind == "strided" for m in view.read.maps)
         strategy = "window-loop" if windowed and count <= WINDOW_LOOP_LIMIT else "axis"
+        if isinstance(body, ElementwiseNode):  # computed whole before it is reduced, or
+            slices = count if strategy == "window-loop" else 1  # one window offset at a time
+            self.allocate(math.prod(body.shape) // slices)
         self.allocate(math.prod(self.shape_of(axes)))
         self.strategies.append(f"{expr.op} over {','.join(expr.indices)}: "
                                + ("running update over strided window slices"
@@ -527,23 +533,26 @@ class _StatementPlanner:
         (cost, copies), _, (group, first, second, swap) = min(costed)
         layout = group + first + second
         transpose = None if layout == result else tuple(layout.index(x) for x in result)
-        for elements in copies:
-            self.allocate(elements)
         step = PairStep(left, right, a, b, result, "gemm", group, first, contracted,
                         second, presum_a, presum_b, swap, transpose, flops,
-                        sum(copies) * self.itemsize, result_elements * self.itemsize)
+                        sum(n for n, _ in copies) * self.itemsize,
+                        result_elements * self.itemsize)
         step.estimated_ns = cost
         step.windows = ((kind_b if swap else kind_a) == "strided",
                         (kind_a if swap else kind_b) == "strided")
         step.chunk = self.chunk_for(step, b if swap else a, b if not swap else a,
                                     kinds["b" if swap else "a"], kinds["a" if swap else "b"])
+        for elements, axes in copies:  # a chunked copy only ever holds one chunk
+            if step.chunk is not None and step.chunk_axis in axes:
+                elements = -(-elements * step.chunk // self.sizes[step.chunk_axis])
+            self.allocate(elements)
         return step
 
     def layout_cost(self, a: tuple[str, ...], b: tuple[str, ...], kinds: dict[str, str],
                     contracted: tuple[str, ...], result: tuple[str, ...],
                     group: tuple[str, ...], first: tuple[str, ...], second: tuple[str, ...],
                     swap: bool, result_may_be_view: bool = False) -> tuple[float, list[int]]:
-        """Estimated nanoseconds of one GEMM layout, and the element counts it copies."""
+        """Estimated nanoseconds of one GEMM layout, and the copies it makes (elements, axes)."""
         size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
         left, right = (b, a) if swap else (a, b)
         left_kind, right_kind = (kinds["b"], kinds["a"]) if swap else (kinds["a"], kinds["b"])
@@ -560,13 +569,13 @@ class _StatementPlanner:
                 run, gapped = self.copy_run(self.window_strides.get(axes, {}), arranged)
                 cost += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / run
                                     + (WINDOW_GAPPED_NS if gapped else 0.0))
-                copies.append(elements)
+                copies.append((elements, arranged))
             elif axes not in (arranged, present + tuple(inner) + tuple(outer)) \
                     and max(len(outer), len(inner)) > 1:
                 elements = size(arranged)  # a transpose that reshape must copy
                 cost += elements * (TRANSPOSED_SCATTER_NS if self.scattered_copy(axes, arranged)
                                     else TRANSPOSED_COPY_NS)
-                copies.append(elements)
+                copies.append((elements, arranged))
         layout = group + first + second
         if self.scatter_inner and result_may_be_view and layout[-1:] != tuple(self.scatter_inner):
             cost += size(result) * TRANSPOSED_COPY_NS  # the scatter reads it across the grain
@@ -590,7 +599,7 @@ class _StatementPlanner:
     def chunk_for(self, step: PairStep, left: tuple[str, ...], right: tuple[str, ...],
                   left_kind: str, right_kind: str) -> int | None:
         """Entries per chunk of one axis when an im2col copy should be done in pieces that
-        fit IM2COL_CHUNK_BYTES (reused buffers beat fresh large ones), else None. The axis
+        fit `chunk_bytes` (reused buffers beat fresh large ones), else None. The axis
         is the first batch axis, the window's first row axis (the GEMM's rows: chunks of
         the result), or the first contracted axis (a weight gradient: chunks summed)."""
         strided = [axes for axes, kind in ((left, left_kind), (right, right_kind))
@@ -600,7 +609,7 @@ class _StatementPlanner:
         size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
         if step.batch and step.final_transpose is None:
             axis = step.batch[0]
-        elif step.batch or step.copy_bytes <= IM2COL_CHUNK_BYTES:
+        elif step.batch or step.copy_bytes <= self.chunk_bytes:
             return None
         elif strided == [left] and step.kept_left and \
                 size(step.kept_left) > size(step.contracted):
@@ -613,7 +622,7 @@ class _StatementPlanner:
             return None
         step.chunk_axis = axis
         per_entry = step.copy_bytes // self.sizes[axis]
-        return max(1, min(self.sizes[axis], IM2COL_CHUNK_BYTES // max(1, per_entry)))
+        return max(1, min(self.sizes[axis], self.chunk_bytes // max(1, per_entry)))
 
     def peak_bytes(self) -> int:
         # Conservative: every temporary of the statement alive at once.
@@ -774,30 +783,60 @@ def elementwise_only(node: Node) -> bool:
     return isinstance(node, (ViewNode, ConstNode, IndexNode))
 
 
+def _check_total_memory(program: CheckedProgram, itemsize: int) -> None:
+    """Fail before anything is allocated when the tensors a program defines could not fit in
+    the machine's memory at all (they are alive together until the kernel returns)."""
+    defined = {s.target: s for s in program.statements}
+    total = sum(math.prod(program.tensors[name].shape) for name in defined) * itemsize
+    available = physical_memory()
+    if total > available:
+        largest = max(defined, key=lambda name: math.prod(program.tensors[name].shape))
+        raise MemoryBudgetError(
+            f"this program defines {format_size(total)} of tensors ('{largest}' alone is "
+            f"{format_size(math.prod(program.tensors[largest].shape) * itemsize)}), more than "
+            f"this machine's {format_size(available)} of memory; compile it for smaller inputs",
+            defined[largest].span)
+
+
 def _estimated_ns(node: Node) -> float:
     return sum(c.estimated_ns for c in _contractions(node))
 
 
-def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8) -> ProgramPlan:
+def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8,
+                 budget: int | None = None) -> ProgramPlan:
+    """Plan every statement. `budget` bounds each statement's temporaries in bytes (default:
+    tensorc.budget.memory_budget()); im2col copies are chunked to fit a quarter of it."""
+    budget = memory_budget() if budget is None else budget
+    chunk_bytes = max(64 << 10, min(IM2COL_CHUNK_BYTES, budget // 4))
+    _check_total_memory(program, itemsize)
     plans = []
     defined = set(program.inputs)
     for number, statement in enumerate(program.statements):
         fresh = statement.target not in defined and not any(
             isinstance(n, Read) and n.tensor == statement.target for n in walk(statement.value))
         defined.add(statement.target)
-        planner = _StatementPlanner(program, statement, itemsize, fresh)
+        planner = _StatementPlanner(program, statement, itemsize, fresh, chunk_bytes)
         root = planner.plan(statement.value)
         # An accumulation through windows either adds each window's contribution back
         # (col2im) or reads back through the windows (gather form): planned both ways, the
-        # cheaper by the cost model is kept.
+        # cheaper by the cost model is kept, unless only the other fits the budget.
         gathered = gather_form(statement, program.tensors[statement.target].shape)
         if gathered is not None:
-            gather_planner = _StatementPlanner(program, gathered, itemsize)
+            gather_planner = _StatementPlanner(program, gathered, itemsize, False, chunk_bytes)
             gather_root = gather_planner.plan(gathered.value)
-            if _estimated_ns(gather_root) < _estimated_ns(root) + planner.scatter_ns():
+            fits = (planner.peak_bytes() <= budget, gather_planner.peak_bytes() <= budget)
+            cheaper = _estimated_ns(gather_root) < _estimated_ns(root) + planner.scatter_ns()
+            if fits[1] and (cheaper or not fits[0]):
                 statement, planner, root = gathered, gather_planner, gather_root
                 planner.strategies.insert(0, "accumulation through windows read as a "
                                           "convolution with the flipped kernel (gather form)")
+        if planner.peak_bytes() > budget:
+            raise MemoryBudgetError(
+                f"this statement needs about {format_size(planner.peak_bytes())} of "
+                f"temporaries (largest: {planner.largest:,} elements), more than the memory "
+                f"budget of {format_size(budget)}; compile it for smaller inputs (a smaller "
+                "batch), or raise the budget with tc.set_memory_budget(...) or "
+                "TENSORC_MEMORY_BUDGET", statement.span)
         elementwise = _epilogue_ops(root)
         strategy = "; ".join(planner.strategies) or "elementwise"
         if elementwise and planner.strategies:

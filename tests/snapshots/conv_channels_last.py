@@ -7,13 +7,13 @@ Plan:
     tensorc plan: 1 statement, dtype float64
       inputs:  x[64, 16, 12, 12], k[32, 16, 5, 5]
       outputs: y[64, 32, 8, 8]
-      total: 105 MFLOP, peak temporary 15.4 MB (estimated)
+      total: 105 MFLOP, peak temporary 10.5 MB (estimated)
 
     statement 1 (line 1): y[n,o,h,w] = x[n,c,h+u,w+v]*k[o,c,u,v]
       ranges: n=64 o=32 h=8 w=8 c=16 u=5 v=5
       strategy: windowed contraction: strided window view of x[n,c,h+u,w+v], copied in GEMM order (im2col) + GEMM; x first copied channels-last
       naive FLOPs: 104,857,600   planned FLOPs: 104,857,600   speedup: 1x
-      largest intermediate: 1,638,400 elements   peak temporary: 15.4 MB (estimated)
+      largest intermediate: 1,024,000 elements   peak temporary: 10.5 MB (estimated)
       step  contraction                                       FLOPs  how
       1     [n,h,w,c,u,v],[o,c,u,v]->[n,o,h,w]          104,857,600  GEMM [4096x400]@[400x32], sum over u,v,c, im2col in chunks of 40 along n (8.26 MB reused buffer)
 """

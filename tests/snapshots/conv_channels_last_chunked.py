@@ -7,13 +7,13 @@ Plan:
     tensorc plan: 1 statement, dtype float64
       inputs:  x[8, 64, 56, 56], k[64, 64, 3, 3]
       outputs: y[8, 64, 28, 28]
-      total: 462 MFLOP, peak temporary 45.7 MB (estimated)
+      total: 462 MFLOP, peak temporary 24 MB (estimated)
 
     statement 1 (line 1): y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1]*k[o,c,u,v]   where h < 28, w < 28, x: zero
       ranges: n=8 o=64 h=28 w=28 c=64 u=3 v=3
       strategy: windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; x first copied channels-last
       naive FLOPs: 462,422,016   planned FLOPs: 462,422,016   speedup: 1x
-      largest intermediate: 3,612,672 elements   peak temporary: 45.7 MB (estimated)
+      largest intermediate: 1,663,488 elements   peak temporary: 24 MB (estimated)
       step  contraction                                       FLOPs  how
       1     [n,h,w,c,u,v],[o,c,u,v]->[n,o,h,w]          462,422,016  GEMM [6272x576]@[576x64], sum over u,v,c, im2col in chunks of 2 along n (7.3 MB reused buffer)
 """

@@ -7,13 +7,13 @@ Plan:
     tensorc plan: 1 statement, dtype float64
       inputs:  x[8, 32, 48, 48], k[16, 32, 3, 3], b[16]
       outputs: y[8, 16, 48, 48]
-      total: 170 MFLOP, peak temporary 49.9 MB (estimated)
+      total: 170 MFLOP, peak temporary 12.8 MB (estimated)
 
     statement 1 (line 1): y[n,o,h,w] = relu(x[n,c,h+u-1,w+v-1]*k[o,c,u,v] + b[o])   where h < 48, w < 48, x: zero
       ranges: n=8 o=16 h=48 w=48 c=32 u=3 v=3
       strategy: windowed contraction: strided window view of x[n,c,h+u-1,w+v-1], copied in GEMM order (im2col) + GEMM; then elementwise add, relu
       naive FLOPs: 170,459,136   planned FLOPs: 170,459,136   speedup: 1x
-      largest intermediate: 5,308,416 elements   peak temporary: 49.9 MB (estimated)
+      largest intermediate: 663,552 elements   peak temporary: 12.8 MB (estimated)
       step  contraction                                       FLOPs  how
       1     [n,h,w,c,u,v],[o,c,u,v]->[n,o,h,w]          169,869,312  batched GEMM 8 x [16x288]@[288x2304], sum over c,u,v, im2col in chunks of 1 along n (5.31 MB reused buffer)
 """

@@ -9,7 +9,7 @@ Plan:
     tensorc plan: 3 statements, dtype float64
       inputs:  y[8, 16, 24, 24], dp[8, 16, 12, 12]
       outputs: dy[8, 16, 24, 24]
-      total: 442 kFLOP, peak temporary 147 kB (estimated)
+      total: 442 kFLOP, peak temporary 295 kB (estimated)
 
     statement 1 (line 3): p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2
       ranges: n=8 c=16 h=12 w=12 u=2 v=2
@@ -21,7 +21,7 @@ Plan:
       ranges: n=8 c=16 h=12 w=12 u=2 v=2
       strategy: sum over u,v: running update over strided window slices
       naive FLOPs: 147,456   planned FLOPs: 147,456   speedup: 1x
-      largest intermediate: 18,432 elements   peak temporary: 147 kB (estimated)
+      largest intermediate: 18,432 elements   peak temporary: 295 kB (estimated)
 
     statement 3 (line 5): dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])/ties[n,c,h,w]   where u < 2, v < 2
       ranges: n=8 c=16 h=12 u=2 w=12 v=2
