@@ -443,7 +443,7 @@ def _chooser(data):
     return choose
 
 
-@settings(max_examples=150, deadline=None, **SETTINGS)
+@settings(max_examples=TP.examples(150), deadline=None, **SETTINGS)
 @given(gp=TP.programs(), seed=st.integers(0, 2 ** 32 - 1), data=st.data())
 def test_adjoint_is_the_transpose_of_the_derivative(gp, seed, data):
     check_adjoint(gp, seed, _chooser(data))
@@ -451,7 +451,7 @@ def test_adjoint_is_the_transpose_of_the_derivative(gp, seed, data):
 
 # ---- the adjoint prints as a program that parses back to itself ----------------------------------
 
-@settings(max_examples=100, deadline=None, **SETTINGS)
+@settings(max_examples=TP.examples(100), deadline=None, **SETTINGS)
 @given(gp=TP.programs(), data=st.data())
 def test_adjoint_round_trips_through_its_text(gp, data):
     note(gp.text)

@@ -1,6 +1,11 @@
 """Property-based tests: random well-formed programs against a plain-loop reference, the
 normalized-source round trip, and fuzzed text that may only ever raise TensorcError.
 
+Example counts are sized for CI (about 2,400 generated cases with test_grad_properties,
+under a minute). The nightly run multiplies them: `TENSORC_FUZZ_SCALE=50 python -m pytest -n 2
+tests/test_properties.py tests/test_grad_properties.py --hypothesis-show-statistics`.
+Every fuzzed attempt is time-boxed (HANG_SECONDS): a hang fails like a crash.
+
 The program generator draws the text, the intended syntax tree and the input shapes
 together, so every generated program is valid per SPEC section 1:
 - every index has a range (used whole in a dimension, inferred from an affine access
@@ -13,11 +18,14 @@ together, so every generated program is valid per SPEC section 1:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import re
+import signal
 import sys
+import threading
 import traceback
 
 import numpy as np
@@ -41,6 +49,33 @@ SIZE_NAMES = ("N", "M", "K", "L", "R")
 SAFE_FUNCTIONS = ("abs", "tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "elu", "erf",
                   "sin", "cos")
 COMPARES = ("<", "<=", ">", ">=", "==", "!=")
+
+FUZZ_SCALE = max(1, int(os.environ.get("TENSORC_FUZZ_SCALE", "1")))  # nightly: 50
+HANG_SECONDS = 60
+
+
+def examples(count: int) -> int:
+    """A test's number of generated examples, scaled up for the nightly fuzz run."""
+    return count * FUZZ_SCALE
+
+
+@contextlib.contextmanager
+def time_box(seconds: int, text: str):
+    """Fail instead of hanging: SIGALRM after `seconds` (main thread, POSIX only)."""
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise AssertionError(f"no answer within {seconds} s (a hang?) for program {text!r}")
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
 
 # No "explain" phase: on generated programs it re-runs a failing example thousands of times.
 SETTINGS = dict(deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate,
@@ -911,13 +946,13 @@ def _compare(gp: GeneratedProgram, seed: int, with_shapes: bool) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=name)
 
 
-@settings(max_examples=500, **SETTINGS)
+@settings(max_examples=examples(500), **SETTINGS)
 @given(gp=programs(), seed=st.integers(0, 2 ** 32 - 1), with_shapes=st.booleans())
 def test_compiled_programs_match_reference(gp, seed, with_shapes):
     _compare(gp, seed, with_shapes)
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=examples(60), **SETTINGS)
 @given(gp=programs(declare_accumulators=False),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_accumulation_target_shape_given_to_compile(gp, seed):
@@ -941,7 +976,7 @@ def test_reference_boundaries_match_numpy_pad():
 
 # ---- 2. normalized source round-trips ------------------------------------------------------
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=examples(300), **SETTINGS)
 @given(gp=programs())
 def test_round_trip(gp):
     note(gp.text)
@@ -1038,7 +1073,8 @@ def _ranks(program: S.Program) -> dict[str, int]:
 def _attempt(source, action) -> None:
     failure = None
     try:
-        action()
+        with time_box(HANG_SECONDS, source):
+            action()
     except tc.TensorcError as error:
         check_error_message(error, source)
     except Exception as error:  # anything else reaching the user is a bug
@@ -1089,14 +1125,14 @@ def exercise(text: str, size: int, seed: int) -> None:
         _attempt(text, odd_arrays)
 
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=examples(300), **SETTINGS)
 @given(text=st.text(alphabet=ALPHABET, max_size=60), size=st.integers(1, 4),
        seed=st.integers(0, 2 ** 16))
 def test_random_text_raises_only_tensorc_errors(text, size, seed):
     exercise(text, size, seed)
 
 
-@settings(max_examples=400, **SETTINGS)
+@settings(max_examples=examples(400), **SETTINGS)
 @given(tokens=st.lists(st.sampled_from(TOKENS), max_size=30), size=st.integers(1, 4),
        seed=st.integers(0, 2 ** 16))
 def test_random_tokens_raise_only_tensorc_errors(tokens, size, seed):
@@ -1123,13 +1159,13 @@ def mutated_programs(draw):
     return text
 
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=examples(300), **SETTINGS)
 @given(text=mutated_programs(), size=st.integers(1, 4), seed=st.integers(0, 2 ** 16))
 def test_mutated_programs_raise_only_tensorc_errors(text, size, seed):
     exercise(text, size, seed)
 
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=examples(300), **SETTINGS)
 @given(text=st.one_of(mutated_programs(),
                       st.lists(st.sampled_from(TOKENS), max_size=30).map("".join)))
 def test_any_parsed_text_round_trips(text):
@@ -1206,3 +1242,10 @@ def test_found_counterexample_round_trip_of_huge_literal():
         tc.parse("y = 1e999*x")
     p = tc.parse("y = 1.7e308*x")
     assert tc.parse(str(p)) == p
+
+
+def test_a_hang_is_a_failure():
+    import time
+    with pytest.raises(AssertionError, match="a hang"):
+        with time_box(1, "y = x"):
+            time.sleep(3)
