@@ -139,7 +139,8 @@ class _ProgramChecker:
         if declaration is None or declaration.dtype is None or name not in self.dtypes:
             return
         expected = DTYPES[declaration.dtype]
-        if self.dtypes[name] != expected:
+        # integer and boolean arrays are converted like any input's; other floats are not
+        if self.dtypes[name] != expected and self.dtypes[name].startswith("float"):
             raise DtypeError(f"'{name}' is declared {declaration.dtype} ({expected}) but was "
                              f"given {self.dtypes[name]}; convert it or change the declaration",
                              declaration.dtype_span)
@@ -230,12 +231,23 @@ class _ProgramChecker:
                 outputs.append(statement.target)
             read_by_later |= {n.tensor for n in walk(statement.value) if isinstance(n, Read)}
         defined = {s.target for s in self.statements}
-        inputs = [n for n in self.tensors if self.tensors[n].defined_by is None and n not in defined]
+        # What the kernel takes, as program_inputs says: a '+=' target read before anything
+        # defines it (acc[i] += acc[i]) is an input, accumulated into a copy.
+        inputs = [n for n in program_inputs(self.program) if n in self.tensors]
+        inputs += [n for n in self.tensors if self.tensors[n].defined_by is None
+                   and n not in defined and n not in inputs]
         for name in self.shapes:
             if name not in self.tensors and name not in self.size_values \
                     and name not in self.declarations:
                 raise ShapeError(f"a shape was given for '{name}', which the program does not "
                                  f"use{_suggest(name, self.tensors)}")
+            if name in defined and name not in inputs \
+                    and tuple(self.shapes[name]) != tuple(self.tensors[name].shape):
+                raise ShapeError(f"a shape {tuple(self.shapes[name])} was given for '{name}', "
+                                 f"but the program computes it with shape "
+                                 f"{tuple(self.tensors[name].shape)}; drop that shape or fix it",
+                                 self.statements[self.tensors[name].defined_by].span
+                                 if self.tensors[name].defined_by is not None else None)
         return CheckedProgram(tuple(self.statements), dict(self.tensors), tuple(inputs),
                               tuple(reversed(outputs)), self.program.source,
                               self.program.filename)

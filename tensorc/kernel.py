@@ -79,13 +79,47 @@ def _specialize(program: S.Program, program_text: str, backend: str,
         return specialization
 
 
-def _shape(value: Any) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,)
+def _is_int(value: Any) -> bool:
+    import numpy as np
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _size(name: str, value: Any) -> int:
+    """A size given for a size name (N=64): a non-negative integer."""
+    if not _is_int(value) or value < 0:
+        raise CallError(f"size '{name}' must be a non-negative integer, not {value!r}")
+    return int(value)
+
+
+def _shape(value: Any, name: str = "a tensor") -> tuple[int, ...]:
+    """A shape given for a tensor: an int or a tuple of non-negative ints."""
+    if _is_int(value):
+        value = (value,)
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+        raise ShapeError(f"the shape of {name} must be a tuple of integers such as "
+                         f"(2, 3, 32, 32), not {value!r}")
+    shape = tuple(value)
+    if not all(_is_int(d) for d in shape):
+        raise ShapeError(f"the shape of {name} must be a tuple of integers such as "
+                         f"(2, 3, 32, 32), not {value!r}")
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"the shape of {name} has a negative size: {shape}")
+    return tuple(int(d) for d in shape)
+
+
+def _float_dtype(dtype: Any) -> str | None:
+    """`dtype=` of compile: float16, float32 or float64 (any spelling NumPy reads)."""
+    if dtype is None:
+        return None
+    import numpy as np
     try:
-        return tuple(int(d) for d in value)
+        name = np.dtype(dtype).name
     except TypeError:
-        raise CallError(f"a shape is a tuple of ints, not {value!r}") from None
+        name = None
+    if name not in ("float16", "float32", "float64"):
+        raise DtypeError(f"dtype={dtype!r}: tensorc computes in float16, float32 or float64; "
+                         "pass one of those (e.g. dtype='float32')")
+    return name
 
 
 class Kernel:
@@ -100,9 +134,9 @@ class Kernel:
         self.program = program
         self.backend = backend
         self.inputs = tuple(program_inputs(program))
-        self.fixed_shapes = {name: _shape(v) for name, v in (shapes or {}).items()}
-        self.sizes = dict(sizes or {})
-        self.dtype = dtype
+        self.fixed_shapes = {name: _shape(v, f"'{name}'") for name, v in (shapes or {}).items()}
+        self.sizes = {name: _size(name, v) for name, v in (sizes or {}).items()}
+        self.dtype = _float_dtype(dtype)
         self.keep_integers = keep_integers
         self.requested_outputs = outputs
         self._program_text = str(program)  # the cache key: normalized source
@@ -196,11 +230,15 @@ class Kernel:
                 parts.append(f"unexpected input{'s' if len(extra) > 1 else ''} "
                              + ", ".join(f"'{n}'" for n in extra))
             raise CallError("; ".join(parts) + f" (the program's inputs: {', '.join(self.inputs)})")
-        values = {name: np.asarray(arrays[name]) for name in self.inputs}
-        memo_key = tuple((value.shape, value.dtype.str) for value in values.values())
+        values = {name: _as_array(name, arrays[name]) for name in self.inputs}
+        # Python numbers are weak, as in NumPy 2 and PyTorch: s=0.5 keeps a float32 model float32
+        weak = {name for name in self.inputs if isinstance(arrays[name], (int, float))
+                and not isinstance(arrays[name], np.generic)}
+        memo_key = tuple((value.shape, value.dtype.str, name in weak)
+                         for name, value in values.items())
         specialization = self._by_call.get(memo_key)
         if specialization is None:
-            dtype = self._call_dtype(values)
+            dtype = self._call_dtype(values, weak)
             shapes = {name: value.shape for name, value in values.items()}
             if self.fixed_shapes:
                 self._check_fixed_shapes(shapes)
@@ -216,7 +254,7 @@ class Kernel:
                      for n in specialization.program.inputs]
         return specialization.function(*converted)
 
-    def _call_dtype(self, values: Mapping[str, Any]) -> str:
+    def _call_dtype(self, values: Mapping[str, Any], weak: set[str] = frozenset()) -> str:
         """The dtype a call computes in: NumPy's promotion of the inputs' dtypes.
 
         Integer and boolean inputs are converted to the floating dtype of the others
@@ -227,6 +265,11 @@ class Kernel:
         floating, integral = [], []
         for name, value in values.items():
             kind = value.dtype.kind
+            if kind == "f" and value.dtype.itemsize not in (2, 4, 8):
+                raise DtypeError(f"input '{name}' has dtype {value.dtype}; tensorc computes with "
+                                 "float16, float32 or float64: convert it with .astype")
+            if name in weak:
+                continue  # a Python number takes the dtype of the arrays
             if kind == "f":
                 floating.append(value.dtype)
             elif kind in "iub":
@@ -270,6 +313,20 @@ class Kernel:
         return None
 
 
+def _as_array(name: str, value: Any) -> Any:
+    """An input as a NumPy array, or a CallError saying why it cannot be one."""
+    import numpy as np
+    if hasattr(value, "detach") and hasattr(value, "requires_grad"):  # a torch tensor
+        hint = (f"; pass {name}.detach().cpu().numpy(), or run the program inside autograd "
+                "with tensorc.interop.TorchFunction")
+    else:
+        hint = ""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise CallError(f"input '{name}' cannot be read as an array ({error}){hint}") from None
+
+
 def compile(program: str | S.Program, backend: str = "numpy", *, dtype: str | None = None,
             **shapes: Any) -> Kernel:
     """Compile tensorc source (or a parsed Program) into a Kernel.
@@ -292,7 +349,7 @@ def _split_shapes(program: S.Program, shapes: Mapping[str, Any]) -> tuple[dict, 
         s.tensor for s in program.statements if isinstance(s, S.Declaration)}
     tensor_shapes, sizes = {}, {}
     for name, value in shapes.items():
-        if isinstance(value, int) and name not in tensor_names:
+        if _is_int(value) and name not in tensor_names:
             sizes[name] = value
         else:
             tensor_shapes[name] = value

@@ -1,0 +1,314 @@
+"""Compiling and calling kernels from several threads at once is safe.
+
+The kernel cache (`tensorc.kernel._CACHE`, guarded by `_CACHE_LOCK`) must never hand out a
+half-built entry, concurrent builds of one key must end in one shared build, clearing the
+cache between and during rounds (as tests/test_plan.py does) must only cost rebuilds, a
+Kernel object shared by threads (its `_by_call` memo) must give each call the
+specialization for that call's shapes, the per-thread scratch buffers of a generated module
+must keep concurrent calls apart, and the recursion-limit headroom taken while parsing deep
+programs must be shared correctly. Every result is compared with a single-threaded
+reference (NumPy, or the same computation run alone first).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import tensorc as tc
+import tensorc.kernel as tk
+from tensorc import nn
+
+WORKERS = 8
+
+# Programs and the shapes they are hammered with (several per program: different cache keys).
+PROGRAMS = [
+    ("C[i,k] = A[i,j] * B[j,k]", [{"A": (3, 4), "B": (4, 5)}, {"A": (6, 2), "B": (2, 7)}]),
+    ("y[n,o,h,w] = relu(x[n,c,h+u,w+v] * k[o,c,u,v] + b[o])",
+     [{"x": (2, 3, 7, 7), "k": (4, 3, 3, 3), "b": (4,)},
+      {"x": (1, 2, 6, 5), "k": (3, 2, 2, 2), "b": (3,)}]),
+    ("y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < 6, w < 6, x: zero",
+     [{"x": (2, 3, 6, 6), "k": (4, 3, 3, 3)}]),
+    ("y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   where h < 4, w < 4, x: reflect",
+     [{"x": (2, 2, 8, 8), "k": (3, 2, 3, 3)}]),
+    ("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2",
+     [{"y": (2, 3, 8, 8)}, {"y": (1, 2, 6, 10)}]),
+    ("m[n] = max[j](z[n,j])\ne[n,j] = exp(z[n,j] - m[n])\np[n,j] = e[n,j] / sum[j](e[n,j])",
+     [{"z": (4, 5)}, {"z": (2, 9)}]),
+    (("mu[n] = mean[d](a[n,d])\nvar[n] = mean[d]((a[n,d] - mu[n])^2)\n"
+      "y[n,d] = g[d] * (a[n,d] - mu[n]) / sqrt(var[n] + 1e-5) + b[d]"),
+     [{"a": (3, 6), "g": (6,), "b": (6,)}]),
+    ("s[i] = a[i+j] * f[j]   where i < 9, a: circular", [{"a": (9,), "f": (3,)}]),
+    ("dx: [N]\ndx[h+u-1] += dy[h] * k[u]   where h < 5, dx: symmetric",
+     [{"N": 5, "dy": (5,), "k": (3,)}]),
+    ("y[i] = gelu(x[i]) + silu(x[i]) * tanh(x[i])", [{"x": (7,)}, {"x": (11,)}]),
+    ("y[i] = " + " + ".join(f"{c}*x[i]" for c in range(1, 300)), [{"x": (3,)}]),
+    ("y[i] = " + "-" * 250 + "x[i]", [{"x": (4,)}]),
+]
+SIZE_NAMES = {"N"}
+# A program with a user error: every thread must get the same TensorcError, every time.
+BROKEN = ("C[i,k] = A[i,j] * B[j,k]", {"A": (3, 4), "B": (5, 6)})
+
+
+def _inputs(shapes: dict, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape) for name, shape in shapes.items()
+            if name not in SIZE_NAMES}
+
+
+def _run(text: str, shapes: dict, seed: int, eager: bool):
+    """Compile (with shapes, or lazily) and call once; the result and the kernel."""
+    sizes = {name: value for name, value in shapes.items() if name in SIZE_NAMES}
+    kern = tc.compile(text, **(shapes if eager else sizes))
+    return kern(**_inputs(shapes, seed)), kern
+
+
+def _same(got, want, rtol=1e-12):
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want)
+        for name in want:
+            _same(got[name], want[name], rtol)
+        return
+    assert np.asarray(got).shape == np.asarray(want).shape
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-12)
+
+
+def _clear_cache():
+    tk._CACHE.clear()
+
+
+@pytest.fixture
+def references():
+    """Single-threaded results of every (program, shapes, seed) used below; cache cleared."""
+    table = {}
+    for p, (text, shape_sets) in enumerate(PROGRAMS):
+        for s, shapes in enumerate(shape_sets):
+            for seed in range(3):
+                table[p, s, seed] = _run(text, shapes, seed, eager=True)[0]
+    _clear_cache()
+    yield table
+    _clear_cache()
+
+
+def _hammer(function, tasks):
+    """Run function(task) for every task on WORKERS threads; re-raise the first failure."""
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        return list(pool.map(function, tasks))
+
+
+def test_one_program_one_shape_from_many_threads_builds_once(references):
+    text, shape_sets = PROGRAMS[1]
+    shapes = shape_sets[0]
+    barrier = threading.Barrier(WORKERS)
+
+    def work(worker):
+        barrier.wait()  # every thread asks for the same uncached key at once
+        sources = []
+        for round_ in range(6):
+            seed = (worker + round_) % 3
+            result, kern = _run(text, shapes, seed, eager=bool(round_ % 2))
+            _same(result, references[1, 0, seed])
+            sources.append(kern.source)
+        return sources
+
+    sources = [s for per_worker in _hammer(work, range(WORKERS)) for s in per_worker]
+    # one build: every kernel holds the very same generated module text
+    assert len({id(s) for s in sources}) == 1
+
+
+def test_many_programs_and_shapes_from_many_threads(references):
+    tasks = [(p, s, seed, eager) for p, (_, sets) in enumerate(PROGRAMS)
+             for s in range(len(sets)) for seed in range(3) for eager in (False, True)]
+    random.Random(0).shuffle(tasks)
+
+    def work(task):
+        p, s, seed, eager = task
+        text, shape_sets = PROGRAMS[p]
+        result, _ = _run(text, shape_sets[s], seed, eager)
+        _same(result, references[p, s, seed])
+
+    for _ in range(2):  # a round, then the cache is cleared and everything is rebuilt
+        _hammer(work, tasks)
+        _clear_cache()
+
+
+def test_clearing_the_cache_while_threads_compile(references):
+    tasks = [("run", p, s, seed) for p, (_, sets) in enumerate(PROGRAMS)
+             for s in range(len(sets)) for seed in range(3)]
+    tasks += [("clear",)] * 12 + [("broken",)] * 8
+    random.Random(1).shuffle(tasks)
+
+    def work(task):
+        if task[0] == "clear":
+            _clear_cache()
+            return
+        if task[0] == "broken":
+            with pytest.raises(tc.ShapeError, match="conflicting sizes for index 'j'"):
+                tc.compile(BROKEN[0], **BROKEN[1])
+            return
+        _, p, s, seed = task
+        text, shape_sets = PROGRAMS[p]
+        result, _ = _run(text, shape_sets[s], seed, eager=True)
+        _same(result, references[p, s, seed])
+
+    _hammer(work, tasks)
+    # and the cache still works afterwards
+    result, _ = _run(PROGRAMS[0][0], PROGRAMS[0][1][0], 0, eager=True)
+    _same(result, references[0, 0, 0])
+
+
+def _conv_zero_pad(x, k):
+    """NumPy oracle: 'same' 3x3 cross-correlation with zero padding."""
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))
+    return np.einsum("nchwuv,ocuv->nohw", windows, k)
+
+
+SAME_CONV = ("x: [N, C, H, W]\n"
+             "y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < H, w < W, x: zero")
+
+
+def test_a_shared_kernel_called_with_different_shapes_from_many_threads():
+    kern = tc.compile(SAME_CONV)  # lazy: one Kernel, one `_by_call` memo, many shapes
+    shapes = [(1 + w % 3, 2, 4 + w, 5 + (w * 3) % 4) for w in range(WORKERS)]
+    barrier = threading.Barrier(WORKERS)
+
+    def work(worker):
+        rng = np.random.default_rng(worker)
+        n, c, h, w = shapes[worker]
+        barrier.wait()
+        for _ in range(15):
+            x, k = rng.standard_normal((n, c, h, w)), rng.standard_normal((3, c, 3, 3))
+            _same(kern(x=x, k=k), _conv_zero_pad(x, k))
+            _same(kern(x, k), _conv_zero_pad(x, k))  # positional, same memo entry
+
+    _hammer(work, range(WORKERS))
+    assert len(kern._by_call) == len(set(shapes))
+
+
+def test_one_specialization_called_from_many_threads_keeps_scratch_buffers_apart():
+    # the zero boundary copies x into a reused scratch buffer: it must be per thread
+    kern = tc.compile(SAME_CONV, x=(4, 3, 32, 32), k=(5, 3, 3, 3))
+    assert "_scratch(" in kern.source
+    barrier = threading.Barrier(WORKERS)
+
+    def work(worker):
+        rng = np.random.default_rng(100 + worker)
+        barrier.wait()
+        for _ in range(25):
+            x = rng.standard_normal((4, 3, 32, 32)) * (worker + 1)
+            k = rng.standard_normal((5, 3, 3, 3))
+            _same(kern(x=x, k=k), _conv_zero_pad(x, k))
+
+    _hammer(work, range(WORKERS))
+
+
+GRAD_PROGRAM = ("y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v] + b[o]   where h < H, w < W, "
+                "x: circular\nl = sum[n,o,h,w](tanh(y[n,o,h,w])^2)")
+
+
+def _grad_inputs(size: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((2, 3, size, size)), "k": rng.standard_normal((4, 3, 3, 3)),
+            "b": rng.standard_normal(4)}
+
+
+def test_compile_grad_from_many_threads():
+    sizes = [4, 5, 6]
+    reference = {}
+    for size in sizes:
+        for seed in range(2):
+            kern = tc.compile_grad(GRAD_PROGRAM, wrt=["x", "k", "b"], H=size, W=size)
+            reference[size, seed] = kern(**_grad_inputs(size, seed))
+    _clear_cache()
+    tasks = [(size, seed) for size in sizes for seed in range(2)] * 4
+    random.Random(2).shuffle(tasks)
+
+    def work(task):
+        size, seed = task
+        kern = tc.compile_grad(GRAD_PROGRAM, wrt=["x", "k", "b"], H=size, W=size)
+        got = kern(**_grad_inputs(size, seed))
+        assert set(got) == {"l", "dx", "dk", "db"}
+        _same(got, reference[size, seed], rtol=1e-10)
+
+    _hammer(work, tasks)
+
+
+def _model(seed: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, rng=seed, dtype="float64"), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(4 * 3 * 3, 3, rng=seed + 1, dtype="float64"))
+
+
+def _train(seed: int, steps: int = 3):
+    """A few SGD steps of a small CNN: the losses, the output and the final parameters."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((5, 2, 6, 6))
+    labels = rng.integers(0, 3, size=5)
+    model = _model(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = nn.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = [nn.train_step(model, loss_fn, optimizer, x, labels)[0] for _ in range(steps)]
+    return losses, model(x), [p.data.copy() for p in model.parameters()]
+
+
+def test_nn_layers_trained_in_many_threads_each_with_its_own_model():
+    seeds = [0, 1, 2, 3]
+    reference = {seed: _train(seed) for seed in seeds}
+    _clear_cache()
+
+    def work(task):
+        losses, output, parameters = _train(task)
+        want_losses, want_output, want_parameters = reference[task]
+        np.testing.assert_allclose(losses, want_losses, rtol=1e-10)
+        _same(output, want_output, rtol=1e-10)
+        for got, want in zip(parameters, want_parameters):
+            _same(got, want, rtol=1e-10)
+
+    _hammer(work, seeds * 2)
+
+
+def test_layer_forward_and_backward_in_many_threads():
+    """One layer instance per thread, the same weights everywhere: forward and input
+    gradient of a Conv2d must match the single-threaded ones."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 2, 7, 7))
+    grad_out = rng.standard_normal((3, 5, 7, 7))
+    layer = nn.Conv2d(2, 5, 3, padding=1, padding_mode="reflect", rng=3, dtype="float64")
+    want_y = layer(x)
+    want_dx = layer.backward(grad_out)
+    want_dw = layer.weight.grad.copy()
+    _clear_cache()
+
+    def work(_):
+        own = nn.Conv2d(2, 5, 3, padding=1, padding_mode="reflect", rng=3, dtype="float64")
+        for _ in range(3):
+            own.zero_grad()
+            _same(own(x), want_y)
+            _same(own.backward(grad_out), want_dx)
+            _same(own.weight.grad, want_dw)
+
+    _hammer(work, range(WORKERS))
+
+
+def test_recursion_headroom_is_shared_and_restored():
+    """Deep programs need a raised recursion limit while they are parsed and compiled; with
+    threads entering and leaving at different times no one may lose it, and the limit is
+    back to the original once everyone is done."""
+    before = sys.getrecursionlimit()
+    deep = ["y[i] = " + " + ".join(["x[i]"] * depth) for depth in (200, 350, 480)]
+    shallow = "y[i] = x[i] * 2"
+    tasks = [deep[i % 3] if i % 2 else shallow for i in range(48)]
+
+    def work(text):
+        got = tc.compile(text)(x=np.ones(3))
+        want = 2.0 if text == shallow else float(text.count("x[i]"))
+        np.testing.assert_array_equal(got, np.full(3, want))
+
+    _hammer(work, tasks)
+    assert sys.getrecursionlimit() == before
