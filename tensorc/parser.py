@@ -99,6 +99,22 @@ class _AffineValue:
         return Affine(terms, self.constant, self.span)
 
 
+INDEX_INTEGER_LIMIT = 2**62  # sizes, offsets and coefficients: array strides must not overflow
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-10:]} ({len(text)} digits)"
+
+
+def _index_integer(token: Token, what: str) -> int:
+    """An integer used for indexing: small enough that strides and sizes stay int64."""
+    text = str(token)
+    if len(text.lstrip("0")) > 19 or int(text) > INDEX_INTEGER_LIMIT:
+        raise ParseError(f"{_shortened(text)} is too large for {what} (at most 2**62)",
+                         _token_span(token))
+    return int(text)
+
+
 @v_args(meta=True, inline=True)
 class SyntaxBuilder(Transformer):
     """One method per grammar alias; each returns a frozen syntax node with its span."""
@@ -130,7 +146,7 @@ class SyntaxBuilder(Transformer):
         return tuple(value for value, _ in dims), tuple(span for _, span in dims)
 
     def dim_size(self, meta: Any, token: Token) -> tuple:
-        return int(token), _token_span(token)
+        return _index_integer(token, "a size"), _token_span(token)
 
     def dim_name(self, meta: Any, token: Token) -> tuple:
         return str(token), _token_span(token)
@@ -155,7 +171,7 @@ class SyntaxBuilder(Transformer):
         return Boundary(str(tensor), str(mode), _meta_span(meta), _token_span(mode))
 
     def bound_int(self, meta: Any, token: Token) -> int:
-        return int(token)
+        return _index_integer(token, "a range bound")
 
     def bound_name(self, meta: Any, token: Token) -> str:
         return str(token)
@@ -164,6 +180,10 @@ class SyntaxBuilder(Transformer):
     def number(self, meta: Any, token: Token) -> Number:
         text = str(token)
         if text.isdigit():
+            digits = len(text.lstrip("0"))  # beyond float64, where the arithmetic happens:
+            if digits > 309 or digits == 309 and int(text) > sys.float_info.max:
+                raise ParseError(f"the number {_shortened(text)} is too large for a float64 "
+                                 "(at most about 1.8e308)", _token_span(token))
             return Number(int(text), _token_span(token))
         value = float(text)
         if not math.isfinite(value):
@@ -216,7 +236,8 @@ class SyntaxBuilder(Transformer):
         return _AffineValue({str(token): 1}, 0, {str(token): span}, span)
 
     def affine_int(self, meta: Any, token: Token) -> _AffineValue:
-        return _AffineValue({}, int(token), {}, _token_span(token))
+        return _AffineValue({}, _index_integer(token, "an index offset or coefficient"), {},
+                            _token_span(token))
 
     def affine_neg(self, meta: Any, value: _AffineValue) -> _AffineValue:
         return value.scaled(-1, _meta_span(meta))

@@ -810,16 +810,12 @@ DTYPE_PROGRAMS = {
     "erf": "y[n,j] = erf(x[n,j])",
     "gelu": "y[n,j] = gelu(x[n,j])",
 }
-ERF_FLOAT16 = ("erf (and gelu) on float16 return float64: scipy.special.erf has no float16 "
-               "loop and the generated code does not cast back to DTYPE")
 
 
 def _dtype_cases():
     for dtype in (np.float16, np.float32, np.float64):
         for name in DTYPE_PROGRAMS:
-            marks = ([pytest.mark.xfail(strict=True, reason=ERF_FLOAT16)]
-                     if dtype == np.float16 and name in ("erf", "gelu") else [])
-            yield pytest.param(dtype, name, marks=marks, id=f"{np.dtype(dtype).name}-{name}")
+            yield pytest.param(dtype, name, id=f"{np.dtype(dtype).name}-{name}")
 
 
 @pytest.mark.parametrize("dtype, name", list(_dtype_cases()))
@@ -1018,9 +1014,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("dtype, optimizer, activation", [
     ("float32", "SGD", nn.GELU), ("float32", "Adam", nn.GELU),
     ("float32", "AdamW-amsgrad", nn.Tanh), ("float64", "Adam", nn.GELU),
-    ("float16", "SGD", nn.Tanh),
-    pytest.param("float16", "SGD", nn.GELU, marks=pytest.mark.xfail(
-        strict=True, reason=ERF_FLOAT16 + " (nn.GELU in a float16 model)")),
+    ("float16", "SGD", nn.Tanh), ("float16", "SGD", nn.GELU),
 ], ids=lambda v: v.__name__ if isinstance(v, type) else v)
 def test_nn_training_steps_keep_the_model_dtype(dtype, optimizer, activation):
     model = _model(dtype, activation)

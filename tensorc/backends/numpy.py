@@ -9,6 +9,7 @@ newlines). Nothing else from the program is ever spliced in.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import keyword
 import math
@@ -27,9 +28,11 @@ __all__ = ["render_module", "python_name", "NUMPY_PAD_MODES"]
 NUMPY_PAD_MODES = {"zero": "constant", "circular": "wrap", "reflect": "reflect",
                    "symmetric": "symmetric", "replicate": "edge"}
 
-# Names the generated module defines itself; user names that collide get a trailing '_'.
+# Names the generated module defines or calls (its helpers and Python's builtins, such as
+# range and min); user names that collide get a trailing '_'.
 _MODULE_NAMES = {"np", "as_strided", "DTYPE", "kernel", "math", "threading", "_erf",
-                 "_scratch", "_SCRATCH"}
+                 "_scipy_erf", "_scratch", "_SCRATCH", "_fold_margins", "_sigmoid"} \
+    | set(dir(builtins))
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -128,7 +131,10 @@ def _fold_margins(padded, pad, mode):
 
 _ERF_HELPER = '''
 try:  # SciPy's erf when present; otherwise math.erf elementwise (exact, slower)
-    from scipy.special import erf as _erf
+    from scipy.special import erf as _scipy_erf
+
+    def _erf(x):
+        return _scipy_erf(x).astype(DTYPE, copy=False)  # SciPy computes float16 in float32
 except ImportError:  # pragma: no cover - depends on the machine
     import math
     _erf = np.vectorize(math.erf, otypes=[DTYPE])
