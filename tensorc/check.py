@@ -507,6 +507,14 @@ class _StatementChecker:
                 shape = p.shapes.get(name)
                 if shape is None:
                     shape = p.declared_shape(name)
+            declaration = p.declarations.get(name)
+            if shape is None and declaration is not None and declaration.dims:
+                missing = [d for d in declaration.dims
+                           if isinstance(d, str) and d not in p.size_values]
+                raise ShapeError(f"'+=' into '{name}' needs the size{'s' if len(missing) > 1 else ''}"
+                                 f" {', '.join(missing)} of its declaration; give "
+                                 f"{' and '.join(f'{d}=...' for d in missing)} to tc.compile",
+                                 target.span)
             if shape is None:
                 raise ShapeError(f"'+=' into '{name}' needs its shape: declare it first, as in "
                                  f"'{name}: f32[...]', or define it with '='", target.span)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import difflib
 import hashlib
 import linecache
 import threading
@@ -79,6 +80,12 @@ def _specialize(program: S.Program, program_text: str, backend: str,
         return specialization
 
 
+def _shown(name: str) -> str:
+    """A name for a message: quoted, and escaped when not ASCII, so that a look-alike
+    ('а' in Cyrillic) can be told from the name it imitates."""
+    return f"'{name}'" if name.isascii() else f"{ascii(name)} (not ASCII)"
+
+
 def _is_int(value: Any) -> bool:
     import numpy as np
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -105,6 +112,26 @@ def _shape(value: Any, name: str = "a tensor") -> tuple[int, ...]:
     if any(d < 0 for d in shape):
         raise ShapeError(f"the shape of {name} has a negative size: {shape}")
     return tuple(int(d) for d in shape)
+
+
+def _validated_text(program: S.Program) -> str:
+    """The normalized source of a Program. One that was not parsed from text (built by hand,
+    or by tc.grad) must parse back to itself: generated code may only ever contain what the
+    grammar accepts (identifiers, numbers), whatever the syntax tree holds."""
+    try:
+        text = str(program)
+        if program.source:
+            return text  # parsed: the grammar has checked it
+        if parse(text) == program:
+            return text
+    except TensorcError as error:
+        raise TensorcError(f"this Program is not valid tensorc: {error.message}; build programs "
+                           "with tc.parse") from None
+    except (ValueError, TypeError, AttributeError) as error:
+        raise TensorcError(f"this Program cannot be written as tensorc ({error}); build "
+                           "programs with tc.parse") from None
+    raise TensorcError("this Program does not parse back to itself (a name or number the "
+                       "grammar would not accept?); build programs with tc.parse")
 
 
 def _float_dtype(dtype: Any) -> str | None:
@@ -139,7 +166,7 @@ class Kernel:
         self.dtype = _float_dtype(dtype)
         self.keep_integers = keep_integers
         self.requested_outputs = outputs
-        self._program_text = str(program)  # the cache key: normalized source
+        self._program_text = _validated_text(program)  # the cache key: normalized source
         self._last: Specialization | None = None
         # Per-kernel memo in front of the global cache: a call looks up its shapes only.
         self._by_call: dict[tuple, Specialization] = {}
@@ -225,11 +252,14 @@ class Kernel:
             parts = []
             if missing:
                 parts.append(f"missing input{'s' if len(missing) > 1 else ''} "
-                             + ", ".join(f"'{n}'" for n in missing))
+                             + ", ".join(_shown(n) for n in missing))
             if extra:
                 parts.append(f"unexpected input{'s' if len(extra) > 1 else ''} "
-                             + ", ".join(f"'{n}'" for n in extra))
-            raise CallError("; ".join(parts) + f" (the program's inputs: {', '.join(self.inputs)})")
+                             + ", ".join(_shown(n) for n in extra))
+            hints = [f"did you mean '{close[0]}' for {_shown(n)}?" for n in extra
+                     if (close := difflib.get_close_matches(n, missing, n=1))]
+            raise CallError("; ".join(parts) + f" (the program's inputs: {', '.join(self.inputs)})"
+                            + ("; " + " ".join(hints) if hints else ""))
         values = {name: _as_array(name, arrays[name]) for name in self.inputs}
         # Python numbers are weak, as in NumPy 2 and PyTorch: s=0.5 keeps a float32 model float32
         weak = {name for name in self.inputs if isinstance(arrays[name], (int, float))

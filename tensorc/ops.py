@@ -39,7 +39,8 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
               " + 0.3989422804014327 * a * exp(-0.5 * a^2)",)),
     Function("silu", 1, "a*sigmoid(a)", ("sigmoid(a) * (1 + a * (1 - sigmoid(a)))",)),
     Function("softplus", 1, "log(1+e^a)", ("sigmoid(a)",)),
-    Function("elu", 1, "a if a > 0 else e^a - 1", ("(out > 0) + (out <= 0) * (out + 1)",)),
+    # min(out, 0): at out = +inf the unused branch would be 0 * inf = nan
+    Function("elu", 1, "a if a > 0 else e^a - 1", ("(out > 0) + (out <= 0) * (min(out, 0) + 1)",)),
     Function("erf", 1, "the error function", ("1.1283791670955126 * exp(-a^2)",)),
     Function("sin", 1, "sine", ("cos(a)",)),
     Function("cos", 1, "cosine", ("-sin(a)",)),

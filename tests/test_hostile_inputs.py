@@ -552,11 +552,8 @@ def _syntax_program(left: str, right: str) -> S.Program:
     return S.Program((S.Assignment(S.Target("y", (i,)), value),))
 
 
-BUG_SYNTAX_NAMES = "names in a hand-built syntax tree are never validated: python_name raises " \
-                   "ValueError('not an identifier') instead of a TensorcError"
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_SYNTAX_NAMES)
 @pytest.mark.parametrize("left, right", [("\ufb01", "fi"), ("\uff58", "x"), ("\U0001d431", "x")],
                          ids=["ligature", "fullwidth", "math-bold"])
 def test_nfkc_equivalent_names_in_a_syntax_tree(left, right):
@@ -568,7 +565,6 @@ def test_nfkc_equivalent_names_in_a_syntax_tree(left, right):
     np.testing.assert_array_equal(got, a - b)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_SYNTAX_NAMES)
 @pytest.mark.parametrize("name", [SYSTEM, "x\nimport os", "x; import os", "x y", "", "1x",
                                   f"x[0]) or {OPEN} or (x"],
                          ids=["system", "newline", "semicolon", "space", "empty", "digit-first",
@@ -581,8 +577,6 @@ def test_payload_names_in_a_syntax_tree(name):
     raise AssertionError("a non-identifier name compiled")
 
 
-@pytest.mark.xfail(strict=True, reason="a str Number value in a hand-built syntax tree raises "
-                                       "ValueError from float() instead of a TensorcError")
 def test_payload_number_in_a_syntax_tree():
     i = S.Affine((S.AffineTerm("i", 1),), 0)
     value = S.Binary("*", S.Access("x", (i,)), S.Number(SYSTEM))

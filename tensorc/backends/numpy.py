@@ -31,7 +31,7 @@ NUMPY_PAD_MODES = {"zero": "constant", "circular": "wrap", "reflect": "reflect",
 # Names the generated module defines or calls (its helpers and Python's builtins, such as
 # range and min); user names that collide get a trailing '_'.
 _MODULE_NAMES = {"np", "as_strided", "DTYPE", "kernel", "math", "threading", "_erf",
-                 "_scipy_erf", "_scratch", "_SCRATCH", "_fold_margins", "_sigmoid"} \
+                 "_scipy_erf", "_scratch", "_SCRATCH", "_fold_margins", "_sigmoid", "_softplus"} \
     | set(dir(builtins))
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -56,9 +56,9 @@ _ELEMENTWISE = {
     "eq": "np.equal({0}, {1}).astype(DTYPE)", "ne": "np.not_equal({0}, {1}).astype(DTYPE)",
     "exp": "np.exp({0})", "log": "np.log({0})", "sqrt": "np.sqrt({0})",
     "rsqrt": "1 / np.sqrt({0})", "abs": "np.abs({0})", "tanh": "np.tanh({0})",
-    "sigmoid": "np.exp(-np.logaddexp(0, -{0}))", "relu": "np.maximum({0}, 0)",
+    "sigmoid": "_sigmoid({0})", "relu": "np.maximum({0}, 0)",
     "gelu": "0.5 * {0} * (1 + _erf({0} * 0.7071067811865476))",
-    "silu": "{0} * np.exp(-np.logaddexp(0, -{0}))", "softplus": "np.logaddexp(0, {0})",
+    "silu": "{0} * _sigmoid({0})", "softplus": "_softplus({0})",
     "elu": "np.where({0} > 0, {0}, np.expm1(np.minimum({0}, 0)))", "erf": "_erf({0})",
     "sin": "np.sin({0})", "cos": "np.cos({0})", "log1p": "np.log1p({0})",
     "expm1": "np.expm1({0})", "sign": "np.sign({0})",
@@ -129,6 +129,20 @@ def _fold_margins(padded, pad, mode):
     return padded
 '''
 
+# np.logaddexp is stable for large |x| but flags a NaN argument as an invalid operation;
+# a NaN passing through should be as silent as in torch (and SciPy's expit).
+_SIGMOID_HELPER = '''
+
+def _sigmoid(x):
+    with np.errstate(invalid="ignore"):
+        return np.exp(-np.logaddexp(0, -x))
+
+
+def _softplus(x):
+    with np.errstate(invalid="ignore"):
+        return np.logaddexp(0, x)
+'''
+
 _ERF_HELPER = '''
 try:  # SciPy's erf when present; otherwise math.erf elementwise (exact, slower)
     from scipy.special import erf as _scipy_erf
@@ -197,6 +211,7 @@ def _fold(op: str, values: list) -> float:
     (so 1/0 is inf and 10^400 overflows to inf, instead of raising Python errors)."""
     import numpy as np
     namespace = {"np": np, "DTYPE": np.float64, "_erf": _scalar_erf}
+    exec(_SIGMOID_HELPER, namespace)  # noqa: S102 - our own helper source (_sigmoid, _softplus)
     # 0-d arrays, not NumPy scalars: their operators follow array rules (0**-1 is inf)
     namespace.update({f"_a{i}": np.asarray(v, dtype=np.float64) for i, v in enumerate(values)})
     template = _ELEMENTWISE[op].format(*(f"_a{i}" for i in range(len(values))))
@@ -376,6 +391,8 @@ class _StatementRenderer:
             return self.render(ConstNode(_fold(node.op, [arg.constant for arg in args])))
         if node.op in ("gelu", "erf"):
             self.module.needs_erf = True
+        if node.op in ("sigmoid", "silu", "softplus"):
+            self.module.needs_sigmoid = True
         kept = [i for i, a in enumerate(node.axes) if a not in self.fixed]
         axes = tuple(node.axes[i] for i in kept)
         shape = tuple(node.shape[i] for i in kept)
@@ -874,6 +891,7 @@ class _ModuleRenderer:
             self.taken |= {python_name(index) for index in statement.ranges}
         self.claimable: str | None = None
         self.needs_erf = False
+        self.needs_sigmoid = False
         self.needs_scratch = False
         self.needs_fold = False
         self.defined: set[str] = set()
@@ -925,6 +943,8 @@ class _ModuleRenderer:
             parts.append(_SCRATCH_HELPER.rstrip())
         if self.needs_fold:
             parts.append(_FOLD_HELPER.rstrip())
+        if self.needs_sigmoid:
+            parts.append(_SIGMOID_HELPER.rstrip())
         if self.needs_erf:
             parts.append(_ERF_HELPER.rstrip())
         parts += ["", "", f"def kernel({arguments}):"]

@@ -55,9 +55,11 @@ class CrossEntropyLoss(Loss):
     """Mean softmax cross-entropy of logits [N, K] against integer labels [N] or class
     probabilities / one-hot rows [N, K] (torch.nn.CrossEntropyLoss)."""
 
+    # log-softmax is (z - m) - log(sum exp(z - m)): subtracting m first keeps it exact for
+    # large logits (lse - z would lose |z| * eps)
     program = ("m[n] = max[k](z[n,k])\n"
-               "lse[n] = m[n] + log(sum[k](exp(z[n,k] - m[n])))\n"
-               "loss = mean[n](sum[k](t[n,k] * (lse[n] - z[n,k])))")
+               "ls[n] = log(sum[k](exp(z[n,k] - m[n])))\n"
+               "loss = mean[n](sum[k](t[n,k] * (ls[n] - (z[n,k] - m[n]))))")
 
     def feed(self, prediction: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
         if prediction.ndim != 2:
