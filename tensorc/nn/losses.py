@@ -23,6 +23,8 @@ class Loss(Module):
 
     program = ""
     prediction = "z"
+    #: program inputs that are copies of the prediction (their gradients add to its own)
+    copies: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -37,9 +39,12 @@ class Loss(Module):
         prediction = np.asarray(prediction)
         arrays = self.feed(prediction, np.asarray(target))
         if self._kernel is None:
-            self._kernel = compile_grad(self.program, wrt=[self.prediction])
+            self._kernel = compile_grad(self.program, wrt=[self.prediction, *self.copies])
         results = self._kernel(**{name: arrays[name] for name in self._kernel.inputs})
-        self._gradient = results[f"d{self.prediction}"].reshape(prediction.shape)
+        gradient = results[f"d{self.prediction}"]
+        for name in self.copies:
+            gradient = gradient + results[f"d{name}"]
+        self._gradient = gradient.reshape(prediction.shape)
         return float(results["loss"])
 
     def backward(self, grad_output: Any = 1.0, input_grad: bool = True) -> np.ndarray | None:
@@ -56,10 +61,13 @@ class CrossEntropyLoss(Loss):
     probabilities / one-hot rows [N, K] (torch.nn.CrossEntropyLoss)."""
 
     # log-softmax is (z - m) - log(sum exp(z - m)): subtracting m first keeps it exact for
-    # large logits (lse - z would lose |z| * eps)
+    # large logits (lse - z would lose |z| * eps). The target term reads zt, z where the
+    # target weight is nonzero and 0 elsewhere, so that a masked (-inf) logit of another
+    # class costs 0 * finite rather than 0 * inf = nan; its gradient is added to z's.
     program = ("m[n] = max[k](z[n,k])\n"
                "ls[n] = log(sum[k](exp(z[n,k] - m[n])))\n"
-               "loss = mean[n](sum[k](t[n,k] * (ls[n] - (z[n,k] - m[n]))))")
+               "loss = mean[n](sum[k](t[n,k] * (ls[n] - (zt[n,k] - m[n]))))")
+    copies = ("zt",)
 
     def feed(self, prediction: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
         if prediction.ndim != 2:
@@ -80,7 +88,8 @@ class CrossEntropyLoss(Loss):
             raise InputShapeError(f"CrossEntropyLoss: targets are integer labels [N] or "
                                   f"probabilities {list(prediction.shape)}, got {target.shape} "
                                   f"({target.dtype})")
-        return {"z": prediction, "t": target.astype(dtype, copy=False)}
+        target = target.astype(dtype, copy=False)
+        return {"z": prediction, "t": target, "zt": np.where(target != 0, prediction, 0)}
 
 
 class MSELoss(Loss):
