@@ -274,7 +274,7 @@ class _StatementAdjoint:
     # reduction does not use them, so it broadcasts over them:
     #   sum[j](b[j])  -> db[j] = g
     #   mean[j](b[j]) -> db[j] = g / |j|
-    #   max[j](b[j])  -> db[j] = g * (b[j] == max) / #ties   (ties share, like torch.amax)
+    #   max[j](b[j])  -> db[j] = g / #ties * (b[j] == max)   (ties share, like torch.amax)
     def propagate_reduce(self, node: Reduce, g: Expr) -> None:
         body, indices = node.body, node.indices
         taken = set(free_indices(g)) | set(self.scope)
@@ -294,7 +294,9 @@ class _StatementAdjoint:
             mask = Apply("eq", (self.value_of(body), self.value_of(node)))
             ties = self.derivation.temporary(self.item, Reduce("sum", indices, mask),
                                              dict(self.origin), "ties")
-            g = div(mul(g, mask), ties)
+            # (g / #ties) * mask: the same numbers for a 0/1 mask, and g / #ties does not
+            # depend on the window offset, so a loop over offsets computes it once
+            g = mul(div(g, ties), mask)
         self.scope.extend(indices)
         self.propagate(body, g)
         del self.scope[len(self.scope) - len(indices):]

@@ -169,6 +169,9 @@ class StatementPlan:
     # An elementwise '+=' through windows evaluates its contribution one window offset at
     # a time (these indices, looped): long inner runs instead of a broadcast over offsets.
     offset_loop: tuple[str, ...] = ()
+    # ... and the windows tile the (fresh) target exactly, each element written once: each
+    # offset assigns its slice, with no zero fill and no read-modify-write.
+    tiles_target: bool = False
 
 
 @dataclass
@@ -798,6 +801,28 @@ def _check_total_memory(program: CheckedProgram, itemsize: int) -> None:
             defined[largest].span)
 
 
+def _tiles_exactly(statement: Statement, shape: tuple[int, ...]) -> bool:
+    """Whether a '+=' through windows reaches every target element exactly once: each
+    dimension is a whole index, or s*h + u with u < s and h covering the size (pooling)."""
+    indices = [n for m in statement.target_maps for n in m.indices()]
+    if statement.target_boundary is not None or len(indices) != len(set(indices)):
+        return False
+    for m, size in zip(statement.target_maps, shape):
+        if m.offset != 0:
+            return False
+        if m.is_plain:
+            if statement.ranges[m.terms[0][0]] != size:
+                return False
+            continue
+        if len(m.terms) != 2:
+            return False
+        (position, stride), (offset, step) = sorted(m.terms, key=lambda term: -term[1])
+        if step != 1 or statement.ranges[offset] != stride \
+                or statement.ranges[position] * stride != size:
+            return False
+    return True
+
+
 def _estimated_ns(node: Node) -> float:
     return sum(c.estimated_ns for c in _contractions(node))
 
@@ -842,6 +867,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         if elementwise and planner.strategies:
             strategy += f"; then elementwise {', '.join(elementwise)}"
         offset_loop: tuple[str, ...] = ()
+        tiles = False
         maps = statement.target_maps
         if statement.accumulate and not all(m.is_plain for m in maps) \
                 and elementwise_only(root):
@@ -850,8 +876,11 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
                            and any(n in m.indices() for m in maps))
             if set(looped) & set(root.axes):
                 offset_loop = looped
-                strategy += (f", evaluated per window offset ({','.join(looped)}) and added "
-                             "through strided slices")
+                tiles = fresh and _tiles_exactly(statement, program.tensors[statement.target].shape)
+                strategy += (f", evaluated per window offset ({','.join(looped)}) and "
+                             + ("written to its own strided slice (the windows tile "
+                                f"{statement.target})" if tiles else
+                                "added through strided slices"))
         if planner.target_order is not None and statement.accumulate:
             inner = statement.target_maps[planner.target_order[-1]].terms[0][0]
             strategy += (f"; contributions added into a buffer with {inner} innermost, so "
@@ -859,7 +888,8 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         plans.append(StatementPlan(number, statement, planner.order, root, strategy,
                                    _node_flops(root, naive=True), _node_flops(root),
                                    planner.largest, planner.peak_bytes(),
-                                   offset_loop=offset_loop, target_order=planner.target_order))
+                                   offset_loop=offset_loop, target_order=planner.target_order,
+                                   tiles_target=tiles))
     return ProgramPlan(program, dtype, itemsize, plans)
 
 

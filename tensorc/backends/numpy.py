@@ -15,7 +15,7 @@ import keyword
 import math
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..ir import Read, walk
 from ..plan import (
@@ -237,6 +237,7 @@ class _StatementRenderer:
         # (reads are sliced at them), and the indentation of the loop body.
         self.fixed: dict[str, str] = {}
         self.indent = ""
+        self.hoisted: dict[int, _Value] = {}  # plan nodes computed before such a loop
 
     def emit(self, line: str) -> None:
         self.lines.append(self.indent + line)
@@ -267,6 +268,8 @@ class _StatementRenderer:
 
     # ---- nodes ----
     def render(self, node: Node, name_hint: str = "t") -> _Value:
+        if id(node) in self.hoisted:
+            return self.hoisted[id(node)]
         value = self.render_node(node, name_hint)
         if not set(self.fixed) & set(value.axes):
             return value
@@ -281,6 +284,18 @@ class _StatementRenderer:
         kept = [i for i, a in enumerate(value.axes) if a not in self.fixed]
         return _Value(f"{code}[{', '.join(index)}]", tuple(value.axes[i] for i in kept),
                       tuple(value.shape[i] for i in kept), contiguous=False)
+
+    def hoist_invariants(self, node: Node, looped: set[str]) -> None:
+        """Compute, before a loop over window offsets, the parts of its body that do not
+        depend on the offset (a max-pool gradient's dp / ties), once instead of per offset."""
+        if not isinstance(node, ElementwiseNode):
+            return
+        if set(node.axes) & looped:
+            for arg in node.args:
+                self.hoist_invariants(arg, looped)
+            return
+        value = self.materialized(self.render(node), "t")
+        self.hoisted[id(node)] = replace(value, owned=False)  # read by every offset: not in place
 
     def render_views_first(self, node: Node) -> None:
         """Emit the window views (and padded copies) a loop body reads, before the loop."""
@@ -767,6 +782,9 @@ class _StatementRenderer:
         if statement.target not in self.module.defined:
             if statement.target in program.inputs:
                 self.emit(f"{target} = np.array({target}, dtype=DTYPE)  # accumulate into a copy")
+            elif self.sp.tiles_target:  # every element is assigned below
+                self.emit(f"{target} = np.empty({_tuple(shape)}, dtype=DTYPE)  # the windows "
+                          "tile it: each offset assigns its own slice")
             elif self.sp.target_order is not None:
                 order = self.sp.target_order
                 inverse = tuple(order.index(d) for d in range(len(order)))
@@ -825,6 +843,7 @@ class _StatementRenderer:
             names = [loop_names[a] for a in loops]
             if per_offset:
                 self.render_views_first(self.sp.root)
+                self.hoist_invariants(self.sp.root, set(loops))
             self.emit(f"for {names[0]} in range({sizes[0]}):" if len(loops) == 1 else
                       f"for {', '.join(names)} in np.ndindex{_tuple(sizes)}:")
             self.indent += "    "
@@ -833,8 +852,9 @@ class _StatementRenderer:
             value = self.render(self.sp.root, "contribution")
             self.fixed = {}
         contribution = self.sliced_contribution(value, order, loop_names, dims_order)
-        self.emit(f"{destination}[{', '.join(subscripts)}] += {contribution}" if subscripts
-                  else f"{destination} += {contribution}")
+        update = "=" if self.sp.tiles_target else "+="
+        self.emit(f"{destination}[{', '.join(subscripts)}] {update} {contribution}" if subscripts
+                  else f"{destination} {update} {contribution}")
         if loops:
             self.indent = self.indent[:-4]
         if not per_offset and value.owned and value.code not in self.module.tensor_of:
