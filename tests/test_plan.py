@@ -80,8 +80,9 @@ def test_pooling_runs_a_window_loop():
     assert "running update over strided window slices" in str(kern.plan)
 
 
-@pytest.mark.parametrize("size, stride", [(2, 2), (3, 1), (3, 2)])
-def test_max_pool_gradient_runs_one_window_offset_at_a_time(size, stride):
+@pytest.mark.parametrize("size, stride, width", [(2, 2, 12), (3, 3, 12), (2, 2, 11), (3, 1, 12),
+                                                (3, 2, 12)])
+def test_max_pool_gradient_runs_one_window_offset_at_a_time(size, stride, width):
     """The tie count and the routed gradient loop over window offsets (no broadcast over
     tiny trailing axes); overlapping windows (stride < size) add up across offsets."""
     import torch
@@ -89,14 +90,18 @@ def test_max_pool_gradient_runs_one_window_offset_at_a_time(size, stride):
     source = (f"p[n,c,h,w] = max[u,v](y[n,c,{stride}*h+u,{stride}*w+v])   "
               f"where u < {size}, v < {size}")
     rng = np.random.default_rng(3)
-    y = rng.standard_normal((4, 3, 11, 11))  # continuous values: no ties
-    out = (11 - size) // stride + 1
+    y = rng.standard_normal((4, 3, width, width))  # continuous values: no ties
+    out = (width - size) // stride + 1
     dp = rng.standard_normal((4, 3, out, out))
     kern = tc.compile_grad(source, wrt=["y"], y=y.shape, dp=dp.shape)
     plan = str(kern.plan)
     assert "sum over u,v: running update over strided window slices" in plan
-    assert "evaluated per window offset (u,v) and added through strided slices" in plan
+    tiles = size == stride and width % size == 0  # each element in exactly one window
+    assert ("evaluated per window offset (u,v) and written to its own strided slice (the "
+            "windows tile dy)" if tiles else
+            "evaluated per window offset (u,v) and added through strided slices") in plan
     assert "for u, v in np.ndindex" in kern.source
+    assert "t1 = dp / ties" in kern.source  # the offset-invariant part, computed once
     yt = torch.tensor(y, requires_grad=True)
     F.max_pool2d(yt, size, stride).backward(torch.tensor(dp))
     np.testing.assert_allclose(kern(y=y, dp=dp)["dy"], yt.grad.numpy(), rtol=1e-12, atol=1e-12)
