@@ -62,7 +62,7 @@ class SGD(Optimizer):
                 buffer = state["momentum_buffer"] = np.array(gradient, copy=True)
             else:
                 buffer *= self.momentum
-                buffer += (1 - self.dampening) * gradient
+                buffer += (1 - self.dampening) * gradient if self.dampening else gradient
             gradient = gradient + self.momentum * buffer if self.nesterov else buffer
         parameter.data -= self.lr * gradient
 
