@@ -65,6 +65,8 @@ _ELEMENTWISE = {
     "max": "np.maximum({0}, {1})", "min": "np.minimum({0}, {1})",
 }
 _INFIX = {"add", "sub", "mul", "div", "pow", "neg"}
+_COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
+_AS_DTYPE = ".astype(DTYPE)"
 # Templates whose result is not a single call: they need parentheses before a subscript.
 _TEMPLATE_PRECEDENCE = {"rsqrt": 2, "gelu": 2, "silu": 2}
 
@@ -724,7 +726,11 @@ class _StatementRenderer:
         self.fixed, self.indent = dict(zip(node.reduced, loop_names)), self.indent + "    "
         try:
             value = self.render(node.body)
-            self.emit(f"{_WINDOW_UPDATE[node.op]}({result}, {value.code}, out={result})")
+            code = value.code
+            if node.op in ("sum", "mean") and isinstance(node.body, ElementwiseNode) \
+                    and node.body.op in _COMPARISONS and code.endswith(_AS_DTYPE):
+                code = code[:-len(_AS_DTYPE)]  # np.add casts the 0/1 bools into the result
+            self.emit(f"{_WINDOW_UPDATE[node.op]}({result}, {code}, out={result})")
         finally:
             self.fixed, self.indent = {}, self.indent[:-4]
         if node.op == "mean":

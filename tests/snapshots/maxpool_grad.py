@@ -53,7 +53,7 @@ def kernel(y, dp):
     # sum over u,v: running update over 4 strided window slices
     ties = np.equal(y_win_2[:, :, :, :, 0, 0], p).astype(DTYPE)
     for u, v in list(np.ndindex(2, 2))[1:]:
-        np.add(ties, np.equal(y_win_2[:, :, :, :, u, v], p).astype(DTYPE), out=ties)
+        np.add(ties, np.equal(y_win_2[:, :, :, :, u, v], p), out=ties)
 
     # statement 3 (line 5): dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
     #   elementwise, evaluated per window offset (u,v) and written to its own strided slice (the windows tile dy)
