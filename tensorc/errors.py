@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "CallError",
     "BackendError",
     "MemoryBudgetError",
+    "did_you_mean",
 ]
 
 
@@ -116,3 +119,13 @@ class BackendError(TensorcError):
 
 class MemoryBudgetError(TensorcError):
     """A kernel's temporaries would exceed the memory budget, or its tensors the machine."""
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """'; did you mean ...?' naming another case ('b' for 'B'), a close spelling, or a
+    prefix ('b', 'bias') among `options`; '' when none is close."""
+    lowered = {option.lower(): option for option in sorted(options)}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1)
+    close = close or [o for o in lowered
+                      if name.lower().startswith(o) or o.startswith(name.lower())]
+    return f"; did you mean '{lowered[close[0]]}'?" if close else ""

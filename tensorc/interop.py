@@ -29,7 +29,6 @@ raise a BackendError rather than being copied to the CPU behind the user's back.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -44,8 +43,8 @@ except ImportError:  # pragma: no cover - exercised only without torch
 from . import syntax as S
 from .adjoint import Adjoint, derive_adjoint
 from .check import program_inputs, structure
-from .errors import BackendError, CallError, DtypeError, TensorcError
-from .kernel import Kernel
+from .errors import BackendError, CallError, DtypeError, TensorcError, did_you_mean
+from .kernel import Kernel, bind_inputs
 from .parser import parse
 
 __all__ = ["TorchFunction", "TorchModule", "to_numpy", "to_torch"]
@@ -161,7 +160,7 @@ class TorchFunction:
         for name in self.outputs:
             if name not in defined:
                 raise CallError(f"outputs: '{name}' is not computed by the program"
-                                f"{_did_you_mean(name, defined)}")
+                                f"{did_you_mean(name, defined)}")
         self.scalar_outputs = frozenset(item.target for item in program_structure.statements
                                         if item.target in self.outputs and not item.target_maps)
         # specializes (and caches) per shapes and dtype at each call
@@ -178,27 +177,8 @@ class TorchFunction:
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Every program input by name, from positional and keyword arguments; checked."""
-        values = dict(kwargs)
-        if len(args) > len(self.inputs):
-            raise CallError(f"the program takes {len(self.inputs)} inputs "
-                            f"({', '.join(self.inputs)}), got {len(args)} positional tensors")
-        for name, value in zip(self.inputs, args):
-            if name in values:
-                raise CallError(f"'{name}' is given both by position and by name")
-            values[name] = value
-        missing = [n for n in self.inputs if n not in values]
-        extra = [n for n in values if n not in self.inputs]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing input{'s' if len(missing) > 1 else ''} "
-                             + ", ".join(f"'{n}'" for n in missing))
-            if extra:
-                parts.append(f"unexpected input{'s' if len(extra) > 1 else ''} "
-                             + ", ".join(f"'{n}'" for n in extra)
-                             + _did_you_mean(extra[0], set(self.inputs) - set(values)))
-            raise CallError("; ".join(parts) + f" (the program's inputs: {', '.join(self.inputs)})")
-        return _as_tensors({name: values[name] for name in self.inputs})
+        values = bind_inputs(self.inputs, tuple(args), kwargs, "the program", "tensors")
+        return _as_tensors(values)
 
     def apply(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the autograd function on checked tensors by name; results by name."""
@@ -250,15 +230,6 @@ class TorchFunction:
                     gradient = gradient * scale
                 total[name] = gradient if name not in total else total[name] + gradient
         return total
-
-
-def _did_you_mean(name: str, options: set[str]) -> str:
-    """A suggestion: another case ('b' for 'B'), a close spelling, or a prefix ('b', 'bias')."""
-    lowered = {option.lower(): option for option in sorted(options)}
-    close = difflib.get_close_matches(name.lower(), list(lowered), n=1)
-    close = close or [o for o in lowered
-                      if name.lower().startswith(o) or o.startswith(name.lower())]
-    return f"; did you mean '{lowered[close[0]]}'?" if close else ""
 
 
 def _as_tensors(values: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -319,7 +290,7 @@ class TorchModule(torch.nn.Module):
         for name in [*parameters, *constants]:
             if name not in program_names:
                 raise CallError(f"'{name}' is not an input of the program"
-                                f"{_did_you_mean(name, program_names)} (its inputs: "
+                                f"{did_you_mean(name, program_names)} (its inputs: "
                                 f"{', '.join(self.function.inputs)})")
         both = sorted(parameters.keys() & constants.keys())
         if both:
@@ -400,7 +371,7 @@ def _initial_value(name: str, spec: Any, dtype: torch.dtype, rng: Any) -> torch.
             from .nn import init as initializers  # the table tensorc.nn layers use
             if how not in initializers.INITIALIZERS:
                 raise CallError(f"unknown initializer {how!r} for '{name}'"
-                                f"{_did_you_mean(how, set(initializers.INITIALIZERS))} "
+                                f"{did_you_mean(how, set(initializers.INITIALIZERS))} "
                                 f"(choose one of {', '.join(initializers.INITIALIZERS)}, or "
                                 "pass a callable such as torch.nn.init.normal_)")
             array = initializers.INITIALIZERS[how](shape, rng=initializers.generator(rng),

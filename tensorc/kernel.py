@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import difflib
 import hashlib
 import linecache
 import threading
@@ -14,7 +13,9 @@ from . import syntax as S
 from .adjoint import derive_adjoint
 from .budget import memory_budget
 from .check import DTYPES, check, program_inputs
-from .errors import BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError
+from .errors import (
+    BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError, did_you_mean,
+)
 from .ir import CheckedProgram
 from .parser import parse, recursion_headroom
 from .plan import ProgramPlan, plan_program
@@ -84,6 +85,33 @@ def _shown(name: str) -> str:
     """A name for a message: quoted, and escaped when not ASCII, so that a look-alike
     ('а' in Cyrillic) can be told from the name it imitates."""
     return f"'{name}'" if name.isascii() else f"{ascii(name)} (not ASCII)"
+
+
+def bind_inputs(inputs: tuple[str, ...], args: tuple, named: Mapping[str, Any],
+                owner: str = "the kernel", what: str = "arrays") -> dict[str, Any]:
+    """Every input by name, in `inputs` order, from positional and keyword arguments; a
+    CallError names what is missing, unexpected or given twice, and suggests a fix."""
+    values = dict(named)
+    if len(args) > len(inputs):
+        raise CallError(f"{owner} takes {len(inputs)} inputs ({', '.join(inputs)}), got "
+                        f"{len(args)} positional {what}")
+    for name, value in zip(inputs, args):
+        if name in values:
+            raise CallError(f"'{name}' is given both by position and by name")
+        values[name] = value
+    missing = [n for n in inputs if n not in values]
+    extra = [n for n in values if n not in inputs]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing input{'s' if len(missing) > 1 else ''} "
+                         + ", ".join(_shown(n) for n in missing))
+        if extra:
+            parts.append(f"unexpected input{'s' if len(extra) > 1 else ''} "
+                         + ", ".join(_shown(n) for n in extra)
+                         + "".join(did_you_mean(n, missing) for n in extra))
+        raise CallError("; ".join(parts) + f" (the program's inputs: {', '.join(inputs)})")
+    return {name: values[name] for name in inputs}
 
 
 def _is_int(value: Any) -> bool:
@@ -238,28 +266,7 @@ class Kernel:
     # ---- calling ----
     def __call__(self, *args: Any, **arrays: Any) -> Any:
         import numpy as np
-        if args:
-            if len(args) > len(self.inputs):
-                raise CallError(f"the kernel takes {len(self.inputs)} inputs "
-                                f"({', '.join(self.inputs)}), got {len(args)} positional arrays")
-            for name, value in zip(self.inputs, args):
-                if name in arrays:
-                    raise CallError(f"'{name}' is given both by position and by name")
-                arrays[name] = value
-        missing = [n for n in self.inputs if n not in arrays]
-        extra = [n for n in arrays if n not in self.inputs]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing input{'s' if len(missing) > 1 else ''} "
-                             + ", ".join(_shown(n) for n in missing))
-            if extra:
-                parts.append(f"unexpected input{'s' if len(extra) > 1 else ''} "
-                             + ", ".join(_shown(n) for n in extra))
-            hints = [f"did you mean '{close[0]}' for {_shown(n)}?" for n in extra
-                     if (close := difflib.get_close_matches(n, missing, n=1))]
-            raise CallError("; ".join(parts) + f" (the program's inputs: {', '.join(self.inputs)})"
-                            + ("; " + " ".join(hints) if hints else ""))
+        arrays = bind_inputs(self.inputs, args, arrays)
         values = {name: _as_array(name, arrays[name]) for name in self.inputs}
         # Python numbers are weak, as in NumPy 2 and PyTorch: s=0.5 keeps a float32 model float32
         weak = {name for name in self.inputs if isinstance(arrays[name], (int, float))
