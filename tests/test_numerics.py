@@ -139,31 +139,24 @@ def logits(regime: str, dtype, seed: int = 0) -> np.ndarray:
     return z.astype(dtype)
 
 
-@pytest.mark.parametrize("regime", REGIMES)
-@pytest.mark.parametrize("dtype", FLOATS)
-def test_softmax_in_the_language_is_stable_and_matches_torch(dtype, regime):
-    z = logits(regime, dtype)
-    with warnings_are_errors():
-        out = run_grad(SOFTMAX, ["z"], z=z)
-    zt = torch_of(z, grad=True)
-    pt = torch.softmax(zt, dim=1)
-    pt.backward(torch_of(out["cotangent_dp"]))
-    assert np.isfinite(out["p"]).all() and np.isfinite(out["dz"]).all()
-    assert_like(out["p"], pt.detach().numpy(), dtype=dtype, **TOL[dtype])
-    assert_like(out["dz"], zt.grad.numpy(), dtype=dtype, **TOL[dtype])
+# (program, its output, torch's function): softmax and log-softmax written in the language
+SOFTMAX_FORMS = {"softmax": (SOFTMAX, "p", torch.softmax),
+                 "log_softmax": (LOG_SOFTMAX, "ls", torch.log_softmax)}
 
 
+@pytest.mark.parametrize("form", SOFTMAX_FORMS)
 @pytest.mark.parametrize("regime", REGIMES)
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_log_softmax_in_the_language_is_stable_and_matches_torch(dtype, regime):
+def test_softmax_forms_in_the_language_are_stable_and_match_torch(dtype, regime, form):
+    program, output, reference = SOFTMAX_FORMS[form]
     z = logits(regime, dtype)
     with warnings_are_errors():
-        out = run_grad(LOG_SOFTMAX, ["z"], z=z)
+        out = run_grad(program, ["z"], z=z)
     zt = torch_of(z, grad=True)
-    lt = torch.log_softmax(zt, dim=1)
-    lt.backward(torch_of(out["cotangent_dls"]))
-    assert np.isfinite(out["ls"]).all() and np.isfinite(out["dz"]).all()
-    assert_like(out["ls"], lt.detach().numpy(), dtype=dtype, **TOL[dtype])
+    expected = reference(zt, dim=1)
+    expected.backward(torch_of(out[f"cotangent_d{output}"]))
+    assert np.isfinite(out[output]).all() and np.isfinite(out["dz"]).all()
+    assert_like(out[output], expected.detach().numpy(), dtype=dtype, **TOL[dtype])
     assert_like(out["dz"], zt.grad.numpy(), dtype=dtype, **TOL[dtype])
 
 
