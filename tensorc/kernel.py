@@ -130,11 +130,9 @@ def _shape(value: Any, name: str = "a tensor") -> tuple[int, ...]:
     """A shape given for a tensor: an int or a tuple of non-negative ints."""
     if _is_int(value):
         value = (value,)
-    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
-        raise ShapeError(f"the shape of {name} must be a tuple of integers such as "
-                         f"(2, 3, 32, 32), not {value!r}")
-    shape = tuple(value)
-    if not all(_is_int(d) for d in shape):
+    iterable = hasattr(value, "__iter__") and not isinstance(value, (str, bytes, Mapping))
+    shape = tuple(value) if iterable else None
+    if shape is None or not all(_is_int(d) for d in shape):
         raise ShapeError(f"the shape of {name} must be a tuple of integers such as "
                          f"(2, 3, 32, 32), not {value!r}")
     if any(d < 0 for d in shape):
