@@ -17,6 +17,7 @@ from .errors import (
     BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError, did_you_mean,
 )
 from .ir import CheckedProgram
+from .loopnest import plan_for_gpu
 from .parser import parse, recursion_headroom
 from .plan import ProgramPlan, plan_program
 
@@ -43,17 +44,48 @@ def _render(plan: ProgramPlan, backend: str) -> str:
     if backend == "numpy":
         from .backends.numpy import render_module
         return render_module(plan)
-    raise BackendError(f"backend '{backend}' is not available yet; use backend='numpy'")
+    from .backends.cupy import render_module
+    return render_module(plan)
 
 
-def _load(source: str, backend: str) -> Callable[..., Any]:
+def _execute(source: str, backend: str) -> dict[str, Any]:
+    """Run a generated module's source: its namespace."""
     digest = hashlib.sha1(source.encode()).hexdigest()[:12]
     filename = f"<tensorc-{backend}-{digest}>"
     # Registered so that tracebacks and inspect show the generated lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {"__name__": f"tensorc_generated_{digest}"}
     exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102 - our own rendered code
-    return namespace["kernel"]
+    return namespace
+
+
+class _DeviceFunction:
+    """A CuPy-backend module's kernel, bound to its array library at the first call (a
+    machine without CuPy or a device can still compile and read it). The emulation on
+    NumPy that tests use gets a module of its own."""
+
+    def __init__(self, source: str, plan: ProgramPlan) -> None:
+        self.source, self.plan = source, plan
+        self.bound: dict[bool, Callable[..., Any]] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, *arrays: Any) -> Any:
+        from .backends.cupy import bind_module, emulating
+        mode = emulating()
+        function = self.bound.get(mode)
+        if function is None:
+            with self.lock:
+                function = self.bound.get(mode)
+                if function is None:
+                    function = bind_module(_execute(self.source, "cupy"), self.plan)
+                    self.bound[mode] = function
+        return function(*arrays)
+
+
+def _load(source: str, backend: str, plan: ProgramPlan) -> Callable[..., Any]:
+    if backend == "cupy":
+        return _DeviceFunction(source, plan)
+    return _execute(source, backend)["kernel"]
 
 
 def _specialize(program: S.Program, program_text: str, backend: str,
@@ -75,8 +107,10 @@ def _specialize(program: S.Program, program_text: str, backend: str,
             if outputs is not None:  # results that later statements also read
                 checked = replace(checked, outputs=outputs)
             plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget)
+            if backend == "cupy":
+                plan = plan_for_gpu(plan)
             source = _render(plan, backend)
-        specialization = Specialization(checked, plan, source, _load(source, backend))
+        specialization = Specialization(checked, plan, source, _load(source, backend, plan))
         _CACHE[key] = specialization
         return specialization
 
@@ -264,8 +298,12 @@ class Kernel:
     # ---- calling ----
     def __call__(self, *args: Any, **arrays: Any) -> Any:
         import numpy as np
+        xp = np
+        if self.backend == "cupy":
+            from .backends.cupy import device_namespace
+            xp = device_namespace()
         arrays = bind_inputs(self.inputs, args, arrays)
-        values = {name: _as_array(name, arrays[name]) for name in self.inputs}
+        values = {name: _as_array(name, arrays[name], xp) for name in self.inputs}
         # Python numbers are weak, as in NumPy 2 and PyTorch: s=0.5 keeps a float32 model float32
         weak = {name for name in self.inputs if isinstance(arrays[name], (int, float))
                 and not isinstance(arrays[name], np.generic)}
@@ -348,16 +386,18 @@ class Kernel:
         return None
 
 
-def _as_array(name: str, value: Any) -> Any:
-    """An input as a NumPy array, or a CallError saying why it cannot be one."""
+def _as_array(name: str, value: Any, xp: Any = None) -> Any:
+    """An input as an array of `xp` (NumPy, or CuPy for the GPU), or a CallError saying why
+    it cannot be one."""
     import numpy as np
-    if hasattr(value, "detach") and hasattr(value, "requires_grad"):  # a torch tensor
+    xp = xp or np
+    if hasattr(value, "detach") and hasattr(value, "requires_grad") and xp is np:  # torch
         hint = (f"; pass {name}.detach().cpu().numpy(), or run the program inside autograd "
                 "with tensorc.interop.TorchFunction")
     else:
         hint = ""
     try:
-        return np.asarray(value)
+        return xp.asarray(value)
     except (ValueError, TypeError, RuntimeError) as error:
         raise CallError(f"input '{name}' cannot be read as an array ({error}){hint}") from None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Union
+from typing import Any, Union
 
 import opt_einsum
 
@@ -49,6 +49,11 @@ SCATTER_RUN_NS = 20.0  # plus, per run of the adds' innermost axis (LeNet-2's ro
 # rows of 8 cost 2.6 ns per element, rows of 24 0.65 ns, where the transpose of dy that
 # the batch-last GEMM needs no longer pays.
 SCATTER_SHORT_RUN = 16
+
+# How the plan names an accumulation planned as a read through windows.
+GATHER_FORM = "accumulation through windows read as a convolution with the flipped kernel " \
+    "(gather form)"
+
 # im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
 IM2COL_CHUNK_BYTES = 8 << 20
 
@@ -174,6 +179,9 @@ class StatementPlan:
     # ... and the windows tile the (fresh) target exactly, each element written once: each
     # offset assigns its slice, with no zero fill and no read-modify-write.
     tiles_target: bool = False
+    # On the GPU: the statement as one custom kernel (tensorc.loopnest), or None for the
+    # array-level code above.
+    loop_nest: Any = None
 
 
 @dataclass
@@ -855,8 +863,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
             cheaper = _estimated_ns(gather_root) < _estimated_ns(root) + planner.scatter_ns()
             if fits[1] and (cheaper or not fits[0]):
                 statement, planner, root = gathered, gather_planner, gather_root
-                planner.strategies.insert(0, "accumulation through windows read as a "
-                                          "convolution with the flipped kernel (gather form)")
+                planner.strategies.insert(0, GATHER_FORM)
         if planner.peak_bytes() > budget:
             raise MemoryBudgetError(
                 f"this statement needs about {format_size(planner.peak_bytes())} of "
@@ -952,7 +959,7 @@ def format_plan(plan: ProgramPlan) -> str:
         lines.append(f"  largest intermediate: {sp.largest_intermediate:,} elements   "
                      f"peak temporary: {_si(sp.peak_temporary_bytes, 'B')} (estimated)")
         steps = [(c, st) for c in _contractions(sp.root) for st in c.steps]
-        if steps:
+        if steps and sp.loop_nest is None:
             lines.append(f"  {'step':<5} {'contraction':<40} {'FLOPs':>14}  how")
             for number, (_, step) in enumerate(steps, 1):
                 text = (f"{_axes_text(step.left_axes)},{_axes_text(step.right_axes)}"

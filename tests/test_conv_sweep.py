@@ -33,6 +33,9 @@ import torch.nn.functional as F
 
 import tensorc as tc
 
+# Run as well through the CuPy backend, emulated on NumPy (tests/conftest.py).
+pytestmark = pytest.mark.conformance
+
 RTOL = ATOL = 1e-9
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,9 @@ import pytest
 
 import tensorc as tc
 
+# Run as well through the CuPy backend, emulated on NumPy (tests/conftest.py).
+pytestmark = pytest.mark.conformance
+
 # (equation, operand shapes). Sizes differ per index wherever possible so that a
 # transposed or misplaced axis shows up as a shape or value mismatch.
 CASES = [

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 import tensorc as tc
 from tensorc.check import program_inputs
 
+# Run as well through the CuPy backend, emulated on NumPy (tests/conftest.py).
+pytestmark = pytest.mark.conformance
+
 # conv -> tanh -> fully connected -> log-softmax cross-entropy, averaged over the batch
 CNN_LOSS = """
 z[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]

@@ -32,6 +32,9 @@ from tensorc.ops import FUNCTIONS
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import boundary_position  # noqa: E402
 
+# Run as well through the CuPy backend, emulated on NumPy (tests/conftest.py).
+pytestmark = pytest.mark.conformance
+
 RTOL = ATOL = 1e-8
 
 

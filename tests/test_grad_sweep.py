@@ -45,6 +45,9 @@ import tensorc as tc  # noqa: E402
 from tensorc import syntax as S  # noqa: E402
 from tensorc.check import program_inputs  # noqa: E402
 
+# Run as well through the CuPy backend, emulated on NumPy (tests/conftest.py).
+pytestmark = pytest.mark.conformance
+
 TOL = 1e-8  # relative to the largest |gradient| of each tensor
 FORWARD_TOL = 1e-9  # the differentiable oracle against the sweep's oracle
 

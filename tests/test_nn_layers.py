@@ -14,6 +14,9 @@ import torch
 
 from tensorc import nn
 
+# Run as well through the CuPy backend, emulated on NumPy (tests/conftest.py).
+pytestmark = pytest.mark.conformance
+
 TOL = 1e-8
 
 

@@ -40,6 +40,9 @@ from reference import boundary_position, evaluate  # noqa: E402
 import tensorc as tc  # noqa: E402
 from tensorc import syntax as S  # noqa: E402
 
+# Run as well through the CuPy backend, emulated on NumPy (tests/conftest.py).
+pytestmark = pytest.mark.conformance
+
 POOL = ("i", "j", "k", "l", "m", "n", "p", "q")  # index names
 MAX_INDICES = 5  # distinct index names per statement (keeps the reference loops small)
 CAP = 1e3  # largest magnitude a subexpression may reach before it is squashed by tanh

@@ -1,0 +1,203 @@
+"""Statements as loop nests, for the GPU: one thread per point, reductions as inner loops.
+
+A statement that GEMMs serve badly (pooling, depthwise and small-channel convolutions,
+elementwise epilogues, boundary modes, window gradients) runs on the GPU as one custom
+kernel instead of a chain of array operations: each thread computes one point of the
+parallel loops and evaluates the statement's expression there, its reductions as
+sequential loops with an accumulator in a register. For '=' the parallel loops are the
+target's elements; for '+=' they are every point of the target maps, and each thread
+adds its contribution atomically (window gradients overlap).
+
+Two renderers read a LoopNest: CUDA C (backends/cuda.py) for the device, and a NumPy form
+(backends/loops.py) whose array lanes are the threads, which runs on the CPU so that tests
+can check the index arithmetic the GPU would run.
+
+`plan_for_gpu` decides, statement by statement, between a loop kernel and the array-level
+code (cuBLAS GEMMs, CuPy's tree reductions) that the NumPy plan describes. No GPU is
+available to measure a cost model on, so the rule is stated plainly instead:
+
+- statements without a GEMM (elementwise, pooling, explicit reductions) become loop kernels:
+  one pass over memory instead of one per operation, and boundary modes by index arithmetic
+  instead of padded copies; except a reduction onto few outputs (fewer than
+  FEW_THREADS threads each looping over more than LONG_LOOP points), which CuPy's tree
+  reductions spread over the whole device;
+- a contraction becomes a loop kernel when its GEMMs are poor (every GEMM contracts fewer
+  than POOR_GEMM_DEPTH elements or keeps fewer than POOR_GEMM_WIDTH on one side: depthwise
+  and small-channel convolutions) and evaluating it directly costs at most DIRECT_FLOPS_SLACK
+  times the planned FLOPs (a tensor network keeps its contraction order);
+- never for float16 '+=' (no atomic add on halves without CUDA's headers), integer dtypes,
+  or a statement that reads its own target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from .ir import Apply, CheckedProgram, Expr, Read, Reduce, Statement, walk
+from .plan import GATHER_FORM, ContractNode, Node, ProgramPlan, StatementPlan
+
+__all__ = ["LoopNest", "loop_nest", "plan_for_gpu", "direct_cost", "FEW_THREADS", "LONG_LOOP",
+           "POOR_GEMM_DEPTH", "POOR_GEMM_WIDTH", "DIRECT_FLOPS_SLACK"]
+
+FEW_THREADS = 4096
+LONG_LOOP = 4096
+POOR_GEMM_DEPTH = 64
+POOR_GEMM_WIDTH = 16
+DIRECT_FLOPS_SLACK = 2.0
+
+FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class LoopNest:
+    """A statement as loops: `parallel` (one thread per point, the last index varying
+    fastest) around the statement's expression, whose reductions are inner loops."""
+
+    name: str  # the kernel's name: the statement's target, prefixed by what it computes
+    statement: Statement
+    parallel: tuple[str, ...]
+    shapes: dict[str, tuple[int, ...]]  # every tensor the nest reads or writes
+    dtype: str
+
+    @property
+    def ranges(self) -> dict[str, int]:
+        return self.statement.ranges
+
+    @property
+    def threads(self) -> int:
+        return math.prod(self.ranges[i] for i in self.parallel)
+
+    @property
+    def atomic(self) -> bool:
+        """Whether threads add into the target ('+='): their points may overlap."""
+        return self.statement.accumulate
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The tensors read, in order of first appearance: the kernel's first arguments."""
+        return tuple(dict.fromkeys(n.tensor for n in walk(self.statement.value)
+                                   if isinstance(n, Read)))
+
+    @property
+    def target(self) -> str:
+        return self.statement.target
+
+    def describe(self) -> str:
+        """One line for the plan and the generated comments."""
+        target_shape = "x".join(map(str, self.shapes[self.target])) or "scalar"
+        if self.atomic and not self.parallel:
+            what = f"one thread adding into {self.target}[{target_shape}]"
+        elif self.atomic:
+            space = "x".join(str(self.ranges[i]) for i in self.parallel)
+            what = (f"one thread per point of {','.join(self.parallel)} ({self.threads:,}: "
+                    f"{space}), each adding its contribution atomically into "
+                    f"{self.target}[{target_shape}]")
+        else:
+            what = f"one thread per element of {self.target}[{target_shape}] ({self.threads:,})"
+        loops = [node for node in walk(self.statement.value) if isinstance(node, Reduce)]
+        if loops:
+            what += "; " + ", ".join(
+                f"{node.op} over {','.join(node.indices)} "
+                f"({math.prod(self.ranges[i] for i in node.indices)} iterations)"
+                for node in loops) + " in registers"
+        modes = sorted({n.boundary for n in walk(self.statement.value)
+                        if isinstance(n, Read) and n.boundary}
+                       | ({self.statement.target_boundary} - {None}))
+        if modes:
+            what += f"; boundary {', '.join(repr(m) for m in modes)} by index arithmetic, " \
+                    "no padded copy"
+        return f"CUDA loop kernel {self.name}: {what}"
+
+
+def loop_nest(statement: Statement, program: CheckedProgram, dtype: str,
+              name: str) -> LoopNest:
+    """The loop nest of a statement (see `eligible` for which statements have one)."""
+    parallel = tuple(dict.fromkeys(i for m in statement.target_maps for i in m.indices()))
+    tensors = {statement.target} | {n.tensor for n in walk(statement.value) if isinstance(n, Read)}
+    shapes = {t: program.tensors[t].shape for t in sorted(tensors)}
+    return LoopNest(name, statement, parallel, shapes, dtype)
+
+
+def ineligible(statement: Statement, program: CheckedProgram, dtype: str) -> str | None:
+    """Why a statement cannot be a loop kernel, or None when it can."""
+    if dtype not in FLOAT_DTYPES:
+        return f"dtype {dtype}: loop kernels compute in floating point"
+    if statement.accumulate and dtype == "float16":
+        return "float16 '+=': no atomic add on halves without CUDA's headers"
+    if any(isinstance(n, Read) and n.tensor == statement.target for n in walk(statement.value)):
+        return "it reads its own target"
+    if not statement.accumulate:
+        shape = program.tensors[statement.target].shape
+        names = [m.terms[0][0] if m.is_plain else None for m in statement.target_maps]
+        if None in names or len(set(names)) != len(names) or any(
+                statement.ranges[n] != size for n, size in zip(names, shape)):
+            return "its target is not written element for element"
+    return None
+
+
+def direct_cost(expr: Expr, ranges: dict[str, int]) -> int:
+    """FLOPs one thread performs evaluating `expr` directly, reductions as loops (counted as
+    the planner counts: one per operation, one per reduction update)."""
+    if isinstance(expr, Reduce):
+        return math.prod(ranges[i] for i in expr.indices) * (direct_cost(expr.body, ranges) + 1)
+    if isinstance(expr, Apply):
+        return 1 + sum(direct_cost(arg, ranges) for arg in expr.args)
+    return 0
+
+
+def _contractions(node: Node) -> list[ContractNode]:
+    found = [node] if isinstance(node, ContractNode) else []
+    for child in getattr(node, "operands", []) + getattr(node, "args", []):
+        found += _contractions(child)
+    body = getattr(node, "body", None)
+    return found + (_contractions(body) if body is not None else [])
+
+
+def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple[bool, str]:
+    """(loop kernel?, why), by the rule in this module's docstring."""
+    statement = sp.statement
+    reason = ineligible(statement, program, dtype)
+    if reason is not None:
+        return False, f"array-level code ({reason})"
+    nest = loop_nest(statement, program, dtype, "_")
+    per_thread = direct_cost(statement.value, statement.ranges)
+    steps = [step for c in _contractions(sp.root) for step in c.steps if step.kind == "gemm"]
+    if not steps:
+        if nest.threads < FEW_THREADS and per_thread > LONG_LOOP:
+            return False, (f"array-level code: {nest.threads} outputs of {per_thread:,} "
+                           "operations each are reduced faster by CuPy's tree reductions")
+        return True, "no GEMM: the whole statement in one pass"
+    ranges = statement.ranges
+    size = lambda axes: math.prod(ranges[a] for a in axes)  # noqa: E731
+    poor = all(size(s.contracted) < POOR_GEMM_DEPTH
+               or min(size(s.kept_left), size(s.kept_right)) < POOR_GEMM_WIDTH for s in steps)
+    direct = nest.threads * per_thread
+    if poor and direct <= DIRECT_FLOPS_SLACK * max(sp.flops, 1):
+        depth = max(size(s.contracted) for s in steps)
+        return True, f"GEMM-poor (contracts {depth} elements per output): evaluated directly"
+    return False, "array-level code: cuBLAS GEMMs"
+
+
+def _kernel_name(sp: StatementPlan) -> str:
+    what = "accumulate" if sp.statement.accumulate else "compute"
+    return f"{what}_{sp.statement.target}_{sp.number + 1}"
+
+
+def plan_for_gpu(plan: ProgramPlan) -> ProgramPlan:
+    """The plan for the CuPy backend: each statement a loop kernel or array-level code."""
+    statements = []
+    for sp in plan.statements:
+        use_loops, why = _gpu_choice(sp, plan.program, plan.dtype)
+        if use_loops:
+            nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp))
+            strategy = f"{nest.describe()} ({why})"
+            if GATHER_FORM in sp.strategy:
+                strategy = f"{GATHER_FORM}; {strategy}"
+            sp = replace(sp, strategy=strategy, loop_nest=nest,
+                         flops=nest.threads * direct_cost(sp.statement.value, nest.ranges),
+                         largest_intermediate=0, peak_temporary_bytes=0)
+        else:
+            sp = replace(sp, strategy=f"{sp.strategy} [GPU: {why}]")
+        statements.append(sp)
+    return replace(plan, statements=statements)

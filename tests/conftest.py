@@ -1,0 +1,68 @@
+"""`--cupy-emulated`: run the conformance tests through the CuPy backend, without a GPU.
+
+With the option, every kernel that a test compiles for backend="numpy" is compiled for
+backend="cupy" instead and runs emulated (tensorc.backends.cupy.emulate_on_numpy): the
+generated CuPy-backend module with NumPy as its array namespace, and each CUDA loop kernel
+in its NumPy lane form. Each CUDA source the run produces is also compiled to an sm_90 cubin
+with NVRTC (when cuda-bindings and the NVRTC library are installed), so the suite checks the
+program logic numerically and the CUDA C by its compiler. Nothing here runs on a GPU: tests
+marked `gpu` do, and skip where there is none.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cupy-emulated", action="store_true",
+                     help="run kernels through the CuPy backend emulated on NumPy (no GPU), and "
+                          "compile its CUDA C with NVRTC")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--cupy-emulated"):
+        return
+    skip = pytest.mark.skip(reason="--cupy-emulated runs only the tests marked conformance")
+    numpy_only = pytest.mark.skip(reason="pins the NumPy backend's own behaviour")
+    for item in items:
+        if "conformance" not in item.keywords:
+            item.add_marker(skip)
+        elif "numpy_backend" in item.keywords:
+            item.add_marker(numpy_only)
+
+
+@pytest.fixture(autouse=True)
+def _cupy_emulated(request, monkeypatch):
+    if not request.config.getoption("--cupy-emulated"):
+        yield
+        return
+    import tensorc.kernel as kernel_module
+    from tensorc.backends import cupy as cupy_backend
+
+    original = kernel_module.Kernel.__init__
+
+    def on_cupy(self, program, backend="numpy", *args, **kwargs):
+        original(self, program, "cupy" if backend == "numpy" else backend, *args, **kwargs)
+
+    monkeypatch.setattr(kernel_module.Kernel, "__init__", on_cupy)
+    monkeypatch.setattr(kernel_module, "_DeviceFunction", _compiled_then(
+        kernel_module._DeviceFunction, cupy_backend))
+    with cupy_backend.emulate_on_numpy():
+        yield
+
+
+_COMPILED: set[str] = set()
+
+
+def _compiled_then(device_function, cupy_backend):
+    """_DeviceFunction that first compiles the module's CUDA C with NVRTC (once per source)."""
+    check = cupy_backend.nvrtc_available()
+
+    def make(source, plan):
+        cuda = cupy_backend.cuda_source(plan)
+        if check and cuda and cuda not in _COMPILED:
+            cupy_backend.compile_cubin(cuda)  # raises with NVRTC's log on an error
+            _COMPILED.add(cuda)
+        return device_function(source, plan)
+    return make
