@@ -162,11 +162,11 @@ def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple
         return False, f"array-level code ({reason})"
     nest = loop_nest(statement, program, dtype, "_")
     per_thread = direct_cost(statement.value, statement.ranges)
+    if nest.threads < FEW_THREADS and per_thread > LONG_LOOP:
+        return False, (f"array-level code: {nest.threads} outputs of {per_thread:,} "
+                       "operations each are reduced faster by CuPy's tree reductions")
     steps = [step for c in _contractions(sp.root) for step in c.steps if step.kind == "gemm"]
     if not steps:
-        if nest.threads < FEW_THREADS and per_thread > LONG_LOOP:
-            return False, (f"array-level code: {nest.threads} outputs of {per_thread:,} "
-                           "operations each are reduced faster by CuPy's tree reductions")
         return True, "no GEMM: the whole statement in one pass"
     ranges = statement.ranges
     size = lambda axes: math.prod(ranges[a] for a in axes)  # noqa: E731

@@ -32,6 +32,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(numpy_only)
 
 
+def pytest_runtest_setup(item):
+    if "gpu" in item.keywords:
+        reason = gpu_missing()
+        if reason:
+            pytest.skip(reason)
+
+
+def gpu_missing() -> str | None:
+    """Why the tests marked gpu cannot run here (no CuPy, no device), or None."""
+    import tensorc as tc
+    from tensorc.backends.cupy import device_namespace, emulating
+    if emulating():
+        return "emulating the CuPy backend on NumPy"
+    try:
+        device_namespace()
+    except tc.TensorcError as error:
+        return f"no GPU: {error.message}"
+    return None
+
+
 @pytest.fixture(autouse=True)
 def _cupy_emulated(request, monkeypatch):
     if not request.config.getoption("--cupy-emulated"):

@@ -91,3 +91,54 @@ def test_snapshot_is_a_standalone_module(name, tmp_path):
             np.testing.assert_array_equal(got[key], want[key])
     else:
         np.testing.assert_array_equal(got, want)
+
+
+# The CuPy backend's module: array-level code over `xp` and the loop kernels' CUDA C.
+CUPY_CASES = {
+    "cupy_maxpool": CASES["maxpool"],
+    "cupy_lenet1_bias_relu": CASES["conv_bias_relu"],  # 1 channel, 5x5: a loop kernel
+    "cupy_conv_strided_reflect": CASES["conv_strided_reflect"],  # 27 per output: loop kernel
+    "cupy_conv_gemm": CASES["conv_channels_last"],  # 400 per output: cuBLAS
+    "cupy_softmax": CASES["softmax"],
+    "cupy_col2im_reflect": CASES["col2im_reflect"],  # atomics, folded by index arithmetic
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUPY_CASES))
+def test_generated_cupy_source_matches_snapshot(name):
+    source, shapes = CUPY_CASES[name]
+    generated = tc.compile(source, backend="cupy", **shapes).source
+    path = SNAPSHOTS / f"{name}.py"
+    if os.environ.get("TENSORC_UPDATE_SNAPSHOTS"):
+        path.write_text(generated)
+    assert path.exists(), f"no snapshot {path}; run with TENSORC_UPDATE_SNAPSHOTS=1"
+    assert generated == path.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(CUPY_CASES))
+def test_cupy_snapshot_runs_alone_on_numpy(name, tmp_path):
+    """The snapshot module, bound to NumPy and its kernels' lane form, computes what the
+    NumPy backend does."""
+    import importlib.util
+
+    import numpy as np
+    from tensorc.backends.cuda import render_lanes
+    from tensorc.backends.cupy import _LaneLauncher, _Special
+    path = tmp_path / f"{name}.py"
+    path.write_text((SNAPSHOTS / f"{name}.py").read_text())
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    source, shapes = CUPY_CASES[name]
+    kern = tc.compile(source, backend="cupy", **shapes)
+    nests = [sp.loop_nest for sp in kern.plan.statements if sp.loop_nest is not None]
+    module.bind(np, _Special(), _LaneLauncher(render_lanes(nests)))
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(kern.ir.tensors[n].shape) for n in kern.ir.inputs]
+    got = module.kernel(*arrays)
+    want = tc.compile(source, **shapes)(*arrays)
+    if isinstance(want, dict):
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -141,8 +141,9 @@ class _CupyModuleRenderer(_ModuleRenderer):
                  "    global xp, DTYPE, _erf, launch",
                  "    xp, launch = namespace, launcher",
                  f"    DTYPE = xp.{dtype}",
-                 "    _erf = special.erf",
-                 _HELPERS.rstrip()]
+                 "    _erf = special.erf"]
+        if any("as_strided(" in line for line in body):
+            parts.append(_HELPERS.rstrip())
         if self.needs_scratch:
             parts.append(_SCRATCH_HELPER.rstrip())
         if self.needs_fold:
