@@ -16,7 +16,7 @@ from .parser import parse
 
 __all__ = ["main"]
 
-_SHOW = ("program", "ir", "plan", "source")
+_SHOW = ("program", "ir", "plan", "source", "cuda")
 
 
 def _program_text(argument: str) -> tuple[str, str]:
@@ -59,7 +59,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="value of a size name from a declaration, e.g. --size N=64")
     parser.add_argument("--dtype", default=None, choices=["float16", "float32", "float64"],
                         help="compute dtype (default: declared, else float64)")
-    parser.add_argument("--backend", default="numpy", help="numpy (default) or cupy")
+    parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"],
+                        help="numpy (default) or cupy (a GPU; its plan and source render "
+                             "anywhere)")
 
 
 def _compile(args: argparse.Namespace):
@@ -85,6 +87,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             print(kernel.ir)
         elif show == "plan":
             print(kernel.plan)
+        elif show == "cuda":
+            from .backends.cupy import cuda_source
+            print(cuda_source(kernel.plan) or "// no CUDA loop kernels: "
+                  + ("every statement runs as array-level code" if kernel.backend == "cupy"
+                     else "compile with --backend cupy"))
         else:
             print(kernel.source, end="")
     return 0
@@ -98,17 +105,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     dtype = kernel.plan.dtype
     arrays = {name: rng.standard_normal(program.tensors[name].shape).astype(dtype)
               for name in program.inputs}
+    def synchronize() -> None:
+        pass
+    if kernel.backend == "cupy":
+        from .backends.cupy import device_namespace
+        xp = device_namespace()
+        arrays = {name: xp.asarray(a) for name, a in arrays.items()}
+        if xp is not np:  # kernels run asynchronously: time each call to its completion
+            synchronize = xp.cuda.Device().synchronize
     result = kernel(**arrays)  # first call: warm-up
     times = []
     for _ in range(args.repeat):
+        synchronize()
         start = time.perf_counter()
         result = kernel(**arrays)
+        synchronize()
         times.append(time.perf_counter() - start)
     results = result if isinstance(result, dict) else {program.outputs[0]: result}
     print(f"inputs (random normal, seed {args.seed}, {dtype}): "
           + ", ".join(f"{n}{list(a.shape)}" for n, a in arrays.items()))
     for name, value in results.items():
-        value = np.asarray(value)
+        value = value.get() if hasattr(value, "get") else np.asarray(value)  # CuPy: to host
         print(f"{name}{list(value.shape)}: mean {value.mean():.6g}  std {value.std():.6g}  "
               f"min {value.min():.6g}  max {value.max():.6g}")
     times.sort()
@@ -139,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     compile_parser = commands.add_parser("compile", help="compile and show plan/source/ir")
     _add_common(compile_parser)
     compile_parser.add_argument("--show", action="append", default=[],
-                                help="what to print: plan (default), source, ir, program; "
+                                help="what to print: plan (default), source, ir, program, cuda (the "
+                                     "CuPy backend's CUDA C); "
                                      "comma-separated or repeated")
     compile_parser.set_defaults(handler=_cmd_compile)
     run_parser = commands.add_parser("run", help="run on random inputs and time it")

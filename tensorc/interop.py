@@ -21,8 +21,9 @@ through DLPack too (`torch.from_dlpack`, no copy). Backward runs the adjoint pro
 `tensorc.grad` derives, only for the inputs that need a gradient, and is itself such a
 function, so second derivatives work where tensorc can differentiate the adjoint again.
 Kernels are compiled once per set of differentiated inputs and specialize (and cache) per
-shape and dtype. CUDA tensors need tensorc's CuPy backend, which does not exist yet: they
-raise a BackendError rather than being copied to the CPU behind the user's back.
+shape and dtype. CUDA tensors run the CuPy backend instead, exchanged with CuPy through
+DLPack (no copy); without CuPy or a device that is a BackendError, never a silent copy to
+the CPU.
 
 `import tensorc` never imports torch; this module does, when it is imported.
 """
@@ -47,7 +48,7 @@ from .errors import BackendError, CallError, DtypeError, TensorcError, did_you_m
 from .kernel import Kernel, bind_inputs
 from .parser import parse
 
-__all__ = ["TorchFunction", "TorchModule", "to_numpy", "to_torch"]
+__all__ = ["TorchFunction", "TorchModule", "to_numpy", "to_cupy", "to_torch"]
 
 
 # ---- tensors <-> arrays, through DLPack -----------------------------------------------------
@@ -69,8 +70,27 @@ def to_numpy(tensor: torch.Tensor, name: str = "tensor") -> np.ndarray:
                          f"convert it, e.g. {name}.float()") from None
 
 
+def to_cupy(tensor: torch.Tensor, name: str = "tensor") -> Any:
+    """A CuPy view of a CUDA tensor's memory (no copy)."""
+    from .backends.cupy import device_namespace
+    cupy = device_namespace()
+    tensor = tensor.detach()
+    if tensor.is_conj():
+        tensor = tensor.resolve_conj()
+    if tensor.is_neg():
+        tensor = tensor.resolve_neg()
+    try:
+        return cupy.from_dlpack(tensor)
+    except (BufferError, RuntimeError, TypeError) as error:
+        raise DtypeError(f"input '{name}' has dtype {tensor.dtype}, which CuPy cannot share "
+                         f"({error}); convert it, e.g. {name}.float()") from None
+
+
 def to_torch(array: Any) -> torch.Tensor:
-    """A CPU tensor on a NumPy array's memory (no copy, unless the array is read-only)."""
+    """A tensor on an array's memory: a CPU tensor for NumPy (no copy, unless the array is
+    read-only), a CUDA tensor for CuPy (no copy)."""
+    if type(array).__module__.startswith("cupy"):
+        return torch.from_dlpack(array)
     array = np.asarray(array)
     if not array.flags.writeable:  # a broadcast view, say: torch would write through it
         array = array.copy()
@@ -81,12 +101,9 @@ def to_torch(array: Any) -> torch.Tensor:
 
 
 def _device_error(name: str, device: torch.device) -> BackendError:
-    if device.type == "cuda":
-        return BackendError(f"input '{name}' is a CUDA tensor ({device}); CUDA tensors need "
-                            "tensorc's CuPy backend, which is not available yet. Move the "
-                            f"tensors to the CPU ({name}.cpu()) to run the NumPy backend")
     return BackendError(f"input '{name}' is on device '{device}'; tensorc runs CPU tensors "
-                        f"(NumPy backend) only: move the tensors with {name}.cpu()")
+                        f"(NumPy backend) and CUDA tensors (CuPy backend): move the tensors "
+                        f"with {name}.cpu()")
 
 
 # ---- the autograd function ------------------------------------------------------------------
@@ -99,14 +116,21 @@ class _ProgramFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, function: TorchFunction, *tensors: torch.Tensor) -> tuple:
-        arrays = {name: to_numpy(t, name) for name, t in zip(function.inputs, tensors)}
-        results = function.run(arrays)
+        on_gpu = any(t.device.type == "cuda" for t in tensors)
+        share = to_cupy if on_gpu else to_numpy
+        arrays = {name: share(t, name) for name, t in zip(function.inputs, tensors)}
+        results = function.run(arrays, on_gpu)
+        if on_gpu:
+            from .backends.cupy import device_namespace
+            may_share_memory = device_namespace().may_share_memory
+        else:
+            may_share_memory = np.may_share_memory
         outputs: list[torch.Tensor] = []
         seen = list(arrays.values())
         for name in function.outputs:
-            array = np.asarray(results[name])
+            array = results[name] if on_gpu else np.asarray(results[name])
             # A result must not alias an input or another result: torch would not know.
-            if any(np.may_share_memory(array, other) for other in seen):
+            if any(may_share_memory(array, other) for other in seen):
                 array = array.copy()
             seen.append(array)
             outputs.append(to_torch(array))
@@ -165,6 +189,7 @@ class TorchFunction:
                                         if item.target in self.outputs and not item.target_maps)
         # specializes (and caches) per shapes and dtype at each call
         self.kernel = Kernel(self.program, sizes=self.sizes, outputs=self.outputs)
+        self.device_kernel = Kernel(self.program, "cupy", sizes=self.sizes, outputs=self.outputs)
         self._adjoints: dict[tuple, tuple[TorchFunction, Adjoint]] = {}
 
     def __repr__(self) -> str:
@@ -185,9 +210,10 @@ class TorchFunction:
         results = _ProgramFunction.apply(self, *(tensors[name] for name in self.inputs))
         return dict(zip(self.outputs, results))
 
-    def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The compiled kernel on NumPy arrays; results by name."""
-        results = self.kernel(**arrays)
+    def run(self, arrays: Mapping[str, Any], on_gpu: bool = False) -> dict[str, Any]:
+        """The compiled kernel on NumPy arrays (or the CuPy backend's on CuPy arrays);
+        results by name."""
+        results = (self.device_kernel if on_gpu else self.kernel)(**arrays)
         return results if isinstance(results, dict) else {self.outputs[0]: results}
 
     # ---- gradients ----
@@ -241,16 +267,16 @@ def _as_tensors(values: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         if not isinstance(value, (int, float, bool)):
             raise CallError(f"input '{name}' is a {type(value).__name__}; pass a torch.Tensor "
                             "(or a Python number for a scalar input)")
-    for name, tensor in tensors.items():  # first: CUDA says what is missing
-        if tensor.device.type == "cuda":
-            raise _device_error(name, tensor.device)
+    if any(t.device.type == "cuda" for t in tensors.values()):
+        from .backends.cupy import device_namespace
+        device_namespace()  # first: CuPy or a device missing says so
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
         where = ", ".join(f"'{n}' on {t.device}" for n, t in tensors.items())
         raise CallError(f"the inputs are on different devices ({where}); put them all on one "
                         "device, e.g. with .cpu()")
     for name, tensor in tensors.items():
-        if tensor.device.type != "cpu":
+        if tensor.device.type not in ("cpu", "cuda"):
             raise _device_error(name, tensor.device)
         if tensor.requires_grad and not tensor.is_floating_point():
             raise DtypeError(f"input '{name}' requires a gradient but has dtype {tensor.dtype}; "
@@ -259,8 +285,9 @@ def _as_tensors(values: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     dtype = floating[0] if floating else torch.get_default_dtype()
     for other in floating[1:]:
         dtype = torch.promote_types(dtype, other)
-    return {name: tensors[name] if name in tensors else torch.tensor(value, dtype=dtype)
-            for name, value in values.items()}
+    device = next(iter(devices)) if devices else None
+    return {name: tensors[name] if name in tensors else
+            torch.tensor(value, dtype=dtype, device=device) for name, value in values.items()}
 
 
 # ---- the module -----------------------------------------------------------------------------

@@ -242,6 +242,13 @@ class Kernel:
         return self._current().source
 
     @property
+    def cuda(self) -> str:
+        """The CUDA C of the CuPy backend's loop kernels (also inside `source`); '' when the
+        plan has none, as on the NumPy backend."""
+        from .backends.cupy import cuda_source
+        return cuda_source(self._current().plan)
+
+    @property
     def plan(self) -> ProgramPlan:
         return self._current().plan
 

@@ -40,6 +40,25 @@ def test_run_prints_statistics_and_time(capsys):
     assert "y[2, 4, 6, 6]: mean" in out and "time: median" in out and "float32" in out
 
 
+def test_compile_for_the_gpu_shows_the_cuda_c_without_a_device(capsys):
+    pool = "p[n,c,h,w] = max[u,v](x[n,c,2*h+u,2*w+v])   where u < 2, v < 2"
+    assert main(["compile", pool, "--shape", "x=2,3,8,8", "--backend", "cupy",
+                 "--show", "plan,cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "strategy: CUDA loop kernel compute_p_1" in out
+    assert 'extern "C" __global__ void compute_p_1(' in out
+    assert main(["compile", pool, "--shape", "x=2,3,8,8", "--show", "cuda"]) == 0
+    assert "compile with --backend cupy" in capsys.readouterr().out
+
+
+def test_run_on_the_gpu_without_one_is_an_error(capsys):
+    from conftest import gpu_missing
+    if gpu_missing() is None:
+        pytest.skip("a GPU is present")
+    assert main(["run", CONV, *SHAPES, "--backend", "cupy"]) == 2
+    assert "needs" in capsys.readouterr().err  # CuPy, or a CUDA device
+
+
 def test_errors_print_a_caret_and_exit_2(tmp_path, capsys):
     path = tmp_path / "bad.tc"
     path.write_text("y[i] = x[i+j]\n")

@@ -299,11 +299,17 @@ def test_device_errors_never_copy_to_the_cpu():
         matmul(meta, randn(2, 2))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_tensors_need_the_cupy_backend():
-    a = torch.ones(2, 2, device="cuda")
-    with pytest.raises(BackendError, match="CUDA tensors need tensorc's CuPy backend"):
-        TorchFunction(MATMUL)(a, a)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="this PyTorch has no CUDA device")
+def test_cuda_tensors_run_the_cupy_backend_and_pass_gradcheck():
+    conv = TorchFunction("y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   "
+                         "where h < H, w < W, x: zero", H=8, W=8)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device="cuda", requires_grad=True)
+    k = torch.randn(4, 3, 3, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    y = conv(x, k)
+    assert y.device.type == "cuda"
+    assert torch.allclose(y, torch.nn.functional.conv2d(x, k, padding=1))
+    assert torch.autograd.gradcheck(conv, (x, k))
 
 
 def test_dtype_errors():
