@@ -1,7 +1,12 @@
-"""`python -m benchmarks [--quick] [--markdown]` runs benchmarks/bench_core.py."""
+"""`python -m benchmarks [--quick] [--markdown]` runs benchmarks/bench_core.py (the CPU);
+`python -m benchmarks --gpu [...]` runs benchmarks/bench_gpu.py (CuPy against PyTorch CUDA)."""
 
 import sys
 
-from .bench_core import main
+if "--gpu" in sys.argv[1:]:
+    from .bench_gpu import main
+    sys.exit(main([a for a in sys.argv[1:] if a != "--gpu"]))
+
+from .bench_core import main  # noqa: E402
 
 sys.exit(main())

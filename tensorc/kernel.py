@@ -108,7 +108,7 @@ def _specialize(program: S.Program, program_text: str, backend: str,
                 checked = replace(checked, outputs=outputs)
             plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget)
             if backend == "cupy":
-                plan = plan_for_gpu(plan)
+                plan = plan_for_gpu(plan, budget)
             source = _render(plan, backend)
         specialization = Specialization(checked, plan, source, _load(source, backend, plan))
         _CACHE[key] = specialization

@@ -34,8 +34,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .ir import Apply, CheckedProgram, Expr, Read, Reduce, Statement, walk
-from .plan import GATHER_FORM, ContractNode, Node, ProgramPlan, StatementPlan
+from .ir import (
+    Apply, CheckedProgram, Expr, IndexMap, Read, Reduce, Statement, TensorInfo, free_indices, walk,
+)
+from .plan import GATHER_FORM, ContractNode, Node, ProgramPlan, StatementPlan, plan_program
 
 __all__ = ["LoopNest", "loop_nest", "plan_for_gpu", "direct_cost", "FEW_THREADS", "LONG_LOOP",
            "POOR_GEMM_DEPTH", "POOR_GEMM_WIDTH", "DIRECT_FLOPS_SLACK"]
@@ -184,11 +186,88 @@ def _kernel_name(sp: StatementPlan) -> str:
     return f"{what}_{sp.statement.target}_{sp.number + 1}"
 
 
-def plan_for_gpu(plan: ProgramPlan) -> ProgramPlan:
-    """The plan for the CuPy backend: each statement a loop kernel or array-level code."""
+# ---- epilogues -------------------------------------------------------------------------------
+
+def _contraction_with_epilogue(statement: Statement) -> Reduce | None:
+    """The Einstein sum of `y[...] = f(sum(...), ...)` when f does more than return it (bias,
+    activation): the one Reduce of an '=' statement, under elementwise operations."""
+    if statement.accumulate or not all(m.is_plain for m in statement.target_maps):
+        return None
+    reductions = [n for n in walk(statement.value) if isinstance(n, Reduce)]
+    if len(reductions) != 1 or reductions[0] is statement.value:
+        return None
+    found = reductions[0]
+    return found if found.op == "sum" and found.implicit else None
+
+
+def _replaced(expr: Expr, old: Expr, new: Expr) -> Expr:
+    if expr is old:
+        return new
+    if isinstance(expr, Apply):
+        return replace(expr, args=tuple(_replaced(a, old, new) for a in expr.args))
+    return expr
+
+
+def _split_epilogues(program: CheckedProgram, numbers: set[int],
+                     orders: dict[int, tuple[str, ...]]) -> tuple[CheckedProgram, dict[int, int]]:
+    """The program with each statement in `numbers` split in two: its Einstein sum into a
+    new tensor (laid out in `orders`' axis order, when given: the GEMM's own), then the
+    elementwise rest as a statement of its own, which becomes a loop kernel. Also: where
+    each split statement's GEMM went (old number -> new number)."""
+    statements, tensors, moved = [], dict(program.tensors), {}
+    for number, statement in enumerate(program.statements):
+        contraction = _contraction_with_epilogue(statement) if number in numbers else None
+        if contraction is None:
+            statements.append(statement)
+            continue
+        free = [i for i in statement.index_order() if i in free_indices(contraction)]
+        axes = orders.get(number, tuple(free))
+        name, suffix = f"{statement.target}_gemm", 2
+        while name in tensors or name in statement.ranges:
+            name, suffix = f"{statement.target}_gemm{suffix}", suffix + 1
+        moved[number] = len(statements)
+        tensors[name] = TensorInfo(name, tuple(statement.ranges[i] for i in axes),
+                                   defined_by=len(statements))
+        maps = tuple(IndexMap(((i, 1),)) for i in axes)
+        used = free + list(contraction.indices)
+        statements.append(Statement(
+            name, maps, False, contraction, {i: statement.ranges[i] for i in used},
+            f"{name}[{','.join(axes)}] = {contraction}", statement.line, statement.span))
+        rest = _replaced(statement.value, contraction, Read(name, maps))
+        target = f"{statement.target}[{','.join(str(m) for m in statement.target_maps)}]"
+        statements.append(replace(statement, value=rest, text=f"{target} = {rest}"))
+    return replace(program, statements=tuple(statements), tensors=tensors), moved
+
+
+def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
+    """The plan for the CuPy backend: each statement a loop kernel or array-level code. A
+    GEMM statement's elementwise epilogue (bias, activation) is split off into a loop kernel
+    of its own, one pass over the GEMM's result instead of one per operation."""
+    split = {sp.number for sp in plan.statements
+             if _contraction_with_epilogue(sp.statement) is not None
+             and not _gpu_choice(sp, plan.program, plan.dtype)[0]}
+    if split:
+        program, moved = _split_epilogues(plan.program, split, {})
+        replanned = plan_program(program, plan.dtype, plan.itemsize, budget)
+        # store each GEMM's result in the order the GEMM produces it: no transposed copy
+        orders = {}
+        for number, position in moved.items():
+            steps = [st for c in _contractions(replanned.statements[position].root)
+                     for st in c.steps]
+            if steps and steps[-1].final_transpose is not None:
+                orders[number] = steps[-1].batch + steps[-1].kept_left + steps[-1].kept_right
+        if orders:
+            program, _ = _split_epilogues(plan.program, split, orders)
+            replanned = plan_program(program, plan.dtype, plan.itemsize, budget)
+        plan = replanned
+        epilogues = {position + 1 for position in moved.values()}
+    else:
+        epilogues = set()
     statements = []
     for sp in plan.statements:
         use_loops, why = _gpu_choice(sp, plan.program, plan.dtype)
+        if sp.number in epilogues and use_loops:
+            why = "the elementwise epilogue of the GEMM above, in one pass over its result"
         if use_loops:
             nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp))
             strategy = f"{nest.describe()} ({why})"

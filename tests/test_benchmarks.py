@@ -19,3 +19,18 @@ def test_benchmark_runner_smoke(only):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "SUMMARY" in run.stdout and "error" not in run.stdout.lower()
+
+
+def test_gpu_benchmark_says_what_is_missing_or_runs():
+    """Without a GPU, `--gpu` explains why it cannot run (exit 2); with one, it runs."""
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--gpu", "--quick", "--only",
+                          "maxpool"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_gpu import missing
+    reason = missing()
+    if reason:
+        assert run.returncode == 2, run.stderr[-3000:]
+        assert f"cannot run here: {reason}" in run.stderr
+    else:
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "median ratio" in run.stdout

@@ -126,6 +126,19 @@ def test_gemm_statements_stay_on_cublas_and_poor_gemms_become_loop_kernels():
     assert "no GEMM" in strategies["max_pool"]
 
 
+def test_a_gemms_bias_and_activation_become_one_epilogue_kernel():
+    source, shapes = PROGRAMS["gemm_conv"]
+    kern = tc.compile(source, backend="cupy", **shapes)
+    gemm, epilogue = kern.plan.statements
+    assert gemm.loop_nest is None and "cuBLAS" in gemm.strategy
+    # the GEMM's result stays in the order the GEMM produces it; the epilogue reads it so
+    assert gemm.statement.text.startswith("y_gemm[n,h,w,o] = sum[c,u,v]")
+    assert epilogue.statement.text == "y[n,o,h,w] = relu((y_gemm[n,h,w,o] + b[o]))"
+    assert "epilogue of the GEMM above" in epilogue.strategy
+    assert kern.source.split("y_gemm = ")[1].split("\n")[0].endswith(".reshape(2, 6, 6, 32)")
+    assert "xp.maximum" not in kern.source  # relu is in the CUDA kernel
+
+
 def test_import_and_render_without_cupy_then_a_clear_error_on_call():
     code = (
         "import sys; sys.modules['cupy'] = None  # as if CuPy were not installed\n"

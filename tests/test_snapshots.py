@@ -99,6 +99,9 @@ CUPY_CASES = {
     "cupy_lenet1_bias_relu": CASES["conv_bias_relu"],  # 1 channel, 5x5: a loop kernel
     "cupy_conv_strided_reflect": CASES["conv_strided_reflect"],  # 27 per output: loop kernel
     "cupy_conv_gemm": CASES["conv_channels_last"],  # 400 per output: cuBLAS
+    # LeNet-2 with bias and ReLU: cuBLAS, then the epilogue as one loop kernel
+    "cupy_conv_gemm_epilogue": ("y[n,o,h,w] = relu(x[n,c,h+u,w+v] * k[o,c,u,v] + b[o])",
+                                dict(x=(64, 16, 12, 12), k=(32, 16, 5, 5), b=(32,))),
     "cupy_softmax": CASES["softmax"],
     "cupy_col2im_reflect": CASES["col2im_reflect"],  # atomics, folded by index arithmetic
 }
