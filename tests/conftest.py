@@ -68,8 +68,26 @@ def _cupy_emulated(request, monkeypatch):
     monkeypatch.setattr(kernel_module.Kernel, "__init__", on_cupy)
     monkeypatch.setattr(kernel_module, "_DeviceFunction", _compiled_then(
         kernel_module._DeviceFunction, cupy_backend))
+    before = len(_COMPILED)
     with cupy_backend.emulate_on_numpy():
         yield
+    # reported with the test (also across xdist workers) and counted in the summary
+    request.node.user_properties.append(("cuda_sources_compiled", len(_COMPILED) - before))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not config.getoption("--cupy-emulated"):
+        return
+    from tensorc.backends.cupy import nvrtc_available
+    if not nvrtc_available():
+        terminalreporter.write_line("--cupy-emulated: NVRTC is not installed: the CUDA C was "
+                                    "NOT compiled (pip install cuda-bindings nvidia-cuda-nvrtc)")
+        return
+    compiled = sum(value for reports in terminalreporter.stats.values() for report in reports
+                   for key, value in getattr(report, "user_properties", ())
+                   if key == "cuda_sources_compiled" and report.when == "teardown")
+    terminalreporter.write_line(f"--cupy-emulated: {compiled} CUDA sources compiled to sm_90 "
+                                "cubins with NVRTC (each distinct source once per worker)")
 
 
 _COMPILED: set[str] = set()
