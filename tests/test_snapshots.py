@@ -135,7 +135,7 @@ def test_cupy_snapshot_runs_alone_on_numpy(name, tmp_path):
     source, shapes = CUPY_CASES[name]
     kern = tc.compile(source, backend="cupy", **shapes)
     nests = [sp.loop_nest for sp in kern.plan.statements if sp.loop_nest is not None]
-    module.bind(np, _Special(), _LaneLauncher(render_lanes(nests)))
+    module.bind(np, _Special(), _LaneLauncher(render_lanes(nests), kern.plan.dtype))
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal(kern.ir.tensors[n].shape) for n in kern.ir.inputs]
     got = module.kernel(*arrays)

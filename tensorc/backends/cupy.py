@@ -132,7 +132,6 @@ class _CupyModuleRenderer(_ModuleRenderer):
         parts = [self.docstring("CuPy"), "import threading", "", "import numpy", "",
                  "xp = None  # the array namespace: set by bind()", "DTYPE = None",
                  f"CUDA_SOURCE = r'''\n{cuda}'''" if cuda else "CUDA_SOURCE = ''",
-                 f"KERNEL_NAMES = {tuple(n.name for n in self.nests)!r}",
                  "", "",
                  "def bind(namespace, special, launcher):",
                  '    """Run over `namespace`: cupy (with cupyx.scipy.special and a launcher of',
@@ -188,11 +187,16 @@ def emulating() -> bool:
     return emulate_on_numpy._depth > 0
 
 
+_DEVICE_FOUND: list = []  # CuPy, once a device has been found (every call asks)
+
+
 def device_namespace():
     """CuPy, with a device; numpy when emulating; otherwise a BackendError saying why not."""
     if emulating():
         import numpy
         return numpy
+    if _DEVICE_FOUND:
+        return _DEVICE_FOUND[0]
     try:
         import cupy
     except ImportError:
@@ -207,15 +211,27 @@ def device_namespace():
     if count == 0:
         raise BackendError("backend='cupy' needs a CUDA device, and CuPy found none; "
                            "use backend='numpy'")
+    _DEVICE_FOUND.append(cupy)
     return cupy
+
+
+def _checked(name: str, arrays: tuple, dtype: str, xp: Any) -> tuple:
+    """The arrays a kernel gets: C-contiguous (its indexing assumes it; the target, last, is
+    made so by the module), and of the kernel's dtype. A wrong dtype is a tensorc bug, which
+    the device would not notice: it would read the memory as the wrong type."""
+    for array in arrays:
+        if array.dtype != dtype:
+            raise AssertionError(f"tensorc bug: kernel {name} got a {array.dtype} array, "
+                                 f"compiled for {dtype}")
+    return tuple(xp.ascontiguousarray(a) for a in arrays[:-1]) + arrays[-1:]
 
 
 class _CudaLauncher:
     """Runs CUDA_SOURCE's kernels with CuPy: compiled once (RawModule, cached by CuPy)."""
 
-    def __init__(self, source: str, names: tuple[str, ...]) -> None:
+    def __init__(self, source: str, dtype: str) -> None:
         import cupy
-        self.cupy = cupy
+        self.cupy, self.dtype = cupy, dtype
         self.module = cupy.RawModule(code=source, options=("-std=c++17",)) if source else None
         self.functions: dict[str, Any] = {}
 
@@ -223,7 +239,7 @@ class _CudaLauncher:
         function = self.functions.get(name)
         if function is None:
             function = self.functions[name] = self.module.get_function(name)
-        arrays = tuple(self.cupy.ascontiguousarray(a) for a in arrays[:-1]) + arrays[-1:]
+        arrays = _checked(name, arrays, self.dtype, self.cupy)
         blocks = min(MAX_BLOCKS, -(-threads // THREADS_PER_BLOCK))
         function((blocks,), (THREADS_PER_BLOCK,), arrays)
 
@@ -231,15 +247,15 @@ class _CudaLauncher:
 class _LaneLauncher:
     """Runs each kernel's NumPy lane form: every thread at once, as array lanes."""
 
-    def __init__(self, lane_source: str) -> None:
+    def __init__(self, lane_source: str, dtype: str) -> None:
+        self.dtype = dtype
         namespace: dict[str, Any] = {"__name__": "tensorc_lanes"}
         exec(compile(lane_source, "<tensorc-lanes>", "exec"), namespace)  # noqa: S102 - ours
         self.functions = namespace
 
     def __call__(self, name: str, threads: int, *arrays: Any) -> None:
         import numpy
-        arrays = tuple(numpy.ascontiguousarray(a) for a in arrays[:-1]) + arrays[-1:]
-        self.functions[name](*arrays)
+        self.functions[name](*_checked(name, arrays, self.dtype, numpy))
 
 
 class _Special:
@@ -262,11 +278,11 @@ def bind_module(namespace: dict[str, Any], plan: ProgramPlan) -> Callable[..., A
     xp = device_namespace()
     nests = [sp.loop_nest for sp in plan.statements if sp.loop_nest is not None]
     if emulating():
-        namespace["bind"](xp, _Special(), _LaneLauncher(render_lanes(nests)))
+        namespace["bind"](xp, _Special(), _LaneLauncher(render_lanes(nests), plan.dtype))
     else:
         import cupyx.scipy.special
         namespace["bind"](xp, cupyx.scipy.special,
-                          _CudaLauncher(namespace["CUDA_SOURCE"], namespace["KERNEL_NAMES"]))
+                          _CudaLauncher(namespace["CUDA_SOURCE"], plan.dtype))
     return namespace["kernel"]
 
 

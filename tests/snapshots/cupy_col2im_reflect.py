@@ -102,7 +102,6 @@ extern "C" __global__ void accumulate_dx_1(
     }
 }
 '''
-KERNEL_NAMES = ('accumulate_dx_1',)
 
 
 def bind(namespace, special, launcher):

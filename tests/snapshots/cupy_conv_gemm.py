@@ -25,7 +25,6 @@ import numpy
 xp = None  # the array namespace: set by bind()
 DTYPE = None
 CUDA_SOURCE = ''
-KERNEL_NAMES = ()
 
 
 def bind(namespace, special, launcher):

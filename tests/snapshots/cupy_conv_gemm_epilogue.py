@@ -105,7 +105,6 @@ extern "C" __global__ void compute_y_2(
     }
 }
 '''
-KERNEL_NAMES = ('compute_y_2',)
 
 
 def bind(namespace, special, launcher):

@@ -105,7 +105,6 @@ extern "C" __global__ void compute_y_1(
     }
 }
 '''
-KERNEL_NAMES = ('compute_y_1',)
 
 
 def bind(namespace, special, launcher):

@@ -101,7 +101,6 @@ extern "C" __global__ void compute_p_1(
     }
 }
 '''
-KERNEL_NAMES = ('compute_p_1',)
 
 
 def bind(namespace, special, launcher):

@@ -145,7 +145,6 @@ extern "C" __global__ void compute_p_3(
     }
 }
 '''
-KERNEL_NAMES = ('compute_m_1', 'compute_e_2', 'compute_p_3')
 
 
 def bind(namespace, special, launcher):
