@@ -8,9 +8,9 @@ sequential loops with an accumulator in a register. For '=' the parallel loops a
 target's elements; for '+=' they are every point of the target maps, and each thread
 adds its contribution atomically (window gradients overlap).
 
-Two renderers read a LoopNest: CUDA C (backends/cuda.py) for the device, and a NumPy form
-(backends/loops.py) whose array lanes are the threads, which runs on the CPU so that tests
-can check the index arithmetic the GPU would run.
+backends/cuda.py renders a LoopNest twice: as CUDA C for the device, and as a NumPy "lane
+form" whose array lanes are the threads, which runs on the CPU so that tests can check the
+index arithmetic the GPU would run.
 
 `plan_for_gpu` decides, statement by statement, between a loop kernel and the array-level
 code (cuBLAS GEMMs, CuPy's tree reductions) that the NumPy plan describes. No GPU is
@@ -27,6 +27,10 @@ available to measure a cost model on, so the rule is stated plainly instead:
   times the planned FLOPs (a tensor network keeps its contraction order);
 - never for float16 '+=' (no atomic add on halves without CUDA's headers), integer dtypes,
   or a statement that reads its own target.
+
+A GEMM statement with an elementwise epilogue (`relu(conv + b)`) is split in two: the GEMM
+into a new tensor, laid out in the order the GEMM produces it, and the epilogue, which then
+becomes a loop kernel (bias, activation and the transpose back in one pass).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from dataclasses import dataclass, replace
 from .ir import (
     Apply, CheckedProgram, Expr, IndexMap, Read, Reduce, Statement, TensorInfo, free_indices, walk,
 )
-from .plan import GATHER_FORM, ContractNode, Node, ProgramPlan, StatementPlan, plan_program
+from .plan import GATHER_FORM, ProgramPlan, StatementPlan, contractions_in, plan_program
 
 __all__ = ["LoopNest", "loop_nest", "plan_for_gpu", "direct_cost", "FEW_THREADS", "LONG_LOOP",
            "POOR_GEMM_DEPTH", "POOR_GEMM_WIDTH", "DIRECT_FLOPS_SLACK"]
@@ -148,14 +152,6 @@ def direct_cost(expr: Expr, ranges: dict[str, int]) -> int:
     return 0
 
 
-def _contractions(node: Node) -> list[ContractNode]:
-    found = [node] if isinstance(node, ContractNode) else []
-    for child in getattr(node, "operands", []) + getattr(node, "args", []):
-        found += _contractions(child)
-    body = getattr(node, "body", None)
-    return found + (_contractions(body) if body is not None else [])
-
-
 def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple[bool, str]:
     """(loop kernel?, why), by the rule in this module's docstring."""
     statement = sp.statement
@@ -167,7 +163,7 @@ def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple
     if nest.threads < FEW_THREADS and per_thread > LONG_LOOP:
         return False, (f"array-level code: {nest.threads} outputs of {per_thread:,} "
                        "operations each are reduced faster by CuPy's tree reductions")
-    steps = [step for c in _contractions(sp.root) for step in c.steps if step.kind == "gemm"]
+    steps = [step for c in contractions_in(sp.root) for step in c.steps if step.kind == "gemm"]
     if not steps:
         return True, "no GEMM: the whole statement in one pass"
     ranges = statement.ranges
@@ -183,7 +179,7 @@ def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple
 
 def _kernel_name(sp: StatementPlan) -> str:
     what = "accumulate" if sp.statement.accumulate else "compute"
-    return f"{what}_{sp.statement.target}_{sp.number + 1}"
+    return f"{what}_{sp.statement.target}_{sp.number + 1}"  # a grammar identifier: valid C
 
 
 # ---- epilogues -------------------------------------------------------------------------------
@@ -252,7 +248,7 @@ def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
         # store each GEMM's result in the order the GEMM produces it: no transposed copy
         orders = {}
         for number, position in moved.items():
-            steps = [st for c in _contractions(replanned.statements[position].root)
+            steps = [st for c in contractions_in(replanned.statements[position].root)
                      for st in c.steps]
             if steps and steps[-1].final_transpose is not None:
                 orders[number] = steps[-1].batch + steps[-1].kept_left + steps[-1].kept_right

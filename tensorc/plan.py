@@ -21,7 +21,7 @@ from .ir import (
 
 __all__ = ["IM2COL_CHUNK_BYTES", "ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
            "ReduceNode", "Node", "StatementPlan", "ProgramPlan", "plan_program",
-           "WINDOW_LOOP_LIMIT"]
+           "WINDOW_LOOP_LIMIT", "GATHER_FORM", "contractions_in"]
 
 # Window reductions with at most this many offsets run as a loop of strided-slice updates
 # (np.maximum(out, slice, out=out)); larger ones reduce a window view along its axes.
@@ -834,7 +834,7 @@ def _tiles_exactly(statement: Statement, shape: tuple[int, ...]) -> bool:
 
 
 def _estimated_ns(node: Node) -> float:
-    return sum(c.estimated_ns for c in _contractions(node))
+    return sum(c.estimated_ns for c in contractions_in(node))
 
 
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8,
@@ -958,7 +958,7 @@ def format_plan(plan: ProgramPlan) -> str:
                      f"speedup: {speedup:.3g}x")
         lines.append(f"  largest intermediate: {sp.largest_intermediate:,} elements   "
                      f"peak temporary: {_si(sp.peak_temporary_bytes, 'B')} (estimated)")
-        steps = [(c, st) for c in _contractions(sp.root) for st in c.steps]
+        steps = [(c, st) for c in contractions_in(sp.root) for st in c.steps]
         if steps and sp.loop_nest is None:
             lines.append(f"  {'step':<5} {'contraction':<40} {'FLOPs':>14}  how")
             for number, (_, step) in enumerate(steps, 1):
@@ -977,15 +977,16 @@ def format_plan(plan: ProgramPlan) -> str:
     return "\n".join(lines)
 
 
-def _contractions(node: Node) -> list[ContractNode]:
+def contractions_in(node: Node) -> list[ContractNode]:
+    """Every contraction in a planned expression, in the order they run."""
     found: list[ContractNode] = []
     if isinstance(node, ContractNode):
         for operand in node.operands:
-            found += _contractions(operand)
+            found += contractions_in(operand)
         found.append(node)
     elif isinstance(node, ElementwiseNode):
         for arg in node.args:
-            found += _contractions(arg)
+            found += contractions_in(arg)
     elif isinstance(node, ReduceNode):
-        found += _contractions(node.body)
+        found += contractions_in(node.body)
     return found

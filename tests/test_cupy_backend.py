@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 import tensorc as tc
 from tensorc.backends.cupy import (
-    compile_cubin, cuda_source, emulate_on_numpy, nvrtc_available,
+    compile_cubin, cuda_source, emulate_on_numpy, nest_name, nvrtc_available,
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -137,6 +138,26 @@ def test_a_gemms_bias_and_activation_become_one_epilogue_kernel():
     assert "epilogue of the GEMM above" in epilogue.strategy
     assert kern.source.split("y_gemm = ")[1].split("\n")[0].endswith(".reshape(2, 6, 6, 32)")
     assert "xp.maximum" not in kern.source  # relu is in the CUDA kernel
+
+
+# Tensors and indices named like C keywords, CUDA built-ins and the modules' own names.
+HOSTILE_NAMES = ("y[int,thread] = relu(xp[int,thread+float-1] * launch[float] + tc_load[int]) "
+                 "+ max[real](numpy[int,real])   where thread < 6, xp: reflect")
+
+
+def test_names_that_collide_with_c_python_or_the_module_are_renamed():
+    shapes = dict(xp=(3, 6), launch=(3,), tc_load=(3,), numpy=(3, 4))
+    kern = tc.compile(HOSTILE_NAMES, backend="cupy", **shapes)
+    assert "const int int_ = thread / 6;" in kern.cuda
+    assert "const int thread_ = thread % 6;" in kern.cuda
+    assert "def kernel(xp_, launch_, tc_load, numpy_):" in kern.source
+    arrays = _inputs(kern)
+    with emulate_on_numpy():
+        got = kern(*arrays.values())
+    np.testing.assert_allclose(got, tc.compile(HOSTILE_NAMES, **shapes)(*arrays.values()),
+                               rtol=1e-12)
+    if nvrtc_available():
+        compile_cubin(kern.cuda)
 
 
 def test_import_and_render_without_cupy_then_a_clear_error_on_call():
@@ -330,3 +351,72 @@ def test_gradients_on_the_device_match_the_numpy_backend(name):
     got = tc.compile_grad(source, wrt=wrt, backend="cupy", dtype="float64")(
         **{n: cupy.asarray(a) for n, a in arrays.items()})
     _close({k: cupy.asnumpy(v) for k, v in got.items()}, want, 1e-10, 1e-10)
+
+
+# ---- hostile programs ----------------------------------------------------------------------
+
+import test_hostile_inputs as hostile  # noqa: E402
+
+# What the CUDA C may contain besides identifiers derived from user names: C and CUDA
+# words, math functions, the prelude's helpers and its one-letter parameters.
+_CUDA_WORDS = set("""
+extern C __global__ __device__ __forceinline__ __restrict__ const storage real typedef float void define
+double unsigned short int long bool template typename I for if return asm h f x p n q r v a b
+blockIdx blockDim threadIdx gridDim thread atomicAdd __int_as_float
+exp log sqrt tanh fabs fmax erf sin cos log1p expm1 pow
+""".split())
+_CUDA_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DERIVED = re.compile(r"(sum|mean|max|min)_[A-Za-z0-9_]+|t(_[0-9]+)?|"
+                      r"(compute|accumulate)_[A-Za-z0-9_]+_[0-9]+")
+
+
+def check_cuda_identifiers(cuda: str, user_names: set[str]) -> None:
+    """Every identifier of the CUDA C (outside comments and the prelude's PTX strings) is a
+    C or CUDA word, a helper, a name derived from a validated user name, or generated."""
+    renamed = {nest_name(name) for name in user_names}
+    for line in cuda.splitlines():
+        code = line.split("//")[0]
+        if "asm(" in code:
+            code = re.sub(r'"[^"]*"', "", code)
+        code = re.sub(r"\b0x[0-9a-fA-F]+\b|\b[0-9][0-9.]*(e[+-]?[0-9]+)?", "", code)  # numbers
+        assert '"' not in code.replace('extern "C"', ""), line
+        for word in _CUDA_IDENTIFIER.findall(code):
+            ok = word in _CUDA_WORDS or word.startswith(("tc_", "TC_")) or word in renamed \
+                or re.sub(r"_[0-9]+\Z", "", word) in renamed or _DERIVED.fullmatch(word)
+            assert ok, f"identifier {word!r} in: {line.strip()}"
+    for line in cuda.splitlines():
+        if "//" in line:
+            assert "\n" not in line and "*/" not in line and "/*" not in line, line
+
+
+@pytest.mark.parametrize("text, shapes, oracle, expect, compile_kwargs", hostile.HOSTILE)
+def test_hostile_program_on_the_cupy_backend(text, shapes, oracle, expect, compile_kwargs):
+    """The hostile programs of tests/test_hostile_inputs.py: refused alike, or computed
+    alike (emulated), with CUDA C that holds user text only as validated identifiers and
+    compiles."""
+    arrays = hostile._arrays(shapes)
+    try:
+        with np.errstate(all="ignore"):
+            want = tc.compile(text, **compile_kwargs)(**arrays)
+    except tc.TensorcError as error:
+        with pytest.raises(type(error)), emulate_on_numpy():
+            tc.compile(text, backend="cupy", **compile_kwargs)(**arrays)
+        return
+    kern = tc.compile(text, backend="cupy", **compile_kwargs)
+    with emulate_on_numpy(), np.errstate(all="ignore"):
+        got = kern(**arrays)
+    hostile._assert_matches(got, want)
+    user_names = set(kern.ir.tensors) | {i for s in kern.plan.program.statements
+                                         for i in s.ranges} | set(kern.plan.program.tensors)
+    check_cuda_identifiers(kern.cuda, user_names)
+    if kern.cuda and nvrtc_available() and len(kern.cuda) < 200_000:
+        compile_cubin(kern.cuda)
+
+
+def test_the_cuda_identifier_check_rejects_what_no_renderer_writes():
+    kern = tc.compile("y[i] = relu(x[i])", backend="cupy", x=(4,))
+    check_cuda_identifiers(kern.cuda, {"x", "y", "i"})
+    for injected in ['system("rm -rf /");', "evil_function(y);", "y[i] = x[i]; goto end;"]:
+        with pytest.raises(AssertionError):
+            check_cuda_identifiers(kern.cuda.replace("y[thread] =", injected + " y[thread] ="),
+                                   {"x", "y", "i"})

@@ -98,7 +98,6 @@ def _on_device(line: str) -> str:
 class _CupyModuleRenderer(_ModuleRenderer):
     def __init__(self, plan: ProgramPlan) -> None:
         super().__init__(plan)
-        self.taken |= {"xp", "numpy", "bind", "launch", "CUDA_SOURCE", "special"}
         self.nests = [sp.loop_nest for sp in plan.statements if sp.loop_nest is not None]
 
     def render_statement(self, sp: StatementPlan) -> list[str]:

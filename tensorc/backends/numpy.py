@@ -29,10 +29,11 @@ NUMPY_PAD_MODES = {"zero": "constant", "circular": "wrap", "reflect": "reflect",
                    "symmetric": "symmetric", "replicate": "edge"}
 
 # Names the generated module defines or calls (its helpers and Python's builtins, such as
-# range and min); user names that collide get a trailing '_'.
+# range and min; and the CuPy backend's module globals); user names that collide get a
+# trailing '_'.
 _MODULE_NAMES = {"np", "as_strided", "DTYPE", "kernel", "math", "threading", "_erf",
-                 "_scipy_erf", "_scratch", "_SCRATCH", "_fold_margins", "_sigmoid", "_softplus"} \
-    | set(dir(builtins))
+                 "_scipy_erf", "_scratch", "_SCRATCH", "_fold_margins", "_sigmoid", "_softplus",
+                 "xp", "numpy", "bind", "launch", "special", "CUDA_SOURCE"} | set(dir(builtins))
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
