@@ -17,7 +17,8 @@ from .errors import (
     BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError, did_you_mean,
 )
 from .ir import CheckedProgram
-from .loopnest import plan_for_gpu
+from .backends.jit import jit_mode, numba_available
+from .loopnest import plan_for_cpu_jit, plan_for_gpu
 from .parser import parse, recursion_headroom
 from .plan import ProgramPlan, plan_program
 
@@ -92,8 +93,9 @@ def _specialize(program: S.Program, program_text: str, backend: str,
                 shapes: dict[str, tuple[int, ...]], sizes: dict[str, int], dtype: str,
                 dtypes: dict[str, str], outputs: tuple[str, ...] | None = None) -> Specialization:
     budget = memory_budget()  # plans (im2col chunks) depend on it
+    jit = jit_mode() if backend == "numpy" and numba_available() else "off"
     key = (program_text, backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
-           dtype, outputs, budget)
+           dtype, outputs, budget, jit)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
@@ -109,6 +111,8 @@ def _specialize(program: S.Program, program_text: str, backend: str,
             plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget)
             if backend == "cupy":
                 plan = plan_for_gpu(plan, budget)
+            elif jit != "off":
+                plan = plan_for_cpu_jit(plan, jit)
             source = _render(plan, backend)
         specialization = Specialization(checked, plan, source, _load(source, backend, plan))
         _CACHE[key] = specialization

@@ -43,7 +43,7 @@ from .ir import (
 )
 from .plan import GATHER_FORM, ProgramPlan, StatementPlan, contractions_in, plan_program
 
-__all__ = ["LoopNest", "loop_nest", "plan_for_gpu", "direct_cost", "FEW_THREADS", "LONG_LOOP",
+__all__ = ["LoopNest", "loop_nest", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
            "POOR_GEMM_DEPTH", "POOR_GEMM_WIDTH", "DIRECT_FLOPS_SLACK"]
 
 FEW_THREADS = 4096
@@ -89,8 +89,10 @@ class LoopNest:
     def target(self) -> str:
         return self.statement.target
 
-    def describe(self) -> str:
-        """One line for the plan and the generated comments."""
+    def describe(self, device: str = "cuda") -> str:
+        """One line for the plan and the generated comments ('cuda' or 'numba')."""
+        if device == "numba":
+            return self.describe_for_cpu()
         target_shape = "x".join(map(str, self.shapes[self.target])) or "scalar"
         if self.atomic and not self.parallel:
             what = f"one thread adding into {self.target}[{target_shape}]"
@@ -114,6 +116,20 @@ class LoopNest:
             what += f"; boundary {', '.join(repr(m) for m in modes)} by index arithmetic, " \
                     "no padded copy"
         return f"CUDA loop kernel {self.name}: {what}"
+
+
+    def describe_for_cpu(self) -> str:
+        target_shape = "x".join(map(str, self.shapes[self.target])) or "scalar"
+        loops = [node for node in walk(self.statement.value) if isinstance(node, Reduce)]
+        what = f"{self.target}[{target_shape}] by a Numba loop kernel {self.name}"
+        if loops:
+            what += ": " + ", ".join(f"{node.op} over {','.join(node.indices)}"
+                                     for node in loops) + " in registers"
+        modes = sorted({n.boundary for n in walk(self.statement.value)
+                        if isinstance(n, Read) and n.boundary})
+        if modes:
+            what += f"; boundary {', '.join(repr(m) for m in modes)} by index arithmetic"
+        return what
 
 
 def loop_nest(statement: Statement, program: CheckedProgram, dtype: str,
@@ -180,6 +196,53 @@ def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple
 def _kernel_name(sp: StatementPlan) -> str:
     what = "accumulate" if sp.statement.accumulate else "compute"
     return f"{what}_{sp.statement.target}_{sp.number + 1}"  # a grammar identifier: valid C
+
+
+# ---- CPU loop kernels (Numba) -----------------------------------------------------------------
+
+JIT_MIN_FLOPS = 1_000_000  # below this a statement is too quick for a loop kernel to matter
+
+
+def _cpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str,
+                mode: str) -> str | None:
+    """Why a statement runs as a Numba loop kernel on the CPU, or None (NumPy's code).
+
+    The rule, from measurements on this project's 2-core machine: NumPy and BLAS win
+    wherever a GEMM has some width (LeNet-1's [36864x25]@[25x16] GEMM beats a direct
+    loop 2x) and for pooling (strided-slice maxima); they lose badly on a batch of
+    matrix-vector products (a depthwise convolution: NumPy 35.7 ms, a Numba loop 9.0 ms,
+    PyTorch 9.6 ms, for 16x64x56x56 3x3). So: a loop kernel for a contraction all of whose
+    GEMMs keep a single column on one side, when it does at least JIT_MIN_FLOPS.
+    """
+    if mode == "off" or dtype not in ("float32", "float64"):
+        return None
+    if ineligible(sp.statement, program, dtype) is not None:
+        return None
+    if mode == "always":
+        return "TENSORC_JIT=always"
+    steps = [step for c in contractions_in(sp.root) for step in c.steps if step.kind == "gemm"]
+    ranges = sp.statement.ranges
+    size = lambda axes: math.prod(ranges[a] for a in axes)  # noqa: E731
+    nest = loop_nest(sp.statement, program, dtype, "_")
+    direct = nest.threads * direct_cost(sp.statement.value, ranges)
+    if steps and all(min(size(s.kept_left), size(s.kept_right)) == 1 for s in steps) \
+            and direct >= JIT_MIN_FLOPS and direct <= DIRECT_FLOPS_SLACK * max(sp.flops, 1):
+        return "matrix-vector products that BLAS runs one by one: evaluated directly"
+    return None
+
+
+def plan_for_cpu_jit(plan: ProgramPlan, mode: str) -> ProgramPlan:
+    """The NumPy plan with Numba loop kernels where `_cpu_choice` says they pay."""
+    statements = []
+    for sp in plan.statements:
+        why = _cpu_choice(sp, plan.program, plan.dtype, mode)
+        if why is not None:
+            nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp))
+            sp = replace(sp, strategy=f"{nest.describe('numba')} ({why})", loop_nest=nest,
+                         flops=nest.threads * direct_cost(sp.statement.value, nest.ranges),
+                         largest_intermediate=0, peak_temporary_bytes=0)
+        statements.append(sp)
+    return replace(plan, statements=statements)
 
 
 # ---- epilogues -------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ blockIdx blockDim threadIdx gridDim warpSize
 _OWN_NAMES = {"thread", "real", "storage", "np", "REAL", "STORAGE", "math", "range", "int",
               "float", "len", "abs", "min", "max", "pow", "exp", "log", "sqrt", "erf", "sin",
               "cos", "tanh", "fabs", "fmax", "fmin", "log1p", "expm1", "atomicAdd", "lanes",
-              "inside"}
+              "inside", "row", "prange", "njit"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CALL = re.compile(r"tc_[a-z]+\([^()]*\)\Z")  # a boundary helper on a position
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ..errors import BackendError
 from ..plan import ProgramPlan, StatementPlan
 from .cuda import nest_name, render_cuda, render_lanes
-from .numpy import _ModuleRenderer, _tuple
+from .numpy import _ModuleRenderer, _StatementRenderer
 
 __all__ = ["render_module", "bind_module", "device_namespace", "emulate_on_numpy",
            "emulating", "compile_cubin", "nvrtc_available", "INSTALL_HINT"]
@@ -102,27 +102,9 @@ class _CupyModuleRenderer(_ModuleRenderer):
 
     def render_statement(self, sp: StatementPlan) -> list[str]:
         if sp.loop_nest is None:
-            return [_on_device(line) for line in super().render_statement(sp)]
-        nest = sp.loop_nest
-        statement = sp.statement
-        target = self.variable(statement.target)
-        shape = self.plan.program.tensors[statement.target].shape
-        lines = [f"# statement {sp.number + 1} (line {statement.line}): {statement.text}",
-                 f"#   {sp.strategy}"]
-        if not statement.accumulate:
-            lines.append(f"{target} = xp.empty({_tuple(shape)}, dtype=DTYPE)")
-        elif statement.target in self.defined:
-            if shape:  # (ascontiguousarray makes a 0-d array 1-d)
-                lines.append(f"{target} = xp.ascontiguousarray({target})  # added into in place")
-        elif statement.target in self.plan.program.inputs:
-            lines.append(f"{target} = xp.array({target}, dtype=DTYPE)  # accumulate into a copy")
-        else:
-            lines.append(f"{target} = xp.zeros({_tuple(shape)}, dtype=DTYPE)")
-        arguments = [self.variable(t) for t in nest.inputs] + [target]
-        if nest.threads:
-            lines.append(f"launch({nest.name!r}, {nest.threads}, {', '.join(arguments)})")
-        self.defined.add(statement.target)
-        return lines
+            return [_on_device(line) for line in _StatementRenderer(self, sp).render_statement()]
+        return self.render_loop_kernel(sp, "launch({name!r}, {threads}, {arguments})", "xp",
+                                       "{0}")
 
     def render(self) -> str:
         body = self.render_body()

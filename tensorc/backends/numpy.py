@@ -33,7 +33,8 @@ NUMPY_PAD_MODES = {"zero": "constant", "circular": "wrap", "reflect": "reflect",
 # trailing '_'.
 _MODULE_NAMES = {"np", "as_strided", "DTYPE", "kernel", "math", "threading", "_erf",
                  "_scipy_erf", "_scratch", "_SCRATCH", "_fold_margins", "_sigmoid", "_softplus",
-                 "xp", "numpy", "bind", "launch", "special", "CUDA_SOURCE"} | set(dir(builtins))
+                 "xp", "numpy", "bind", "launch", "special", "CUDA_SOURCE", "JIT_SOURCE",
+                 "_jit", "_load_jit"} | set(dir(builtins))
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -944,7 +945,39 @@ class _ModuleRenderer:
         raise AssertionError("unreachable")
 
     def render_statement(self, sp: StatementPlan) -> list[str]:
+        if sp.loop_nest is not None:
+            return self.render_loop_kernel(sp, "_jit.{name}({arguments})", "np",
+                                           "np.ascontiguousarray({0})")
         return _StatementRenderer(self, sp).render_statement()
+
+    def render_loop_kernel(self, sp: StatementPlan, call: str, namespace: str,
+                           contiguous: str) -> list[str]:
+        """A statement run by a loop kernel (a CUDA or Numba one): its target allocated
+        (or copied, or made contiguous, for '+='), then the call. Kernels index their
+        arrays as C-contiguous: `contiguous` wraps each input."""
+        nest = sp.loop_nest
+        statement = sp.statement
+        target = self.variable(statement.target)
+        shape = self.plan.program.tensors[statement.target].shape
+        lines = [f"# statement {sp.number + 1} (line {statement.line}): {statement.text}",
+                 f"#   {sp.strategy}"]
+        if not statement.accumulate:
+            lines.append(f"{target} = {namespace}.empty({_tuple(shape)}, dtype=DTYPE)")
+        elif statement.target in self.defined:
+            if shape:  # (ascontiguousarray makes a 0-d array 1-d)
+                lines.append(f"{target} = {namespace}.ascontiguousarray({target})"
+                             "  # added into in place")
+        elif statement.target in self.plan.program.inputs:
+            lines.append(f"{target} = {namespace}.array({target}, dtype=DTYPE)"
+                         "  # accumulate into a copy")
+        else:
+            lines.append(f"{target} = {namespace}.zeros({_tuple(shape)}, dtype=DTYPE)")
+        inputs = [contiguous.format(self.variable(t)) for t in nest.inputs]
+        if nest.threads:
+            lines.append(call.format(name=nest.name, threads=nest.threads,
+                                     arguments=", ".join(inputs + [target])))
+        self.defined.add(statement.target)
+        return lines
 
     def render_body(self) -> list[str]:
         """The lines of `kernel`'s body: every statement, then the return."""
@@ -986,6 +1019,13 @@ class _ModuleRenderer:
             parts.append(_SIGMOID_HELPER.rstrip())
         if self.needs_erf:
             parts.append(_ERF_HELPER.rstrip())
+        nests = [sp.loop_nest for sp in self.plan.statements if sp.loop_nest is not None]
+        if nests:
+            from .jit import render_numba
+            parts += ["", "# Numba loop kernels (tensorc[jit]): compiled at the first call, cached",
+                      "from tensorc.backends.jit import load as _load_jit  # noqa: E402", "",
+                      f"JIT_SOURCE = r'''\n{render_numba(nests)}'''",
+                      "_jit = _load_jit(JIT_SOURCE)"]
         parts += ["", "", self.signature()]
         parts += [("    " + line) if line else "" for line in body]
         return "\n".join(parts).rstrip() + "\n"

@@ -1,0 +1,125 @@
+"""Numba loop kernels on the CPU (tensorc[jit]): the same loop nests as the CUDA kernels,
+compiled by Numba, checked against the NumPy path they replace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tensorc as tc
+from tensorc.backends.jit import numba_available
+
+pytestmark = pytest.mark.skipif(not numba_available(), reason="Numba is not installed")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_cupy_backend import GRADIENTS, PROGRAMS  # noqa: E402
+
+DEPTHWISE = "y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < {H}, w < {W}, x: zero"
+
+
+@pytest.fixture
+def jit(monkeypatch, tmp_path):
+    """Every statement that can be a loop kernel is one; kernels cached under tmp_path."""
+    monkeypatch.setenv("TENSORC_JIT", "always")
+    monkeypatch.setenv("TENSORC_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _numpy_path(monkeypatch, build):
+    monkeypatch.setenv("TENSORC_JIT", "off")
+    try:
+        return build()
+    finally:
+        monkeypatch.setenv("TENSORC_JIT", "always")
+
+
+def _inputs(kern, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return {n: rng.standard_normal(kern.ir.tensors[n].shape).astype(dtype)
+            for n in kern.ir.inputs}
+
+
+def _close(got, want, tolerance):
+    if isinstance(want, dict):
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=tolerance, atol=tolerance,
+                                       err_msg=key)
+    else:
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_loop_kernels_match_the_numpy_path(name, dtype, jit, monkeypatch):
+    source, shapes = PROGRAMS[name]
+    kern = tc.compile(source, dtype=dtype, **shapes)
+    arrays = _inputs(kern, dtype)
+    with np.errstate(all="ignore"):
+        got = kern(**arrays)
+        want = _numpy_path(monkeypatch, lambda: tc.compile(source, dtype=dtype, **shapes)(**arrays))
+    _close(got, want, 1e-12 if dtype == "float64" else 2e-5)
+    if name not in ("gemm_conv", "matmul_chain"):  # '=' targets written whole: all eligible
+        assert any(sp.loop_nest is not None for sp in kern.plan.statements), kern.plan
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENTS))
+def test_gradient_loop_kernels_match_the_numpy_path(name, jit, monkeypatch):
+    source, wrt, shapes = GRADIENTS[name]
+    tensors = tc.compile(source, dtype="float64", **shapes).ir.tensors
+    rng = np.random.default_rng(3)
+    kern = tc.compile_grad(source, wrt=wrt, dtype="float64")
+    arrays = {n: rng.standard_normal(shapes[n] if n in shapes else tensors[n[1:]].shape)
+              for n in kern.inputs}
+    got = kern(**arrays)
+    want = _numpy_path(monkeypatch, lambda: tc.compile_grad(source, wrt=wrt,
+                                                             dtype="float64")(**arrays))
+    _close(got, want, 1e-10)
+    assert any(sp.loop_nest is not None and sp.statement.accumulate
+               for sp in kern.plan.statements) or name == "softmax_cross_entropy"
+
+
+def test_the_planner_picks_a_loop_kernel_for_a_large_depthwise_convolution(monkeypatch):
+    monkeypatch.delenv("TENSORC_JIT", raising=False)
+    depthwise = tc.compile(DEPTHWISE.format(H=32, W=32), x=(8, 32, 32, 32), k=(32, 3, 3),
+                           dtype="float32")
+    assert "Numba loop kernel compute_y_1" in depthwise.plan.statements[0].strategy
+    assert "matrix-vector products" in depthwise.plan.statements[0].strategy
+    # a GEMM with some width (LeNet-1: 16 output channels) stays with BLAS; pooling with NumPy
+    lenet1 = tc.compile("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]", x=(64, 1, 28, 28),
+                        k=(16, 1, 5, 5), dtype="float32")
+    pool = tc.compile("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2",
+                      y=(64, 16, 24, 24), dtype="float32")
+    assert lenet1.plan.statements[0].loop_nest is None
+    assert pool.plan.statements[0].loop_nest is None
+    # too small to matter: NumPy
+    small = tc.compile(DEPTHWISE.format(H=8, W=8), x=(2, 4, 8, 8), k=(4, 3, 3))
+    assert small.plan.statements[0].loop_nest is None
+
+
+def test_off_means_numpy_and_the_kernel_module_is_cached_on_disk(jit, monkeypatch):
+    source = DEPTHWISE.format(H=6, W=6)
+    kern = tc.compile(source, x=(2, 3, 6, 6), k=(3, 3, 3))
+    assert "from tensorc.backends.jit import load as _load_jit" in kern.source
+    kern(x=np.ones((2, 3, 6, 6)), k=np.ones((3, 3, 3)))
+    written = list((jit / "jit").glob("tensorc_jit_*.py"))
+    assert len(written) == 1 and "@njit(parallel=True, cache=True" in written[0].read_text()
+    monkeypatch.setenv("TENSORC_JIT", "off")
+    plain = tc.compile(source, x=(2, 3, 6, 6), k=(3, 3, 3))
+    assert "_jit" not in plain.source and plain.plan.statements[0].loop_nest is None
+
+
+def test_without_numba_the_numpy_path_runs():
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import os; os.environ['TENSORC_JIT'] = 'always'\n"
+            "import numpy as np, tensorc as tc\n"
+            f"k = tc.compile({DEPTHWISE.format(H=6, W=6)!r}, x=(2, 3, 6, 6), k=(3, 3, 3))\n"
+            "assert k.plan.statements[0].loop_nest is None\n"
+            "print(float(k(x=np.ones((2, 3, 6, 6)), k=np.ones((3, 3, 3))).sum()))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == 2 * 3 * (16 * 9 + 16 * 6 + 4 * 4)
