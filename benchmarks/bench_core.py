@@ -74,6 +74,10 @@ CONVS = [
      CONV_S2P1.format(H=28, W=28)),
 ]
 
+DEPTHWISE = "y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < {H}, w < {W}, x: zero"
+# (name, input NCHW): depthwise 3x3, padding 1, one filter per channel (groups=C)
+DEPTHWISES = [("depthwise 3x3 p1 N16 C64 56x56", (16, 64, 56, 56))]
+
 # (name, input NCHW)
 POOLS = [
     ("maxpool 2x2 s2 N64 C16 24x24", (64, 16, 24, 24)),
@@ -308,6 +312,49 @@ def build_conv_grad_case(tc, torch, rng, name, xshape, cout, ksize, stride, pad,
                              checked=False)],
                 target_peer="torch NCHW fwd+bwd")
     case.kernel = both
+    return case
+
+
+def build_depthwise_case(tc, torch, rng, name, xshape, backward) -> Case:
+    """Forward (or forward + input and weight gradients) against F.conv2d(groups=C)."""
+    import torch.nn.functional as F
+    channels = xshape[1]
+    x = rng.standard_normal(xshape, dtype=np.float32)
+    k = rng.standard_normal((channels, 3, 3), dtype=np.float32) / np.float32(3)
+    src = DEPTHWISE.format(H=xshape[2], W=xshape[3])
+    dy = rng.standard_normal(xshape, dtype=np.float32)
+    if backward:
+        kern = tc.compile_grad(src, wrt=["x", "k"], dtype="float32", x=x.shape, k=k.shape,
+                               dy=dy.shape)
+    else:
+        kern = tc.compile(src, dtype="float32", x=x.shape, k=k.shape)
+
+    def tensorc_side():
+        if not backward:
+            return kern(x=x, k=k)
+        result = kern(x=x, k=k, dy=dy)
+        return result["y"], result["dx"], result["dk"]
+
+    def torch_side(memory_format):
+        xt = torch.from_numpy(x).contiguous(memory_format=memory_format)
+        kt = torch.from_numpy(k)[:, None].contiguous(memory_format=memory_format)
+        dyt = torch.from_numpy(dy).contiguous(memory_format=memory_format)
+        if not backward:
+            return lambda: F.conv2d(xt, kt, padding=1, groups=channels)
+        xt.requires_grad_()
+        kt.requires_grad_()
+
+        def run():
+            with torch.enable_grad():
+                y = F.conv2d(xt, kt, padding=1, groups=channels)
+                dx, dk = torch.autograd.grad(y, (xt, kt), dyt)
+            return y.detach(), dx, dk[:, 0]
+        return run
+
+    case = Case("depthwise", name, Side("tensorc", tensorc_side),
+                [Side("torch NCHW", torch_side(torch.contiguous_format), "torch"),
+                 Side("torch channels_last", torch_side(torch.channels_last), "torch")])
+    case.kernel = kern
     return case
 
 
@@ -607,6 +654,11 @@ def summary(cases: list[Case]) -> list[str]:
         verdicts.append(passed)
         lines.append(f"  LeNet training step vs torch: ratio {', '.join(f'{r:.2f}' for r in ratios)}"
                      f", target <= 1.5: {'PASS' if passed else 'FAIL'}")
+    depthwise = [c for c in ok if c.group == "depthwise"]
+    if depthwise:
+        ratios = ", ".join(f"{c.name.split(' 3x3')[0]} {c.tensorc.median / c.best_peer().median:.2f}"
+                           for c in depthwise)
+        lines.append(f"  depthwise vs PyTorch's best layout: {ratios} (target: at most 2.0)")
     pools = [c for c in ok if c.group == "pool"]
     if pools:
         ratios = [c.target_ratio() for c in pools]
@@ -686,6 +738,11 @@ def main(argv=None) -> int:
         builders.append((grad_name, "convgrad",
                          lambda a=(grad_name, xshape, cout, ksize, stride, pad, src):
                          build_conv_grad_case(tc, torch, rng, *a)))
+    for name, xshape in DEPTHWISES:
+        for backward in (False, True):
+            full = name.replace("depthwise", "depthwise fwd+bwd" if backward else "depthwise")
+            builders.append((full, "depthwise", lambda a=(full, xshape, backward):
+                             build_depthwise_case(tc, torch, rng, *a)))
     for name, xshape in POOLS:
         builders.append((name, "pool", lambda a=(name, xshape): build_pool_case(tc, torch, rng, *a)))
     for name, xshape in TRAINING:

@@ -123,3 +123,18 @@ def test_without_numba_the_numpy_path_runs():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) == 2 * 3 * (16 * 9 + 16 * 6 + 4 * 4)
+
+
+@pytest.mark.parametrize("source, shapes", [
+    ("y[i] = x[-i+j+5] * k[j]   where i < 9, x: zero", dict(x=(8,), k=(3,))),
+    ("y[h,w] = x[2*h+u-1,-w+v+4] * k[u,v]   where h < 5, w < 6, x: reflect",
+     dict(x=(9, 6), k=(3, 3))),
+    ("y[n,w] = x[n,3*w+v-2] * k[v]   where w < 7, x: circular", dict(x=(2, 19), k=(4,))),
+])
+def test_interior_loops_skip_checks_only_where_reads_stay_in_bounds(source, shapes, jit,
+                                                                    monkeypatch):
+    kern = tc.compile(source, **shapes)
+    assert "interior" in kern.source  # rows or points whose reads need no bounds checks
+    arrays = _inputs(kern, "float64", seed=4)
+    want = _numpy_path(monkeypatch, lambda: tc.compile(source, **shapes)(**arrays))
+    np.testing.assert_allclose(kern(**arrays), want, rtol=1e-12, atol=1e-12)

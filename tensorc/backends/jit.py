@@ -21,10 +21,11 @@ import hashlib
 import importlib.util
 import os
 import pathlib
+import sys
 import threading
 from typing import Any
 
-from ..ir import Read
+from ..ir import IndexMap, Read, walk
 from ..loopnest import LoopNest
 from .cuda import _NestRenderer, nest_name
 
@@ -138,6 +139,40 @@ class _NumbaRenderer(_NestRenderer):
     def __init__(self, nest: LoopNest) -> None:
         super().__init__(nest)
         self.flat_names = {t: self.fresh(f"{nest_name(t)}_flat") for t in nest.shapes}
+        # indices whose current values keep every read that uses them in bounds
+        self.interior_indices: set[str] = set()
+
+    def can_leave(self, m: IndexMap, size: int) -> bool:
+        if self.interior_indices & set(m.indices()):
+            return False  # an interior range keeps this read in bounds
+        return super().can_leave(m, size)
+
+    def interior(self, index: str) -> tuple[int, int] | None:
+        """The range of `index` over which every boundary-mode read that uses it stays in
+        bounds, whatever the other indices are; None when there is no such read, or no
+        such range. Looping there without checks lets LLVM vectorize the loop."""
+        low, high, constrained = 0, self.ranges[index], False
+        for node in walk(self.nest.statement.value):
+            if not isinstance(node, Read) or node.boundary is None:
+                continue
+            for m, size in zip(node.maps, self.nest.shapes[node.tensor]):
+                coefficient = dict(m.terms).get(index, 0)
+                if coefficient == 0:
+                    continue
+                rest = IndexMap(tuple(t for t in m.terms if t[0] != index), m.offset)
+                rest_low, rest_high = rest.extent(self.ranges)
+                # 0 <= coefficient * index + rest <= size - 1 for every rest
+                if coefficient > 0:
+                    low = max(low, -(rest_low // coefficient) if rest_low < 0 else 0)
+                    high = min(high, (size - 1 - rest_high) // coefficient + 1)
+                else:
+                    c = -coefficient
+                    high = min(high, rest_low // c + 1)
+                    low = max(low, -((size - 1 - rest_high) // c))
+                constrained = True
+        if not constrained or low >= high or (low, high) == (0, self.ranges[index]):
+            return None
+        return low, high
 
     def declare(self, name: str, value: str) -> None:
         self.emit(f"{name} = {value}")
@@ -169,6 +204,49 @@ class _NumbaRenderer(_NestRenderer):
         value = f"{self.flat_names[e.tensor]}[{flat}]"
         return f"({value} if {' and '.join(inside)} else REAL(0))" if inside else value
 
+    def inner_loops(self, inner: tuple[str, ...]) -> None:
+        """The sequential parallel loops of a row; an innermost one with an interior runs as
+        border, interior (no bounds checks: LLVM can vectorize it), border."""
+        if not inner:
+            self.point()
+            return
+        split = self.interior(inner[-1]) if len(inner) == 1 and not self.nest.atomic else None
+        if split is None:
+            depth = len(self.indent)
+            for index in inner:
+                self.open_loop(nest_name(index), self.ranges[index])
+            self.point()
+            self.indent = self.indent[:depth]
+            return
+        low, high = split
+        name, depth, outside = nest_name(inner[0]), len(self.indent), set(self.interior_indices)
+        for start, stop, interior in ((0, low, False), (low, high, True),
+                                      (high, self.ranges[inner[0]], False)):
+            if start == stop:
+                continue
+            self.emit(f"for {name} in range({start}, {stop}):"
+                      + ("  # interior: every read in bounds" if interior else ""))
+            self.indent += self.indent_unit
+            self.interior_indices = outside | ({inner[0]} if interior else set())
+            self.point()
+            self.indent = self.indent[:depth]
+        self.interior_indices = outside
+
+    def point(self) -> None:
+        """The code for one point of the parallel loops: the value, then its store."""
+        statement = self.nest.statement
+        value = self.expr(statement.value)
+        target = self.flat_names[self.nest.target]
+        flat, inside = self.placed(self.nest.target, statement.target_maps,
+                                   statement.target_boundary)
+        if not self.nest.atomic:
+            self.emit(f"{target}[{flat}] = {value}")
+        elif inside:
+            self.emit(f"if {' and '.join(inside)}:")
+            self.emit(f"    {target}[{flat}] += {value}")
+        else:
+            self.emit(f"{target}[{flat}] += {value}")
+
     def row_indices(self) -> tuple[str, ...]:
         """The parallel indices `prange` runs over: all but the innermost; for '+=', the
         leading ones that are whole dimensions of the target (rows write disjoint parts)."""
@@ -196,19 +274,24 @@ class _NumbaRenderer(_NestRenderer):
             value = "row" if inner == 1 else f"row // {inner}"
             self.emit(f"{nest_name(index)} = {value}" if position == 0
                       else f"{nest_name(index)} = {value} % {sizes[position]}")
-        for index in nest.parallel[len(rows):]:
-            self.open_loop(nest_name(index), self.ranges[index])
-        value = self.expr(statement.value)
-        target = self.flat_names[nest.target]
-        flat, inside = self.placed(nest.target, statement.target_maps,
-                                   statement.target_boundary)
-        if not nest.atomic:
-            self.emit(f"{target}[{flat}] = {value}")
-        elif inside:
-            self.emit(f"if {' and '.join(inside)}:")
-            self.emit(f"    {target}[{flat}] += {value}")
+        inner = nest.parallel[len(rows):]
+        splits = {i: self.interior(i) for i in rows} if not nest.atomic else {}
+        splits = {i: r for i, r in splits.items() if r is not None}
+        if splits:  # rows whose reads all stay in bounds skip those checks
+            condition = " and ".join(f"{lo} <= {nest_name(i)} < {hi}"
+                                     for i, (lo, hi) in splits.items())
+            self.emit(f"if {condition}:  # an interior row")
+            self.indent += self.indent_unit
+            self.interior_indices = set(splits)
+            self.inner_loops(inner)
+            self.indent = self.indent[:-len(self.indent_unit)]
+            self.interior_indices = set()
+            self.emit("else:")
+            self.indent += self.indent_unit
+            self.inner_loops(inner)
+            self.indent = self.indent[:-len(self.indent_unit)]
         else:
-            self.emit(f"{target}[{flat}] += {value}")
+            self.inner_loops(inner)
         body = self.lines
         params = [nest_name(t) for t in nest.inputs] + [nest_name(nest.target)]
         prologue = [f"    {self.flat_names[t]} = {nest_name(t)}.reshape(-1)"
@@ -286,6 +369,8 @@ def load(source: str) -> Any:
                 os.replace(temporary, path)  # atomic: concurrent processes see all or nothing
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
+            # importable by name: Numba's cached code refers to the module's globals so
+            sys.modules[name] = module
             spec.loader.exec_module(module)
         _LOADED[digest] = module
         return module
