@@ -190,23 +190,31 @@ class _NestRenderer:
         accumulator = self.fresh(f"{e.op}_{'_'.join(nest_name(i) for i in e.indices)}")
         initial = {"sum": 0, "mean": 0, "max": -math.inf, "min": math.inf}[e.op]
         self.declare(accumulator, _number(initial, self.language))
-        depth = len(self.indent)
         enclosing = dict(self.variables)
-        for index in e.indices:
-            variable = nest_name(index)
-            if variable in self.variables.values():  # shadows an enclosing loop's index
-                variable = self.fresh(variable)
-            self.variables[index] = variable
-            self.open_loop(variable, self.ranges[index])
-        value = self.expr(e.body)
-        self.update(accumulator, e.op, value)
-        while len(self.indent) > depth:
-            self.close_loop()
+        self.reduction_loops(e, accumulator)
         self.variables = enclosing
         if e.op == "mean":
             count = math.prod(self.ranges[i] for i in e.indices)
             self.scale(accumulator, count)
         return accumulator
+
+    def reduction_loops(self, e: Reduce, accumulator: str) -> None:
+        """The loops of a reduction, updating `accumulator` with the body at each point."""
+        depth = len(self.indent)
+        for index in e.indices:
+            self.open_loop(self.loop_variable(index), self.ranges[index])
+        self.update(accumulator, e.op, self.expr(e.body))
+        while len(self.indent) > depth:
+            self.close_loop()
+
+    def loop_variable(self, index: str) -> str:
+        """The variable of a reduction's loop over `index` (renamed when it shadows an
+        enclosing loop's index), now where reads of `index` look."""
+        variable = nest_name(index)
+        if variable in self.variables.values():  # shadows an enclosing loop's index
+            variable = self.fresh(variable)
+        self.variables[index] = variable
+        return variable
 
     def body(self) -> list[str]:
         """The per-thread code: index decomposition, the expression, the store."""

@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import Any
 
-from ..ir import IndexMap, Read, walk
+from ..ir import Expr, IndexMap, Read, Reduce, walk
 from ..loopnest import LoopNest
 from .cuda import _NestRenderer, nest_name
 
@@ -147,18 +147,19 @@ class _NumbaRenderer(_NestRenderer):
             return False  # an interior range keeps this read in bounds
         return super().can_leave(m, size)
 
-    def interior(self, index: str) -> tuple[int, int] | None:
-        """The range of `index` over which every boundary-mode read that uses it stays in
-        bounds, whatever the other indices are; None when there is no such read, or no
-        such range. Looping there without checks lets LLVM vectorize the loop."""
+    def interior(self, index: str, expr: Expr | None = None) -> tuple[int, int] | None:
+        """The range of `index` over which every boundary-mode read of `expr` (default: the
+        statement's value) that uses it stays in bounds, whatever the other indices are;
+        None when there is no such read, or no such range. Looping there without checks
+        lets LLVM vectorize the loop."""
         low, high, constrained = 0, self.ranges[index], False
-        for node in walk(self.nest.statement.value):
+        for node in walk(self.nest.statement.value if expr is None else expr):
             if not isinstance(node, Read) or node.boundary is None:
                 continue
             for m, size in zip(node.maps, self.nest.shapes[node.tensor]):
                 coefficient = dict(m.terms).get(index, 0)
-                if coefficient == 0:
-                    continue
+                if coefficient == 0 or not self.can_leave(m, size):
+                    continue  # (in bounds already: another index's interior holds it)
                 rest = IndexMap(tuple(t for t in m.terms if t[0] != index), m.offset)
                 rest_low, rest_high = rest.extent(self.ranges)
                 # 0 <= coefficient * index + rest <= size - 1 for every rest
@@ -204,13 +205,41 @@ class _NumbaRenderer(_NestRenderer):
         value = f"{self.flat_names[e.tensor]}[{flat}]"
         return f"({value} if {' and '.join(inside)} else REAL(0))" if inside else value
 
+    def reduction_loops(self, e: Reduce, accumulator: str) -> None:
+        """As in CUDA C, except that the innermost loop, when it has an interior, runs as
+        border, interior without bounds checks, border."""
+        last, saved, depth = e.indices[-1], set(self.interior_indices), len(self.indent)
+        self.interior_indices -= set(e.indices)  # these loops cover their whole ranges
+        split = self.interior(last, e.body)
+        if split is None:
+            super().reduction_loops(e, accumulator)
+            self.interior_indices = saved
+            return
+        for index in e.indices[:-1]:
+            self.open_loop(self.loop_variable(index), self.ranges[index])
+        variable, outside, level = self.loop_variable(last), set(self.interior_indices), \
+            len(self.indent)
+        low, high = split
+        for start, stop, interior in ((0, low, False), (low, high, True),
+                                      (high, self.ranges[last], False)):
+            if start == stop:
+                continue
+            self.emit(f"for {variable} in range({start}, {stop}):"
+                      + ("  # interior: every read in bounds" if interior else ""))
+            self.indent += self.indent_unit
+            self.interior_indices = outside | ({last} if interior else set())
+            self.update(accumulator, e.op, self.expr(e.body))
+            self.indent = self.indent[:level]
+        self.indent = self.indent[:depth]
+        self.interior_indices = saved
+
     def inner_loops(self, inner: tuple[str, ...]) -> None:
         """The sequential parallel loops of a row; an innermost one with an interior runs as
         border, interior (no bounds checks: LLVM can vectorize it), border."""
         if not inner:
             self.point()
             return
-        split = self.interior(inner[-1]) if len(inner) == 1 and not self.nest.atomic else None
+        split = self.interior(inner[-1]) if len(inner) == 1 and self.disjoint else None
         if split is None:
             depth = len(self.indent)
             for index in inner:
@@ -247,11 +276,20 @@ class _NumbaRenderer(_NestRenderer):
         else:
             self.emit(f"{target}[{flat}] += {value}")
 
+    @property
+    def disjoint(self) -> bool:
+        """Whether no two points write the same element: '=', or '+=' through plain maps."""
+        maps = self.nest.statement.target_maps
+        names = [m.terms[0][0] for m in maps if m.is_plain]
+        return not self.nest.atomic or (len(names) == len(maps) == len(set(names))
+                                        and self.nest.statement.target_boundary is None)
+
     def row_indices(self) -> tuple[str, ...]:
-        """The parallel indices `prange` runs over: all but the innermost; for '+=', the
-        leading ones that are whole dimensions of the target (rows write disjoint parts)."""
+        """The parallel indices `prange` runs over: all but the innermost; for '+=' through
+        windows, the leading ones that are whole dimensions of the target (rows write
+        disjoint parts)."""
         nest = self.nest
-        if not nest.atomic:
+        if self.disjoint:
             return nest.parallel[:-1] if len(nest.parallel) > 1 else nest.parallel
         direct = {m.terms[0][0] for m in nest.statement.target_maps if m.is_plain}
         rows = []
@@ -275,7 +313,7 @@ class _NumbaRenderer(_NestRenderer):
             self.emit(f"{nest_name(index)} = {value}" if position == 0
                       else f"{nest_name(index)} = {value} % {sizes[position]}")
         inner = nest.parallel[len(rows):]
-        splits = {i: self.interior(i) for i in rows} if not nest.atomic else {}
+        splits = {i: self.interior(i) for i in rows} if self.disjoint else {}
         splits = {i: r for i, r in splits.items() if r is not None}
         if splits:  # rows whose reads all stay in bounds skip those checks
             condition = " and ".join(f"{lo} <= {nest_name(i)} < {hi}"
