@@ -200,19 +200,30 @@ def _kernel_name(sp: StatementPlan) -> str:
 
 # ---- CPU loop kernels (Numba) -----------------------------------------------------------------
 
-JIT_MIN_FLOPS = 1_000_000  # below this a statement is too quick for a loop kernel to matter
+JIT_MIN_FLOPS = 200_000  # below this a statement is too quick for a loop kernel to matter
+
+
+def _through_windows(statement: Statement) -> bool:
+    """Whether a statement reads or writes through windows (an index map with more than
+    one index): pooling, and the scatter-adds of window gradients."""
+    maps = list(statement.target_maps) + [m for n in walk(statement.value)
+                                          if isinstance(n, Read) for m in n.maps]
+    return any(len(m.terms) > 1 for m in maps)
 
 
 def _cpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str,
                 mode: str) -> str | None:
     """Why a statement runs as a Numba loop kernel on the CPU, or None (NumPy's code).
 
-    The rule, from measurements on this project's 2-core machine: NumPy and BLAS win
-    wherever a GEMM has some width (LeNet-1's [36864x25]@[25x16] GEMM beats a direct
-    loop 2x) and for pooling (strided-slice maxima); they lose badly on a batch of
-    matrix-vector products (a depthwise convolution: NumPy 35.7 ms, a Numba loop 9.0 ms,
-    PyTorch 9.6 ms, for 16x64x56x56 3x3). So: a loop kernel for a contraction all of whose
-    GEMMs keep a single column on one side, when it does at least JIT_MIN_FLOPS.
+    The rule, from measurements on this project's 2-core machine (float32):
+    - BLAS wins wherever a GEMM has some width (LeNet-1's [36864x25]@[25x16] GEMM beats a
+      direct loop 2x), so contractions keep it, except
+    - a batch of matrix-vector products (a depthwise convolution: NumPy 35.7 ms, a loop
+      kernel 6.9 ms, PyTorch NCHW 12.7 ms, for 16x64x56x56 3x3), and
+    - statements through windows without a GEMM: 2x2 max-pooling of 64x16x24x24 takes
+      0.68 ms as NumPy's running maxima and 0.24 ms as a loop kernel; its gradient (ties
+      and routing, one pass per window offset in NumPy) 4.8 ms against 1.3 ms;
+    each when it does at least JIT_MIN_FLOPS. Plain elementwise statements stay NumPy's.
     """
     if mode == "off" or dtype not in ("float32", "float64"):
         return None
@@ -225,9 +236,12 @@ def _cpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str,
     size = lambda axes: math.prod(ranges[a] for a in axes)  # noqa: E731
     nest = loop_nest(sp.statement, program, dtype, "_")
     direct = nest.threads * direct_cost(sp.statement.value, ranges)
-    if steps and all(min(size(s.kept_left), size(s.kept_right)) == 1 for s in steps) \
-            and direct >= JIT_MIN_FLOPS and direct <= DIRECT_FLOPS_SLACK * max(sp.flops, 1):
+    if direct < JIT_MIN_FLOPS or direct > DIRECT_FLOPS_SLACK * max(sp.flops, 1):
+        return None
+    if steps and all(min(size(s.kept_left), size(s.kept_right)) == 1 for s in steps):
         return "matrix-vector products that BLAS runs one by one: evaluated directly"
+    if not steps and _through_windows(sp.statement):
+        return "through windows, without a GEMM: one pass instead of one per window offset"
     return None
 
 

@@ -88,13 +88,19 @@ def test_the_planner_picks_a_loop_kernel_for_a_large_depthwise_convolution(monke
                            dtype="float32")
     assert "Numba loop kernel compute_y_1" in depthwise.plan.statements[0].strategy
     assert "matrix-vector products" in depthwise.plan.statements[0].strategy
-    # a GEMM with some width (LeNet-1: 16 output channels) stays with BLAS; pooling with NumPy
+    # a GEMM with some width (LeNet-1: 16 output channels) stays with BLAS
     lenet1 = tc.compile("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]", x=(64, 1, 28, 28),
                         k=(16, 1, 5, 5), dtype="float32")
-    pool = tc.compile("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2",
-                      y=(64, 16, 24, 24), dtype="float32")
     assert lenet1.plan.statements[0].loop_nest is None
-    assert pool.plan.statements[0].loop_nest is None
+    # pooling and its gradient: one pass instead of one per window offset
+    pool = "p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"
+    grad = tc.compile(tc.grad(tc.parse(pool), wrt=["y"]), y=(64, 16, 24, 24),
+                      dp=(64, 16, 12, 12), dtype="float32")
+    assert [sp.loop_nest is not None for sp in grad.plan.statements] == [True, True, True]
+    assert "through windows, without a GEMM" in grad.plan.statements[2].strategy
+    # plain elementwise work stays NumPy's
+    relu = tc.compile("z[n,c] = relu(a[n,c] + b[c])", a=(1000, 1000), b=(1000,))
+    assert relu.plan.statements[0].loop_nest is None
     # too small to matter: NumPy
     small = tc.compile(DEPTHWISE.format(H=8, W=8), x=(2, 4, 8, 8), k=(4, 3, 3))
     assert small.plan.statements[0].loop_nest is None
@@ -138,3 +144,17 @@ def test_interior_loops_skip_checks_only_where_reads_stay_in_bounds(source, shap
     arrays = _inputs(kern, "float64", seed=4)
     want = _numpy_path(monkeypatch, lambda: tc.compile(source, **shapes)(**arrays))
     np.testing.assert_allclose(kern(**arrays), want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_numba_module_snapshot(monkeypatch):
+    """The generated module with a loop kernel (the max-pool gradient's), pinned like the
+    NumPy and CuPy modules in tests/snapshots/."""
+    import pathlib
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    pool = "p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"
+    kern = tc.compile(tc.grad(tc.parse(pool), wrt=["y"]), y=(64, 16, 24, 24),
+                      dp=(64, 16, 12, 12), dtype="float32")
+    path = pathlib.Path(__file__).parent / "snapshots" / "numba_maxpool_grad.py"
+    if os.environ.get("TENSORC_UPDATE_SNAPSHOTS"):
+        path.write_text(kern.source)
+    assert kern.source == path.read_text()

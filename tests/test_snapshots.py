@@ -55,6 +55,12 @@ CASES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def numpy_path(monkeypatch):
+    """The NumPy backend's own code, whether or not Numba (loop kernels) is installed."""
+    monkeypatch.setenv("TENSORC_JIT", "off")
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_generated_source_matches_snapshot(name):
     source, shapes = CASES[name]
