@@ -158,3 +158,18 @@ def test_a_numba_module_snapshot(monkeypatch):
     if os.environ.get("TENSORC_UPDATE_SNAPSHOTS"):
         path.write_text(kern.source)
     assert kern.source == path.read_text()
+
+
+def test_loop_kernels_called_from_many_threads(jit):
+    """Numba's workqueue layer refuses parallel loops entered from several threads at
+    once; tensorc runs its kernels one at a time, so threads only wait."""
+    from concurrent.futures import ThreadPoolExecutor
+    kern = tc.compile(DEPTHWISE.format(H=16, W=16), x=(4, 8, 16, 16), k=(8, 3, 3))
+    rng = np.random.default_rng(5)
+    feeds = [dict(x=rng.standard_normal((4, 8, 16, 16)), k=rng.standard_normal((8, 3, 3)))
+             for _ in range(16)]
+    expected = [kern(**feed) for feed in feeds]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda feed: kern(**feed), feeds * 4))
+    for got, want in zip(results, expected * 4):
+        np.testing.assert_array_equal(got, want)

@@ -372,6 +372,25 @@ def numba_available() -> bool:
 
 _LOADED: dict[str, Any] = {}
 _LOCK = threading.Lock()
+_RUN_LOCK = threading.Lock()
+
+
+class _Serialized:
+    """A kernel module whose kernels run one at a time across threads: Numba's workqueue
+    threading layer does not support parallel loops entered from several threads at once
+    (each kernel already uses every core)."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def __getattr__(self, name: str) -> Any:
+        function = getattr(self.module, name)
+
+        def run(*arrays: Any) -> Any:
+            with _RUN_LOCK:
+                return function(*arrays)
+        setattr(self, name, run)
+        return run
 
 
 def _cache_directory() -> pathlib.Path | None:
@@ -416,5 +435,5 @@ def load(source: str) -> Any:
             # importable by name: Numba's cached code refers to the module's globals so
             sys.modules[name] = module
             spec.loader.exec_module(module)
-        _LOADED[digest] = module
+        module = _LOADED[digest] = _Serialized(module)
         return module
