@@ -132,9 +132,15 @@ class LoopNest:
         return what
 
 
-def loop_nest(statement: Statement, program: CheckedProgram, dtype: str,
-              name: str) -> LoopNest:
-    """The loop nest of a statement (see `eligible` for which statements have one)."""
+def loop_nest(statement: Statement, program: CheckedProgram, dtype: str, name: str,
+              fresh: bool = False) -> LoopNest:
+    """The loop nest of a statement (see `ineligible` for which statements have one). A
+    '+=' into a `fresh` target (nothing written it before) through plain maps that cover
+    it is an assignment: no zero fill, no atomic adds."""
+    if fresh and statement.accumulate and statement.target_boundary is None \
+            and ineligible(replace(statement, accumulate=False), program, dtype) is None:
+        statement = replace(statement, accumulate=False)
+        name = name.replace("accumulate_", "compute_", 1)
     parallel = tuple(dict.fromkeys(i for m in statement.target_maps for i in m.indices()))
     tensors = {statement.target} | {n.tensor for n in walk(statement.value) if isinstance(n, Read)}
     shapes = {t: program.tensors[t].shape for t in sorted(tensors)}
@@ -247,11 +253,13 @@ def _cpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str,
 
 def plan_for_cpu_jit(plan: ProgramPlan, mode: str) -> ProgramPlan:
     """The NumPy plan with Numba loop kernels where `_cpu_choice` says they pay."""
-    statements = []
+    statements, defined = [], set(plan.program.inputs)
     for sp in plan.statements:
+        fresh = sp.statement.target not in defined
+        defined.add(sp.statement.target)
         why = _cpu_choice(sp, plan.program, plan.dtype, mode)
         if why is not None:
-            nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp))
+            nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp), fresh)
             sp = replace(sp, strategy=f"{nest.describe('numba')} ({why})", loop_nest=nest,
                          flops=nest.threads * direct_cost(sp.statement.value, nest.ranges),
                          largest_intermediate=0, peak_temporary_bytes=0)
@@ -336,13 +344,15 @@ def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
         epilogues = {position + 1 for position in moved.values()}
     else:
         epilogues = set()
-    statements = []
+    statements, defined = [], set(plan.program.inputs)
     for sp in plan.statements:
+        fresh = sp.statement.target not in defined
+        defined.add(sp.statement.target)
         use_loops, why = _gpu_choice(sp, plan.program, plan.dtype)
         if sp.number in epilogues and use_loops:
             why = "the elementwise epilogue of the GEMM above, in one pass over its result"
         if use_loops:
-            nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp))
+            nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp), fresh)
             strategy = f"{nest.describe()} ({why})"
             if GATHER_FORM in sp.strategy:
                 strategy = f"{GATHER_FORM}; {strategy}"

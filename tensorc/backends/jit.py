@@ -339,7 +339,7 @@ class _NumbaRenderer(_NestRenderer):
             row_count *= size
         loop = "prange" if rows else "range"  # no rows: every point may add to every other
         return "\n".join([
-            f"@njit(parallel={bool(rows)}, cache=True, error_model='numpy')",
+            f"@njit(parallel={bool(rows)}, cache=True, error_model='numpy', fastmath={{'reassoc', 'contract'}})",
             f"def {nest.name}({', '.join(params)}):",
             f'    """{statement.text}"""',
             *prologue,

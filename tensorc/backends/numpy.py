@@ -961,7 +961,7 @@ class _ModuleRenderer:
         shape = self.plan.program.tensors[statement.target].shape
         lines = [f"# statement {sp.number + 1} (line {statement.line}): {statement.text}",
                  f"#   {sp.strategy}"]
-        if not statement.accumulate:
+        if not nest.atomic:  # (a '+=' into a fresh target it covers assigns it)
             lines.append(f"{target} = {namespace}.empty({_tuple(shape)}, dtype=DTYPE)")
         elif statement.target in self.defined:
             if shape:  # (ascontiguousarray makes a 0-d array 1-d)

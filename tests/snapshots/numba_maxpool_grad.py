@@ -126,7 +126,7 @@ def tc_reflect(p, n):
     return q if q < n else 2 * n - 2 - q
 
 
-@njit(parallel=True, cache=True, error_model='numpy')
+@njit(parallel=True, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
 def compute_p_1(y, p):
     """p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"""
     y_flat = y.reshape(-1)
@@ -143,7 +143,7 @@ def compute_p_1(y, p):
             p_flat[((n * 16 + c) * 12 + h) * 12 + w] = max_u_v
 
 
-@njit(parallel=True, cache=True, error_model='numpy')
+@njit(parallel=True, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
 def compute_ties_2(y, p, ties):
     """ties[n,c,h,w] = sum[u,v](y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2"""
     y_flat = y.reshape(-1)
@@ -161,7 +161,7 @@ def compute_ties_2(y, p, ties):
             ties_flat[((n * 16 + c) * 12 + h) * 12 + w] = sum_u_v
 
 
-@njit(parallel=True, cache=True, error_model='numpy')
+@njit(parallel=True, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
 def accumulate_dy_3(dp, ties, y, p, dy):
     """dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2"""
     dp_flat = dp.reshape(-1)
