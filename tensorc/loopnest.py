@@ -117,7 +117,6 @@ class LoopNest:
                     "no padded copy"
         return f"CUDA loop kernel {self.name}: {what}"
 
-
     def describe_for_cpu(self) -> str:
         target_shape = "x".join(map(str, self.shapes[self.target])) or "scalar"
         loops = [node for node in walk(self.statement.value) if isinstance(node, Reduce)]
@@ -304,7 +303,7 @@ def _split_epilogues(program: CheckedProgram, numbers: set[int],
         free = [i for i in statement.index_order() if i in free_indices(contraction)]
         axes = orders.get(number, tuple(free))
         name, suffix = f"{statement.target}_gemm", 2
-        while name in tensors or name in statement.ranges:
+        while name in tensors or any(name in s.ranges for s in program.statements):
             name, suffix = f"{statement.target}_gemm{suffix}", suffix + 1
         moved[number] = len(statements)
         tensors[name] = TensorInfo(name, tuple(statement.ranges[i] for i in axes),

@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 
 import tensorc as tc
-from tensorc.backends.cupy import (
-    compile_cubin, cuda_source, emulate_on_numpy, nest_name, nvrtc_available,
-)
+from tensorc.backends.cuda import nest_name
+from tensorc.backends.cupy import compile_cubin, cuda_source, emulate_on_numpy, nvrtc_available
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import evaluate  # noqa: E402

@@ -23,11 +23,11 @@ from typing import Any, Callable
 
 from ..errors import BackendError
 from ..plan import ProgramPlan, StatementPlan
-from .cuda import nest_name, render_cuda, render_lanes
+from .cuda import render_cuda, render_lanes
 from .numpy import _ModuleRenderer, _StatementRenderer
 
-__all__ = ["render_module", "bind_module", "device_namespace", "emulate_on_numpy",
-           "emulating", "compile_cubin", "nvrtc_available", "INSTALL_HINT"]
+__all__ = ["render_module", "cuda_source", "bind_module", "device_namespace",
+           "emulate_on_numpy", "emulating", "compile_cubin", "nvrtc_available", "INSTALL_HINT"]
 
 INSTALL_HINT = ("install CuPy for your CUDA version: pip install 'tensorc[cuda12]' or "
                 "'tensorc[cuda13]'")
@@ -141,15 +141,16 @@ def render_module(plan: ProgramPlan) -> str:
 
 
 def cuda_source(plan: ProgramPlan) -> str:
+    """The CUDA C of a GPU plan's loop kernels ('' when it has none)."""
     return render_cuda([sp.loop_nest for sp in plan.statements if sp.loop_nest is not None])
 
 
 # ---- running ------------------------------------------------------------------------------
 
 class emulate_on_numpy:
-    """Within this context (or after `emulate_on_numpy().__enter__()`), CuPy-backend kernels
-    run their generated module with NumPy as the array namespace and each CUDA kernel in its
-    NumPy lane form, returning NumPy arrays. For testing without a GPU: no CUDA runs."""
+    """`with emulate_on_numpy():` CuPy-backend kernels run their generated module with NumPy
+    as the array namespace and each CUDA kernel in its NumPy lane form, and return NumPy
+    arrays (in every thread). For testing without a GPU: no CUDA runs."""
 
     _depth = 0
     _lock = threading.Lock()
@@ -301,5 +302,3 @@ def compile_cubin(source: str, arch: str = "sm_90") -> bytes:
     finally:
         nvrtc.nvrtcDestroyProgram(program)
 
-
-__all__ += ["cuda_source", "nest_name"]
