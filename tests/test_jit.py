@@ -173,3 +173,18 @@ def test_loop_kernels_called_from_many_threads(jit):
         results = list(pool.map(lambda feed: kern(**feed), feeds * 4))
     for got, want in zip(results, expected * 4):
         np.testing.assert_array_equal(got, want)
+
+
+def test_an_unwritable_cache_directory_compiles_in_memory(monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("TENSORC_CACHE_DIR", str(blocker))
+    monkeypatch.setenv("TENSORC_JIT", "always")
+    source = DEPTHWISE.format(H=5, W=5)
+    kern = tc.compile(source, x=(1, 2, 5, 5), k=(2, 3, 3))
+    x, k = np.arange(50.0).reshape(1, 2, 5, 5), np.ones((2, 3, 3))
+    got = kern(x=x, k=k)
+    want = _numpy_path(monkeypatch, lambda: tc.compile(source, x=(1, 2, 5, 5),
+                                                       k=(2, 3, 3))(x=x, k=k))
+    np.testing.assert_allclose(got, want)
+    assert not list(tmp_path.glob("**/tensorc_jit_*.py"))
