@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from ..errors import BackendError
 from ..plan import ProgramPlan, StatementPlan
+from . import numpy as numpy_backend
 from .cuda import render_cuda, render_lanes
 from .numpy import _ModuleRenderer, _StatementRenderer
 
@@ -42,38 +43,6 @@ def as_strided(a, shape, strides, writeable=False):
     return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
 '''
 
-_SCRATCH_HELPER = '''
-
-_SCRATCH = threading.local()  # per-thread buffers reused across calls (fresh large ones are slow)
-
-
-def _scratch(name, shape, zeroed=False):
-    """This thread's reusable buffer; a zeroed one is zero when made, so borders stay zero."""
-    buffers = _SCRATCH.__dict__
-    buffer = buffers.get((name, id(xp)))
-    if buffer is None or buffer.shape != shape:
-        buffer = buffers[(name, id(xp))] = (xp.zeros if zeroed else xp.empty)(shape, dtype=DTYPE)
-    return buffer
-'''
-
-_FOLD_HELPER = '''
-
-def _fold_margins(padded, pad, mode):
-    """The adjoint of xp.pad: add every margin sample onto the sample it was read from."""
-    for axis, (before, after) in enumerate(pad):
-        if before == after == 0:
-            continue
-        size = padded.shape[axis] - before - after
-        source = xp.pad(xp.arange(size), (before, after), mode=mode)  # where each sample came from
-        margins = xp.concatenate([xp.arange(0, before),
-                                  xp.arange(before + size, before + size + after)])
-        lead = (slice(None),) * axis
-        folded = xp.array(padded[lead + (slice(before, before + size),)])
-        xp.add.at(folded, lead + (source[margins],), padded[lead + (margins,)])
-        padded = folded
-    return padded
-'''
-
 _SIGMOID_HELPER = '''
 
 def _sigmoid(x):
@@ -89,10 +58,16 @@ def _softplus(x):
 _NUMPY_CALL = re.compile(r"\bnp\.")
 
 
-def _on_device(line: str) -> str:
-    """A line of array-level code for the namespace `xp`; loops over window offsets stay on
-    the host (numpy.ndindex)."""
-    return _NUMPY_CALL.sub("xp.", line.replace("np.ndindex", "numpy.ndindex"))
+def _on_device(code: str) -> str:
+    """NumPy-module code (a rendered line, a helper) for the namespace `xp`; loops over
+    window offsets stay on the host (numpy.ndindex)."""
+    return _NUMPY_CALL.sub("xp.", code.replace("np.ndindex", "numpy.ndindex"))
+
+
+# The NumPy module's helpers, over `xp`. (Each binding of a module runs its own copy of the
+# source, so the scratch buffers of CuPy and of the emulation never mix.)
+_SCRATCH_HELPER = "\n" + _on_device(numpy_backend._SCRATCH_HELPER)
+_FOLD_HELPER = _on_device(numpy_backend._FOLD_HELPER)
 
 
 class _CupyModuleRenderer(_ModuleRenderer):

@@ -31,7 +31,8 @@ def _fold_margins(padded, pad, mode):
             continue
         size = padded.shape[axis] - before - after
         source = np.pad(np.arange(size), (before, after), mode=mode)  # where each sample came from
-        margins = np.r_[0:before, before + size:before + size + after]
+        margins = np.concatenate([np.arange(0, before),
+                                  np.arange(before + size, before + size + after)])
         lead = (slice(None),) * axis
         folded = np.array(padded[lead + (slice(before, before + size),)])
         np.add.at(folded, lead + (source[margins],), padded[lead + (margins,)])

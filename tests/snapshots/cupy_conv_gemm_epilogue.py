@@ -128,9 +128,9 @@ _SCRATCH = threading.local()  # per-thread buffers reused across calls (fresh la
 def _scratch(name, shape, zeroed=False):
     """This thread's reusable buffer; a zeroed one is zero when made, so borders stay zero."""
     buffers = _SCRATCH.__dict__
-    buffer = buffers.get((name, id(xp)))
+    buffer = buffers.get(name)
     if buffer is None or buffer.shape != shape:
-        buffer = buffers[(name, id(xp))] = (xp.zeros if zeroed else xp.empty)(shape, dtype=DTYPE)
+        buffer = buffers[name] = (xp.zeros if zeroed else xp.empty)(shape, dtype=DTYPE)
     return buffer
 
 
