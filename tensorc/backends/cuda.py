@@ -505,20 +505,14 @@ def tc_reflect(p, n):
 '''
 
 
-class _LaneRenderer(_NestRenderer):
+class _PythonSyntax(_NestRenderer):
+    """What the renderings in Python (the lane form here, Numba's in backends/jit.py) write
+    alike: assignments, loops, index values."""
+
     language = "python"
 
     def declare(self, name: str, value: str) -> None:
         self.emit(f"{name} = {value}")
-
-    def declare_index(self, name: str, value: str) -> None:
-        self.emit(f"{name} = {value}")
-
-    def divide(self, value: str, by: int) -> str:
-        return f"{value} // {by}"  # thread numbers are non-negative: as C's /
-
-    def modulo(self, value: str, by: int) -> str:
-        return f"{value} % {by}"
 
     def index_value(self, name: str, start: int) -> str:
         return f"REAL({name})" if not start else f"REAL({name} + {start})"
@@ -529,6 +523,17 @@ class _LaneRenderer(_NestRenderer):
 
     def close_loop(self) -> None:
         self.indent = self.indent[:-len(self.indent_unit)]
+
+
+class _LaneRenderer(_PythonSyntax):
+    def declare_index(self, name: str, value: str) -> None:
+        self.emit(f"{name} = {value}")
+
+    def divide(self, value: str, by: int) -> str:
+        return f"{value} // {by}"  # thread numbers are non-negative: as C's /
+
+    def modulo(self, value: str, by: int) -> str:
+        return f"{value} % {by}"
 
     def update(self, accumulator: str, op: str, value: str) -> None:
         if op in ("sum", "mean"):

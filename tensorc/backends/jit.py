@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import pathlib
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from ..ir import Expr, IndexMap, Read, Reduce, walk
 from ..loopnest import LoopNest
-from .cuda import _NestRenderer, nest_name
+from .cuda import _PythonSyntax, nest_name
 
 __all__ = ["numba_available", "render_numba", "load", "jit_mode"]
 
@@ -133,8 +134,8 @@ def tc_reflect(p, n):
 '''
 
 
-class _NumbaRenderer(_NestRenderer):
-    language = "python"
+class _NumbaRenderer(_PythonSyntax):
+    """A nest as a Numba function: `prange` over rows, the rest as plain loops."""
 
     def __init__(self, nest: LoopNest) -> None:
         super().__init__(nest)
@@ -175,19 +176,6 @@ class _NumbaRenderer(_NestRenderer):
             return None
         return low, high
 
-    def declare(self, name: str, value: str) -> None:
-        self.emit(f"{name} = {value}")
-
-    def index_value(self, name: str, start: int) -> str:
-        return f"REAL({name})" if not start else f"REAL({name} + {start})"
-
-    def open_loop(self, name: str, extent: int) -> None:
-        self.emit(f"for {name} in range({extent}):")
-        self.indent += self.indent_unit
-
-    def close_loop(self) -> None:
-        self.indent = self.indent[:-len(self.indent_unit)]
-
     def update(self, accumulator: str, op: str, value: str) -> None:
         if op in ("sum", "mean"):
             self.emit(f"{accumulator} += {value}")
@@ -217,21 +205,28 @@ class _NumbaRenderer(_NestRenderer):
             return
         for index in e.indices[:-1]:
             self.open_loop(self.loop_variable(index), self.ranges[index])
-        variable, outside, level = self.loop_variable(last), set(self.interior_indices), \
-            len(self.indent)
+        self.split_loop(self.loop_variable(last), last, split,
+                        lambda: self.update(accumulator, e.op, self.expr(e.body)))
+        self.indent = self.indent[:depth]
+        self.interior_indices = saved
+
+    def split_loop(self, variable: str, index: str, split: tuple[int, int],
+                   body: Callable[[], None]) -> None:
+        """`for variable` over `index`'s range as border, interior (no bounds checks: LLVM
+        can vectorize it), border; `body` renders the loop body of each part."""
         low, high = split
+        level, outside = len(self.indent), set(self.interior_indices)
         for start, stop, interior in ((0, low, False), (low, high, True),
-                                      (high, self.ranges[last], False)):
+                                      (high, self.ranges[index], False)):
             if start == stop:
                 continue
             self.emit(f"for {variable} in range({start}, {stop}):"
                       + ("  # interior: every read in bounds" if interior else ""))
             self.indent += self.indent_unit
-            self.interior_indices = outside | ({last} if interior else set())
-            self.update(accumulator, e.op, self.expr(e.body))
+            self.interior_indices = outside | ({index} if interior else set())
+            body()
             self.indent = self.indent[:level]
-        self.indent = self.indent[:depth]
-        self.interior_indices = saved
+        self.interior_indices = outside
 
     def inner_loops(self, inner: tuple[str, ...]) -> None:
         """The sequential parallel loops of a row; an innermost one with an interior runs as
@@ -247,19 +242,7 @@ class _NumbaRenderer(_NestRenderer):
             self.point()
             self.indent = self.indent[:depth]
             return
-        low, high = split
-        name, depth, outside = nest_name(inner[0]), len(self.indent), set(self.interior_indices)
-        for start, stop, interior in ((0, low, False), (low, high, True),
-                                      (high, self.ranges[inner[0]], False)):
-            if start == stop:
-                continue
-            self.emit(f"for {name} in range({start}, {stop}):"
-                      + ("  # interior: every read in bounds" if interior else ""))
-            self.indent += self.indent_unit
-            self.interior_indices = outside | ({inner[0]} if interior else set())
-            self.point()
-            self.indent = self.indent[:depth]
-        self.interior_indices = outside
+        self.split_loop(nest_name(inner[0]), inner[0], split, self.point)
 
     def point(self) -> None:
         """The code for one point of the parallel loops: the value, then its store."""
@@ -306,9 +289,7 @@ class _NumbaRenderer(_NestRenderer):
         sizes = [self.ranges[i] for i in rows]
         self.indent = self.indent_unit * 2
         for position, index in enumerate(rows):
-            inner = 1
-            for size in sizes[position + 1:]:
-                inner *= size
+            inner = math.prod(sizes[position + 1:])
             value = "row" if inner == 1 else f"row // {inner}"
             self.emit(f"{nest_name(index)} = {value}" if position == 0
                       else f"{nest_name(index)} = {value} % {sizes[position]}")
@@ -334,9 +315,7 @@ class _NumbaRenderer(_NestRenderer):
         params = [nest_name(t) for t in nest.inputs] + [nest_name(nest.target)]
         prologue = [f"    {self.flat_names[t]} = {nest_name(t)}.reshape(-1)"
                     for t in (*nest.inputs, nest.target)]
-        row_count = 1
-        for size in sizes:
-            row_count *= size
+        row_count = math.prod(sizes)
         loop = "prange" if rows else "range"  # no rows: every point may add to every other
         return "\n".join([
             f"@njit(parallel={bool(rows)}, cache=True, error_model='numpy', fastmath={{'reassoc', 'contract'}})",
