@@ -37,11 +37,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from .ir import (
     Apply, CheckedProgram, Expr, IndexMap, Read, Reduce, Statement, TensorInfo, free_indices, walk,
 )
-from .plan import GATHER_FORM, ProgramPlan, StatementPlan, contractions_in, plan_program
+from .plan import (
+    GATHER_FORM, PairStep, ProgramPlan, StatementPlan, contractions_in, plan_program,
+)
 
 __all__ = ["LoopNest", "loop_nest", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
            "POOR_GEMM_DEPTH", "POOR_GEMM_WIDTH", "DIRECT_FLOPS_SLACK"]
@@ -173,25 +176,31 @@ def direct_cost(expr: Expr, ranges: dict[str, int]) -> int:
     return 0
 
 
+def _work(sp: StatementPlan, program: CheckedProgram, dtype: str
+          ) -> tuple[list[PairStep], Callable[[tuple[str, ...]], int], int, int]:
+    """A statement as work: the GEMM steps of its plan, the size of a set of its axes, and
+    the threads of its loop nest with the FLOPs each performs."""
+    ranges = sp.statement.ranges
+    steps = [step for c in contractions_in(sp.root) for step in c.steps if step.kind == "gemm"]
+    threads = loop_nest(sp.statement, program, dtype, "_").threads
+    return (steps, lambda axes: math.prod(ranges[a] for a in axes), threads,
+            direct_cost(sp.statement.value, ranges))
+
+
 def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple[bool, str]:
     """(loop kernel?, why), by the rule in this module's docstring."""
-    statement = sp.statement
-    reason = ineligible(statement, program, dtype)
+    reason = ineligible(sp.statement, program, dtype)
     if reason is not None:
         return False, f"array-level code ({reason})"
-    nest = loop_nest(statement, program, dtype, "_")
-    per_thread = direct_cost(statement.value, statement.ranges)
-    if nest.threads < FEW_THREADS and per_thread > LONG_LOOP:
-        return False, (f"array-level code: {nest.threads} outputs of {per_thread:,} "
+    steps, size, threads, per_thread = _work(sp, program, dtype)
+    if threads < FEW_THREADS and per_thread > LONG_LOOP:
+        return False, (f"array-level code: {threads} outputs of {per_thread:,} "
                        "operations each are reduced faster by CuPy's tree reductions")
-    steps = [step for c in contractions_in(sp.root) for step in c.steps if step.kind == "gemm"]
     if not steps:
         return True, "no GEMM: the whole statement in one pass"
-    ranges = statement.ranges
-    size = lambda axes: math.prod(ranges[a] for a in axes)  # noqa: E731
     poor = all(size(s.contracted) < POOR_GEMM_DEPTH
                or min(size(s.kept_left), size(s.kept_right)) < POOR_GEMM_WIDTH for s in steps)
-    direct = nest.threads * per_thread
+    direct = threads * per_thread
     if poor and direct <= DIRECT_FLOPS_SLACK * max(sp.flops, 1):
         depth = max(size(s.contracted) for s in steps)
         return True, f"GEMM-poor (contracts {depth} elements per output): evaluated directly"
@@ -236,11 +245,8 @@ def _cpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str,
         return None
     if mode == "always":
         return "TENSORC_JIT=always"
-    steps = [step for c in contractions_in(sp.root) for step in c.steps if step.kind == "gemm"]
-    ranges = sp.statement.ranges
-    size = lambda axes: math.prod(ranges[a] for a in axes)  # noqa: E731
-    nest = loop_nest(sp.statement, program, dtype, "_")
-    direct = nest.threads * direct_cost(sp.statement.value, ranges)
+    steps, size, threads, per_thread = _work(sp, program, dtype)
+    direct = threads * per_thread
     if direct < JIT_MIN_FLOPS or direct > DIRECT_FLOPS_SLACK * max(sp.flops, 1):
         return None
     if steps and all(min(size(s.kept_left), size(s.kept_right)) == 1 for s in steps):
@@ -252,18 +258,33 @@ def _cpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str,
 
 def plan_for_cpu_jit(plan: ProgramPlan, mode: str) -> ProgramPlan:
     """The NumPy plan with Numba loop kernels where `_cpu_choice` says they pay."""
-    statements, defined = [], set(plan.program.inputs)
-    for sp in plan.statements:
-        fresh = sp.statement.target not in defined
-        defined.add(sp.statement.target)
+    statements = []
+    for sp, fresh in _with_freshness(plan):
         why = _cpu_choice(sp, plan.program, plan.dtype, mode)
         if why is not None:
-            nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp), fresh)
-            sp = replace(sp, strategy=f"{nest.describe('numba')} ({why})", loop_nest=nest,
-                         flops=nest.threads * direct_cost(sp.statement.value, nest.ranges),
-                         largest_intermediate=0, peak_temporary_bytes=0)
+            sp = _as_loop_kernel(sp, plan, fresh, "numba", why)
         statements.append(sp)
     return replace(plan, statements=statements)
+
+
+def _with_freshness(plan: ProgramPlan):
+    """Each statement plan, and whether nothing has written its target before it."""
+    defined = set(plan.program.inputs)
+    for sp in plan.statements:
+        yield sp, sp.statement.target not in defined
+        defined.add(sp.statement.target)
+
+
+def _as_loop_kernel(sp: StatementPlan, plan: ProgramPlan, fresh: bool, device: str,
+                    why: str) -> StatementPlan:
+    """The statement plan run as a loop kernel on `device` ('cuda' or 'numba')."""
+    nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp), fresh)
+    strategy = f"{nest.describe(device)} ({why})"
+    if GATHER_FORM in sp.strategy:
+        strategy = f"{GATHER_FORM}; {strategy}"
+    return replace(sp, strategy=strategy, loop_nest=nest,
+                   flops=nest.threads * direct_cost(sp.statement.value, nest.ranges),
+                   largest_intermediate=0, peak_temporary_bytes=0)
 
 
 # ---- epilogues -------------------------------------------------------------------------------
@@ -343,21 +364,13 @@ def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
         epilogues = {position + 1 for position in moved.values()}
     else:
         epilogues = set()
-    statements, defined = [], set(plan.program.inputs)
-    for sp in plan.statements:
-        fresh = sp.statement.target not in defined
-        defined.add(sp.statement.target)
+    statements = []
+    for sp, fresh in _with_freshness(plan):
         use_loops, why = _gpu_choice(sp, plan.program, plan.dtype)
         if sp.number in epilogues and use_loops:
             why = "the elementwise epilogue of the GEMM above, in one pass over its result"
         if use_loops:
-            nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp), fresh)
-            strategy = f"{nest.describe()} ({why})"
-            if GATHER_FORM in sp.strategy:
-                strategy = f"{GATHER_FORM}; {strategy}"
-            sp = replace(sp, strategy=strategy, loop_nest=nest,
-                         flops=nest.threads * direct_cost(sp.statement.value, nest.ranges),
-                         largest_intermediate=0, peak_temporary_bytes=0)
+            sp = _as_loop_kernel(sp, plan, fresh, "cuda", why)
         else:
             sp = replace(sp, strategy=f"{sp.strategy} [GPU: {why}]")
         statements.append(sp)
