@@ -53,17 +53,23 @@ __all__ = ["TorchFunction", "TorchModule", "to_numpy", "to_cupy", "to_torch"]
 
 # ---- tensors <-> arrays, through DLPack -----------------------------------------------------
 
-def to_numpy(tensor: torch.Tensor, name: str = "tensor") -> np.ndarray:
-    """A NumPy view of a CPU tensor's memory (no copy; strides are kept)."""
-    if tensor.device.type != "cpu":
-        raise _device_error(name, tensor.device)
+def _shareable(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's data as DLPack can export it: detached, lazy conjugation and negation
+    applied (DLPack has no flags for them)."""
     tensor = tensor.detach()
     if tensor.is_conj():
         tensor = tensor.resolve_conj()
     if tensor.is_neg():
         tensor = tensor.resolve_neg()
+    return tensor
+
+
+def to_numpy(tensor: torch.Tensor, name: str = "tensor") -> np.ndarray:
+    """A NumPy view of a CPU tensor's memory (no copy; strides are kept)."""
+    if tensor.device.type != "cpu":
+        raise _device_error(name, tensor.device)
     try:
-        return np.from_dlpack(tensor)
+        return np.from_dlpack(_shareable(tensor))
     except (BufferError, RuntimeError, TypeError) as error:
         raise DtypeError(f"input '{name}' has dtype {tensor.dtype}, which NumPy cannot share "
                          f"({error}); tensorc computes with float16, float32 or float64: "
@@ -74,13 +80,8 @@ def to_cupy(tensor: torch.Tensor, name: str = "tensor") -> Any:
     """A CuPy view of a CUDA tensor's memory (no copy)."""
     from .backends.cupy import device_namespace
     cupy = device_namespace()
-    tensor = tensor.detach()
-    if tensor.is_conj():
-        tensor = tensor.resolve_conj()
-    if tensor.is_neg():
-        tensor = tensor.resolve_neg()
     try:
-        return cupy.from_dlpack(tensor)
+        return cupy.from_dlpack(_shareable(tensor))
     except (BufferError, RuntimeError, TypeError) as error:
         raise DtypeError(f"input '{name}' has dtype {tensor.dtype}, which CuPy cannot share "
                          f"({error}); convert it, e.g. {name}.float()") from None
