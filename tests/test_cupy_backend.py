@@ -84,6 +84,15 @@ GRADIENTS = {
 }
 
 
+def gradient_inputs(source, wrt, shapes, dtype="float64", seed=2):
+    """The inputs of compile_grad(source, wrt): the forward's inputs and, for each output,
+    its cotangent d<output>, shaped like it."""
+    tensors = tc.compile(source, dtype=dtype, **shapes).ir.tensors
+    rng = np.random.default_rng(seed)
+    return {n: rng.standard_normal(shapes[n] if n in shapes else tensors[n[1:]].shape)
+            .astype(dtype) for n in tc.compile_grad(source, wrt=wrt).inputs}
+
+
 def _inputs(kern, seed=0, dtype="float64"):
     rng = np.random.default_rng(seed)
     return {n: rng.standard_normal(kern.ir.tensors[n].shape).astype(dtype)
@@ -238,18 +247,10 @@ def test_float16_kernels_compute_in_float32():
 def test_emulated_gradients_match_the_numpy_backend(name):
     source, wrt, shapes = GRADIENTS[name]
     kern = tc.compile_grad(source, wrt=wrt, backend="cupy", dtype="float64")
-    plain = tc.compile_grad(source, wrt=wrt, dtype="float64")
-    rng = np.random.default_rng(2)
-    probe = plain.program
-    arrays = {n: rng.standard_normal(shapes[n]) for n in plain.inputs if n in shapes}
-    shapes_out = tc.compile(source, dtype="float64", **shapes).ir.tensors
-    for n in plain.inputs:
-        if n not in arrays:  # the cotangent d<output>
-            arrays[n] = rng.standard_normal(shapes_out[n[1:]].shape)
-    want = plain(**arrays)
+    arrays = gradient_inputs(source, wrt, shapes)
+    want = tc.compile_grad(source, wrt=wrt, dtype="float64")(**arrays)
     with emulate_on_numpy():
         got = kern(**arrays)
-    assert probe is not None
     _close(got, want, 1e-10, 1e-10)
     assert any(sp.loop_nest is not None and sp.statement.accumulate
                for sp in kern.plan.statements) or name == "softmax_cross_entropy"
@@ -271,12 +272,8 @@ def _cuda_of(source, shapes, dtype, wrt):
         kern = tc.compile(source, backend="cupy", dtype=dtype, **shapes)
     else:
         kern = tc.compile_grad(source, wrt=wrt, backend="cupy", dtype=dtype)
-        rng = np.random.default_rng(0)
-        plain = tc.compile(source, dtype=dtype, **shapes).ir.tensors
-        arrays = {n: rng.standard_normal(shapes[n] if n in shapes else plain[n[1:]].shape)
-                  .astype(dtype) for n in kern.inputs}
         with emulate_on_numpy():
-            kern(**arrays)  # specializes
+            kern(**gradient_inputs(source, wrt, shapes, dtype))  # specializes
     return cuda_source(kern.plan)
 
 
@@ -341,12 +338,8 @@ def test_on_the_device_matches_the_numpy_backend(name, dtype):
 def test_gradients_on_the_device_match_the_numpy_backend(name):
     import cupy
     source, wrt, shapes = GRADIENTS[name]
-    plain = tc.compile_grad(source, wrt=wrt, dtype="float64")
-    rng = np.random.default_rng(2)
-    tensors = tc.compile(source, dtype="float64", **shapes).ir.tensors
-    arrays = {n: rng.standard_normal(shapes[n] if n in shapes else tensors[n[1:]].shape)
-              for n in plain.inputs}
-    want = plain(**arrays)
+    arrays = gradient_inputs(source, wrt, shapes)
+    want = tc.compile_grad(source, wrt=wrt, dtype="float64")(**arrays)
     got = tc.compile_grad(source, wrt=wrt, backend="cupy", dtype="float64")(
         **{n: cupy.asarray(a) for n, a in arrays.items()})
     _close({k: cupy.asnumpy(v) for k, v in got.items()}, want, 1e-10, 1e-10)

@@ -16,7 +16,7 @@ from tensorc.backends.jit import numba_available
 pytestmark = pytest.mark.skipif(not numba_available(), reason="Numba is not installed")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_cupy_backend import GRADIENTS, PROGRAMS  # noqa: E402
+from test_cupy_backend import GRADIENTS, PROGRAMS, gradient_inputs  # noqa: E402
 
 DEPTHWISE = "y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < {H}, w < {W}, x: zero"
 
@@ -69,11 +69,8 @@ def test_loop_kernels_match_the_numpy_path(name, dtype, jit, monkeypatch):
 @pytest.mark.parametrize("name", sorted(GRADIENTS))
 def test_gradient_loop_kernels_match_the_numpy_path(name, jit, monkeypatch):
     source, wrt, shapes = GRADIENTS[name]
-    tensors = tc.compile(source, dtype="float64", **shapes).ir.tensors
-    rng = np.random.default_rng(3)
     kern = tc.compile_grad(source, wrt=wrt, dtype="float64")
-    arrays = {n: rng.standard_normal(shapes[n] if n in shapes else tensors[n[1:]].shape)
-              for n in kern.inputs}
+    arrays = gradient_inputs(source, wrt, shapes, seed=3)
     got = kern(**arrays)
     want = _numpy_path(monkeypatch, lambda: tc.compile_grad(source, wrt=wrt,
                                                              dtype="float64")(**arrays))
@@ -149,15 +146,12 @@ def test_interior_loops_skip_checks_only_where_reads_stay_in_bounds(source, shap
 def test_a_numba_module_snapshot(monkeypatch):
     """The generated module with a loop kernel (the max-pool gradient's), pinned like the
     NumPy and CuPy modules in tests/snapshots/."""
-    import pathlib
+    from test_snapshots import check_snapshot
     monkeypatch.setenv("TENSORC_JIT", "auto")
     pool = "p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"
     kern = tc.compile(tc.grad(tc.parse(pool), wrt=["y"]), y=(64, 16, 24, 24),
                       dp=(64, 16, 12, 12), dtype="float32")
-    path = pathlib.Path(__file__).parent / "snapshots" / "numba_maxpool_grad.py"
-    if os.environ.get("TENSORC_UPDATE_SNAPSHOTS"):
-        path.write_text(kern.source)
-    assert kern.source == path.read_text()
+    check_snapshot("numba_maxpool_grad", kern.source)
 
 
 def test_loop_kernels_called_from_many_threads(jit):

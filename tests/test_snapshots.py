@@ -61,15 +61,19 @@ def numpy_path(monkeypatch):
     monkeypatch.setenv("TENSORC_JIT", "off")
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_generated_source_matches_snapshot(name):
-    source, shapes = CASES[name]
-    generated = tc.compile(source, **shapes).source
+def check_snapshot(name: str, generated: str) -> None:
+    """`generated` equals tests/snapshots/<name>.py (written instead, when updating)."""
     path = SNAPSHOTS / f"{name}.py"
     if os.environ.get("TENSORC_UPDATE_SNAPSHOTS"):
         path.write_text(generated)
     assert path.exists(), f"no snapshot {path}; run with TENSORC_UPDATE_SNAPSHOTS=1"
     assert generated == path.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_generated_source_matches_snapshot(name):
+    source, shapes = CASES[name]
+    check_snapshot(name, tc.compile(source, **shapes).source)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -116,12 +120,7 @@ CUPY_CASES = {
 @pytest.mark.parametrize("name", sorted(CUPY_CASES))
 def test_generated_cupy_source_matches_snapshot(name):
     source, shapes = CUPY_CASES[name]
-    generated = tc.compile(source, backend="cupy", **shapes).source
-    path = SNAPSHOTS / f"{name}.py"
-    if os.environ.get("TENSORC_UPDATE_SNAPSHOTS"):
-        path.write_text(generated)
-    assert path.exists(), f"no snapshot {path}; run with TENSORC_UPDATE_SNAPSHOTS=1"
-    assert generated == path.read_text()
+    check_snapshot(name, tc.compile(source, backend="cupy", **shapes).source)
 
 
 @pytest.mark.parametrize("name", sorted(CUPY_CASES))
