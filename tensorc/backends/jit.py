@@ -17,6 +17,7 @@ Without Numba, nothing here is used and the NumPy path runs, as it always can.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import math
@@ -342,6 +343,7 @@ def jit_mode() -> str:
     return mode if mode in ("auto", "off", "always") else "auto"
 
 
+@functools.cache  # asked at every specialization: look the package up once
 def numba_available() -> bool:
     try:
         return importlib.util.find_spec("numba") is not None
