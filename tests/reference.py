@@ -19,7 +19,7 @@ import numpy as np
 
 from tensorc.ir import Apply, CheckedProgram, Constant, IndexValue, Read, Reduce
 
-__all__ = ["evaluate", "boundary_position", "FUNCTIONS"]
+__all__ = ["evaluate", "boundary_position", "FUNCTIONS", "SAME_CONV", "conv_zero_pad"]
 
 INF = float("inf")
 NAN = float("nan")
@@ -297,3 +297,16 @@ def evaluate(program: CheckedProgram, arrays: Mapping[str, object]) -> dict[str,
         values[statement.target] = out
         defined[statement.target] = out
     return defined
+
+
+# ---- a NumPy oracle for the 'same' convolution several suites call ------------------------
+
+SAME_CONV = ("x: [N, C, H, W]\n"
+             "y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < H, w < W, x: zero")
+
+
+def conv_zero_pad(x, k):
+    """'same' 3x3 cross-correlation with zero padding, as SAME_CONV computes it."""
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))
+    return np.einsum("nchwuv,ocuv->nohw", windows, k)

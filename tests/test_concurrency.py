@@ -12,6 +12,7 @@ reference (NumPy, or the same computation run alone first).
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
@@ -23,6 +24,9 @@ import pytest
 import tensorc as tc
 import tensorc.kernel as tk
 from tensorc import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference import SAME_CONV, conv_zero_pad  # noqa: E402
 
 WORKERS = 8
 
@@ -162,17 +166,6 @@ def test_clearing_the_cache_while_threads_compile(references):
     _same(result, references[0, 0, 0])
 
 
-def _conv_zero_pad(x, k):
-    """NumPy oracle: 'same' 3x3 cross-correlation with zero padding."""
-    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))
-    return np.einsum("nchwuv,ocuv->nohw", windows, k)
-
-
-SAME_CONV = ("x: [N, C, H, W]\n"
-             "y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < H, w < W, x: zero")
-
-
 def test_a_shared_kernel_called_with_different_shapes_from_many_threads():
     kern = tc.compile(SAME_CONV)  # lazy: one Kernel, one `_by_call` memo, many shapes
     shapes = [(1 + w % 3, 2, 4 + w, 5 + (w * 3) % 4) for w in range(WORKERS)]
@@ -184,8 +177,8 @@ def test_a_shared_kernel_called_with_different_shapes_from_many_threads():
         barrier.wait()
         for _ in range(15):
             x, k = rng.standard_normal((n, c, h, w)), rng.standard_normal((3, c, 3, 3))
-            _same(kern(x=x, k=k), _conv_zero_pad(x, k))
-            _same(kern(x, k), _conv_zero_pad(x, k))  # positional, same memo entry
+            _same(kern(x=x, k=k), conv_zero_pad(x, k))
+            _same(kern(x, k), conv_zero_pad(x, k))  # positional, same memo entry
 
     _hammer(work, range(WORKERS))
     assert len(kern._by_call) == len(set(shapes))
@@ -203,7 +196,7 @@ def test_one_specialization_called_from_many_threads_keeps_scratch_buffers_apart
         for _ in range(25):
             x = rng.standard_normal((4, 3, 32, 32)) * (worker + 1)
             k = rng.standard_normal((5, 3, 3, 3))
-            _same(kern(x=x, k=k), _conv_zero_pad(x, k))
+            _same(kern(x=x, k=k), conv_zero_pad(x, k))
 
     _hammer(work, range(WORKERS))
 

@@ -602,23 +602,19 @@ def _gradient_cases():
         (At @ Bt).backward(torch_of(dc))
         return [(out["dA"], At.grad), (out["dB"], Bt.grad)]
 
-    def conv(bad):
-        x = with_bad(image, bad, (0, 1, 3, 2))
+    def conv_of(x, dy):
         out = tc.compile_grad("y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]  "
                               "where h < 6, w < 6, x: zero", wrt=["x", "k"])(
-            x=x, k=kernel, dy=dimage)
+            x=x, k=kernel, dy=dy)
         xt, kt = torch_of(x, True), torch_of(kernel, True)
-        F.conv2d(xt, kt, padding=1).backward(torch_of(dimage))
-        return [(out["dx"], xt.grad), (out["dk"], kt.grad)]
-
-    def conv_bad_cotangent(bad):
-        dy = with_bad(dimage, bad, (0, 2, 0, 0))
-        out = tc.compile_grad("y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]  "
-                              "where h < 6, w < 6, x: zero", wrt=["x", "k"])(
-            x=image, k=kernel, dy=dy)
-        xt, kt = torch_of(image, True), torch_of(kernel, True)
         F.conv2d(xt, kt, padding=1).backward(torch_of(dy))
         return [(out["dx"], xt.grad), (out["dk"], kt.grad)]
+
+    def conv(bad):
+        return conv_of(with_bad(image, bad, (0, 1, 3, 2)), dimage)
+
+    def conv_bad_cotangent(bad):
+        return conv_of(image, with_bad(dimage, bad, (0, 2, 0, 0)))
 
     def softmax(bad):
         z = with_bad(logits_, bad, (1, 2))
