@@ -20,7 +20,7 @@ from .ir import CheckedProgram
 from .backends.jit import jit_mode, numba_available
 from .loopnest import plan_for_cpu_jit, plan_for_gpu
 from .parser import parse, recursion_headroom
-from .plan import ProgramPlan, plan_program
+from .plan import ProgramPlan, fft_mode, plan_program
 
 __all__ = ["Kernel", "compile", "compile_grad", "BACKENDS"]
 
@@ -94,8 +94,9 @@ def _specialize(program: S.Program, program_text: str, backend: str,
                 dtypes: dict[str, str], outputs: tuple[str, ...] | None = None) -> Specialization:
     budget = memory_budget()  # plans (im2col chunks) depend on it
     jit = jit_mode() if backend == "numpy" and numba_available() else "off"
+    fft = fft_mode()
     key = (program_text, backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
-           dtype, outputs, budget, jit)
+           dtype, outputs, budget, jit, fft)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
@@ -108,7 +109,7 @@ def _specialize(program: S.Program, program_text: str, backend: str,
             checked = check(program, shapes, sizes, dtypes)
             if outputs is not None:  # results that later statements also read
                 checked = replace(checked, outputs=outputs)
-            plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget)
+            plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget, fft)
             if backend == "cupy":
                 plan = plan_for_gpu(plan, budget)
             elif jit != "off":

@@ -43,7 +43,8 @@ from .ir import (
     Apply, CheckedProgram, Expr, IndexMap, Read, Reduce, Statement, TensorInfo, free_indices, walk,
 )
 from .plan import (
-    GATHER_FORM, PairStep, ProgramPlan, StatementPlan, contractions_in, plan_program,
+    GATHER_FORM, PairStep, ProgramPlan, StatementPlan, axis_sizes, contractions_in,
+    plan_program,
 )
 
 __all__ = ["LoopNest", "loop_nest", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
@@ -180,11 +181,15 @@ def _work(sp: StatementPlan, program: CheckedProgram, dtype: str
           ) -> tuple[list[PairStep], Callable[[tuple[str, ...]], int], int, int]:
     """A statement as work: the GEMM steps of its plan, the size of a set of its axes, and
     the threads of its loop nest with the FLOPs each performs."""
-    ranges = sp.statement.ranges
+    sizes = axis_sizes(sp)
     steps = [step for c in contractions_in(sp.root) for step in c.steps if step.kind == "gemm"]
     threads = loop_nest(sp.statement, program, dtype, "_").threads
-    return (steps, lambda axes: math.prod(ranges[a] for a in axes), threads,
-            direct_cost(sp.statement.value, ranges))
+    return (steps, lambda axes: math.prod(sizes[a] for a in axes), threads,
+            direct_cost(sp.statement.value, sp.statement.ranges))
+
+
+def _by_fft(sp: StatementPlan) -> bool:
+    return any(c.fft is not None for c in contractions_in(sp.root))
 
 
 def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple[bool, str]:
@@ -192,6 +197,8 @@ def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple
     reason = ineligible(sp.statement, program, dtype)
     if reason is not None:
         return False, f"array-level code ({reason})"
+    if _by_fft(sp):  # chosen over GEMMs for a large window: cuFFT
+        return False, "array-level code: an FFT convolution"
     steps, size, threads, per_thread = _work(sp, program, dtype)
     if threads < FEW_THREADS and per_thread > LONG_LOOP:
         return False, (f"array-level code: {threads} outputs of {per_thread:,} "
@@ -245,6 +252,8 @@ def _cpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str,
         return None
     if mode == "always":
         return "TENSORC_JIT=always"
+    if _by_fft(sp):  # chosen over GEMMs for a large window
+        return None
     steps, size, threads, per_thread = _work(sp, program, dtype)
     direct = threads * per_thread
     if direct < JIT_MIN_FLOPS or direct > DIRECT_FLOPS_SLACK * max(sp.flops, 1):
@@ -345,11 +354,11 @@ def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
     GEMM statement's elementwise epilogue (bias, activation) is split off into a loop kernel
     of its own, one pass over the GEMM's result instead of one per operation."""
     split = {sp.number for sp in plan.statements
-             if _contraction_with_epilogue(sp.statement) is not None
+             if _contraction_with_epilogue(sp.statement) is not None and not _by_fft(sp)
              and not _gpu_choice(sp, plan.program, plan.dtype)[0]}
     if split:
         program, moved = _split_epilogues(plan.program, split, {})
-        replanned = plan_program(program, plan.dtype, plan.itemsize, budget)
+        replanned = plan_program(program, plan.dtype, plan.itemsize, budget, plan.fft)
         # store each GEMM's result in the order the GEMM produces it: no transposed copy
         orders = {}
         for number, position in moved.items():
@@ -359,7 +368,7 @@ def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
                 orders[number] = steps[-1].batch + steps[-1].kept_left + steps[-1].kept_right
         if orders:
             program, _ = _split_epilogues(plan.program, split, orders)
-            replanned = plan_program(program, plan.dtype, plan.itemsize, budget)
+            replanned = plan_program(program, plan.dtype, plan.itemsize, budget, plan.fft)
         plan = replanned
         epilogues = {position + 1 for position in moved.values()}
     else:

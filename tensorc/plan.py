@@ -8,6 +8,7 @@ of elementwise operations line up by inserting new axes, never by transposing.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
@@ -53,6 +54,22 @@ SCATTER_SHORT_RUN = 16
 # How the plan names an accumulation planned as a read through windows.
 GATHER_FORM = "accumulation through windows read as a convolution with the flipped kernel " \
     "(gather form)"
+
+# FFT convolution (numpy.fft, pocketfft, single-threaded), per element of a transform times
+# log2 of its length, measured on this machine for float32: real-to-complex about 0.6-1 ns,
+# complex-to-real about half that; plus about 100 ns per 1-D transform (a 12x12 image's
+# transform is mostly that). The product of the transforms is a batch of small complex
+# GEMMs, one per frequency, which NumPy runs at about 4 ns per GEMM plus 0.1 ns per complex
+# multiply-add at full GEMM efficiency (measured 4-1500 ns per GEMM, within 3x of this).
+FFT_NS = 0.8
+IFFT_NS = 0.4
+FFT_LINE_NS = 100.0
+FREQUENCY_GEMM_NS = 4.0
+COMPLEX_MULTIPLY_ADD_NS = 0.1
+COMPLEX_FLOP_FACTOR = 4  # real FLOPs per complex multiply-add, over a real one's
+# FFT is chosen only when the model expects it this much faster than im2col + GEMM: a wrong
+# FFT choice is the costlier mistake (the model's transforms err by up to 1.5x).
+FFT_MARGIN = 1.25
 
 # im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
 IM2COL_CHUNK_BYTES = 8 << 20
@@ -128,6 +145,37 @@ class PairStep:
     windows: tuple[bool, bool] = (False, False)  # (matmul left, right) is a strided window
 
 
+@dataclass(frozen=True)
+class FFTDim:
+    """One dimension of a windowed read done by FFT: `signal[..., output + sign*window + c]`
+    summed over `window` against the kernel operand's dimension `kernel_dim`."""
+
+    dim: int  # of the signal (the windowed read)
+    output: str  # the free index, coefficient 1
+    window: str  # the summed index shared with the kernel operand, coefficient `sign`
+    sign: int  # +1: a correlation (the kernel is flipped first), -1: a convolution
+    kernel_dim: int
+    length: int  # of the transform: at least the (padded) signal's size, 5-smooth
+    crop: int  # where output position 0 lies in the circular result
+    frequency: str  # the axis name of this dimension's frequencies in the product
+
+
+@dataclass
+class FFTPlan:
+    """A windowed contraction of two operands as a product in the frequency domain: both
+    are transformed over the window dimensions (the last one real-to-complex, halved),
+    multiplied and summed per frequency (`steps` of the ContractNode, over the frequency
+    axes), transformed back and cropped to the output range."""
+
+    signal: int  # operand positions
+    kernel: int
+    dims: tuple[FFTDim, ...]
+    sizes: dict[str, int]  # the frequency axes' sizes
+    signal_axes: tuple[str, ...]  # the transformed operands' axes, in their memory order
+    kernel_axes: tuple[str, ...]
+    product_axes: tuple[str, ...]  # the output's axes, positions replaced by frequencies
+
+
 @dataclass
 class ContractNode:
     """A sum over a product of factors, contracted pairwise in opt_einsum's order."""
@@ -142,6 +190,7 @@ class ContractNode:
     flops: int
     mean_count: int = 1
     estimated_ns: float = 0.0  # the steps and any channels-last copies
+    fft: FFTPlan | None = None  # computed by FFT; `steps` then multiply the transforms
 
 
 @dataclass
@@ -190,6 +239,7 @@ class ProgramPlan:
     dtype: str
     itemsize: int
     statements: list[StatementPlan]
+    fft: str = "auto"  # the FFT mode it was planned with
 
     @property
     def flops(self) -> int:
@@ -207,11 +257,13 @@ class ProgramPlan:
 
 class _StatementPlanner:
     def __init__(self, program: CheckedProgram, statement: Statement, itemsize: int,
-                 fresh_target: bool = False, chunk_bytes: int = IM2COL_CHUNK_BYTES) -> None:
+                 fresh_target: bool = False, chunk_bytes: int = IM2COL_CHUNK_BYTES,
+                 fft_mode: str = "auto") -> None:
         self.program = program
+        self.fft_mode = fft_mode  # "auto" (by cost), "off" or "always" (where it applies)
         self.chunk_bytes = chunk_bytes
         self.statement = statement
-        self.sizes = statement.ranges
+        self.sizes = dict(statement.ranges)  # plus frequency axes of FFT plans
         self.order = statement.index_order()
         self.position = {name: i for i, name in enumerate(self.order)}
         self.itemsize = itemsize
@@ -388,6 +440,25 @@ class _StatementPlanner:
                     o.memory_order = None
                 steps, self.temporaries[:], self.largest = native
         naive = _naive_flops(operands, self.sizes)
+        mean_count = count if expr.op == "mean" else 1
+        estimated = sum(s.estimated_ns for s in steps) + sum(
+            RELAYOUT_NS * math.prod(self.padded_shape(o)) for o in operands
+            if isinstance(o, ViewNode) and o.memory_order is not None)
+        # A large window may be cheaper as a product of Fourier transforms. Chosen by cost.
+        fft = self.fft_candidate(operands, expr.indices, out_axes) \
+            if self.fft_mode != "off" else None
+        if fft is not None and (self.fft_mode == "always"
+                                or fft.estimated_ns * FFT_MARGIN < estimated):
+            for operand in operands:
+                if isinstance(operand, ViewNode):
+                    operand.memory_order = None
+            self.temporaries[:], self.largest = before
+            for elements in fft.temporaries:
+                self.allocate(elements)
+            self.strategies.append(fft.description)
+            return ContractNode(operands, scale, expr.indices, [fft.step], out_axes,
+                                self.shape_of(out_axes), naive, fft.flops, mean_count,
+                                fft.estimated_ns, fft.plan)
         flops = sum(s.flops for s in steps)
         windowed = [o for o in operands if isinstance(o, ViewNode) and o.kind == "strided"
                     and any(not m.is_plain for m in o.read.maps)]
@@ -404,12 +475,113 @@ class _StatementPlanner:
         else:
             self.strategies.append("contraction as a BLAS GEMM"
                                    + (" (batched)" if steps[0].batch else ""))
-        mean_count = count if expr.op == "mean" else 1
-        estimated = sum(s.estimated_ns for s in steps) + sum(
-            RELAYOUT_NS * math.prod(self.padded_shape(o)) for o in operands
-            if isinstance(o, ViewNode) and o.memory_order is not None)
         return ContractNode(operands, scale, expr.indices, steps, out_axes,
                             self.shape_of(out_axes), naive, flops, mean_count, estimated)
+
+    def fft_candidate(self, operands: list[Node], reduced: tuple[str, ...],
+                      out_axes: tuple[str, ...]) -> _FFTCandidate | None:
+        """The contraction as an FFT convolution, or None when it is not one: two operands,
+        one a window read whose windowed dimensions are `output + window + c` or
+        `output - window + c` (stride and dilation 1; a boundary mode pads first), the other
+        reading each window index plainly. Convolutions, their input gradients in gather
+        form (dy read through the flipped window) and their weight gradients (x correlated
+        with dy: the window index is then the output position) all have this shape."""
+        if self.itemsize not in (4, 8) or len(operands) != 2:
+            return None  # numpy.fft has no float16 transform
+        for signal, kernel in ((0, 1), (1, 0)):
+            dims = self.fft_dims(operands[signal], operands[kernel], reduced, out_axes)
+            if dims:
+                break
+        else:
+            return None
+        x, k = operands[signal], operands[kernel]
+        frequency = {d.output: d.frequency for d in dims}
+        sizes = {d.frequency: d.length for d in dims}
+        last = dims[-1]
+        sizes[last.frequency] = last.length // 2 + 1  # real-to-complex: half the spectrum
+        by_window = {d.window: d.frequency for d in dims}
+        by_dim = {d.dim: d.frequency for d in dims}
+        signal_axes = tuple(by_dim[i] if i in by_dim else m.terms[0][0]
+                            for i, m in enumerate(x.read.maps))
+        kernel_axes = tuple(by_window.get(m.terms[0][0], m.terms[0][0]) for m in k.read.maps)
+        product_axes = tuple(frequency.get(a, a) for a in out_axes)
+        saved = (dict(self.sizes), dict(self.position), self.windows, self.window_strides,
+                 list(self.temporaries), self.largest)
+        self.sizes.update(sizes)
+        for d in dims:
+            self.position[d.frequency] = self.position[d.output] + 0.5
+        self.windows, self.window_strides = {}, {}
+        step = self.plan_pair(0, 1, signal_axes, kernel_axes, product_axes,
+                              "temporary", "temporary")
+        size = lambda axes: math.prod(self.sizes[a] for a in axes)  # noqa: E731
+        spectrum = size(sizes)
+        if step.kind == "gemm":
+            m, n, depth = size(step.kept_left), size(step.kept_right), size(step.contracted)
+            product_ns = size(step.batch) * (FREQUENCY_GEMM_NS + COMPLEX_MULTIPLY_ADD_NS * m * n
+                                             * depth / _gemm_efficiency(m, n, depth))
+        else:  # an elementwise complex product, memory-bound
+            product_ns = size(product_axes) * TRANSPOSED_COPY_NS
+        (self.sizes, self.position, self.windows, self.window_strides, self.temporaries,
+         self.largest) = saved
+        self.sizes.update(sizes)  # the product's axes, for the plan and the renderer
+        transform = math.prod(d.length for d in dims)
+        log = math.log2(max(transform, 2))
+        plain = lambda axes: math.prod(self.sizes[a] for a in axes if a not in sizes)  # noqa
+        signal_elements = plain(signal_axes) * transform
+        kernel_elements = plain(kernel_axes) * transform
+        out_elements = plain(product_axes) * transform
+        # 1-D transforms per element: one per line along each dimension (the last halved)
+        lines = sum(1 / d.length for d in dims[:-1]) * (last.length // 2 + 1) / last.length \
+            + 1 / last.length
+        estimated = ((FFT_NS * log + FFT_LINE_NS * lines) * (signal_elements + kernel_elements)
+                     + (IFFT_NS * log + FFT_LINE_NS * lines) * out_elements + product_ns)
+        flops = int(2.5 * log * (signal_elements + kernel_elements + out_elements)
+                    + COMPLEX_FLOP_FACTOR * step.flops)
+        # complex spectra count 2 elements each; the inverse transform's result is real
+        temporaries = [2 * plain(signal_axes) * spectrum, 2 * plain(kernel_axes) * spectrum,
+                       2 * plain(product_axes) * spectrum, out_elements]
+        lengths = "x".join(str(d.length) for d in dims)
+        how = ("a batched complex GEMM" if step.kind == "gemm" and step.batch
+               else "a complex GEMM" if step.kind == "gemm" else "an elementwise product")
+        summed = [a for a in reduced if a not in by_window]
+        per_frequency = f"summed over {','.join(summed)} " if summed else ""
+        description = (f"windowed contraction by FFT: {x.read} and {k.read.tensor} "
+                       f"transformed over {','.join(d.output for d in dims)} (lengths {lengths}), "
+                       f"multiplied {per_frequency}per frequency as {how}, transformed back "
+                       "and cropped")
+        plan = FFTPlan(signal, kernel, tuple(dims), sizes, signal_axes, kernel_axes,
+                       product_axes)
+        return _FFTCandidate(plan, step, estimated, flops, temporaries, description)
+
+    def fft_dims(self, x: Node, k: Node, reduced: tuple[str, ...],
+                 out_axes: tuple[str, ...]) -> list[FFTDim]:
+        """The windowed dimensions of `x` as FFT dimensions against `k`, or [] if any
+        dimension of either operand does not fit the FFT's shape."""
+        if not (isinstance(x, ViewNode) and x.kind == "strided" and isinstance(k, ViewNode)
+                and k.kind in ("whole", "strided")) or not all(m.is_plain for m in k.read.maps):
+            return []
+        kernel_dims = {m.terms[0][0]: d for d, m in enumerate(k.read.maps)}
+        x_indices = [n for m in x.read.maps for n in m.indices()]
+        if len(kernel_dims) != len(k.read.maps) or len(x_indices) != len(set(x_indices)):
+            return []  # a diagonal: not a convolution
+        padded = self.padded_shape(x)
+        pad = x.pad or tuple((0, 0) for _ in x.read.maps)
+        dims = []
+        for dim, m in enumerate(x.read.maps):
+            if m.is_plain:
+                continue
+            outputs = [n for n, c in m.terms if c == 1 and n in out_axes and n not in kernel_dims]
+            windows = [n for n, c in m.terms if abs(c) == 1 and n in reduced and n in kernel_dims]
+            if len(m.terms) != 2 or len(outputs) != 1 or len(windows) != 1 \
+                    or outputs[0] == windows[0]:
+                return []
+            output, window = outputs[0], windows[0]
+            sign = dict(m.terms)[window]
+            start = m.offset + pad[dim][0]  # of output 0, window 0 in the padded signal
+            crop = start + (self.sizes[window] - 1 if sign > 0 else 0)
+            dims.append(FFTDim(dim, output, window, sign, kernel_dims[window],
+                               fft_length(padded[dim]), crop, f"~{output}"))
+        return dims
 
     def plan_steps(self, operands: list[Node], path, out_axes: tuple[str, ...],
                    result_may_be_view: bool) -> list[PairStep]:
@@ -570,8 +742,8 @@ class _StatementPlanner:
         left, right = (b, a) if swap else (a, b)
         left_kind, right_kind = (kinds["b"], kinds["a"]) if swap else (kinds["a"], kinds["b"])
         m, n, k = size(first), size(second), size(contracted)
-        efficiency = max(1e-3, min(1.0, min(m, n, k) / GEMM_FULL_SPEED_DIMENSION)) ** 0.5
-        cost = size(group) * (GEMM_CALL_NS + 2 * m * n * k / (GEMM_FLOPS_PER_NS * efficiency))
+        cost = size(group) * (GEMM_CALL_NS + 2 * m * n * k / (GEMM_FLOPS_PER_NS
+                                                              * _gemm_efficiency(m, n, k)))
         copies = []
         for axes, kind, inner, outer in ((left, left_kind, contracted, first),
                                          (right, right_kind, second, contracted)):
@@ -640,6 +812,39 @@ class _StatementPlanner:
     def peak_bytes(self) -> int:
         # Conservative: every temporary of the statement alive at once.
         return sum(self.temporaries)
+
+
+@dataclass
+class _FFTCandidate:
+    plan: FFTPlan
+    step: PairStep  # the product of the transforms
+    estimated_ns: float
+    flops: int
+    temporaries: list[int]  # elements
+    description: str
+
+
+def _gemm_efficiency(m: int, n: int, k: int) -> float:
+    """The fraction of full GEMM speed at these sizes (~ the square root of the smallest
+    dimension's share of GEMM_FULL_SPEED_DIMENSION)."""
+    return max(1e-3, min(1.0, min(m, n, k) / GEMM_FULL_SPEED_DIMENSION)) ** 0.5
+
+
+def fft_length(size: int) -> int:
+    """The smallest 5-smooth number (2^a 3^b 5^c) at least `size`: pocketfft and cuFFT are
+    fast there, and slow on large prime factors (58 = 2*29 took 1.8x as long as 60)."""
+    best = 1 << max(0, (size - 1).bit_length())
+    power3 = 1
+    while power3 < best:
+        power5 = power3
+        while power5 < best:
+            candidate = power5
+            while candidate < size:
+                candidate *= 2
+            best = min(best, candidate)
+            power5 *= 5
+        power3 *= 3
+    return best
 
 
 def _factors(expr: Expr) -> tuple[float, list[Expr]]:
@@ -838,9 +1043,11 @@ def _estimated_ns(node: Node) -> float:
 
 
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8,
-                 budget: int | None = None) -> ProgramPlan:
+                 budget: int | None = None, fft: str = "auto") -> ProgramPlan:
     """Plan every statement. `budget` bounds each statement's temporaries in bytes (default:
-    tensorc.budget.memory_budget()); im2col copies are chunked to fit a quarter of it."""
+    tensorc.budget.memory_budget()); im2col copies are chunked to fit a quarter of it.
+    `fft`: "auto" lets the cost model choose FFT convolutions, "off" never uses them,
+    "always" uses them wherever they apply (for tests)."""
     budget = memory_budget() if budget is None else budget
     chunk_bytes = max(64 << 10, min(IM2COL_CHUNK_BYTES, budget // 4))
     _check_total_memory(program, itemsize)
@@ -850,14 +1057,15 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         fresh = statement.target not in defined and not any(
             isinstance(n, Read) and n.tensor == statement.target for n in walk(statement.value))
         defined.add(statement.target)
-        planner = _StatementPlanner(program, statement, itemsize, fresh, chunk_bytes)
+        planner = _StatementPlanner(program, statement, itemsize, fresh, chunk_bytes, fft)
         root = planner.plan(statement.value)
         # An accumulation through windows either adds each window's contribution back
         # (col2im) or reads back through the windows (gather form): planned both ways, the
         # cheaper by the cost model is kept, unless only the other fits the budget.
         gathered = gather_form(statement, program.tensors[statement.target].shape)
         if gathered is not None:
-            gather_planner = _StatementPlanner(program, gathered, itemsize, False, chunk_bytes)
+            gather_planner = _StatementPlanner(program, gathered, itemsize, False, chunk_bytes,
+                                               fft)
             gather_root = gather_planner.plan(gathered.value)
             fits = (planner.peak_bytes() <= budget, gather_planner.peak_bytes() <= budget)
             cheaper = _estimated_ns(gather_root) < _estimated_ns(root) + planner.scatter_ns()
@@ -899,7 +1107,14 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
                                    planner.largest, planner.peak_bytes(),
                                    offset_loop=offset_loop, target_order=planner.target_order,
                                    tiles_target=tiles))
-    return ProgramPlan(program, dtype, itemsize, plans)
+    return ProgramPlan(program, dtype, itemsize, plans, fft)
+
+
+def fft_mode() -> str:
+    """TENSORC_FFT: 'auto' (default: FFT convolutions where the cost model prefers them),
+    'off', or 'always' (wherever a contraction has their shape: for tests)."""
+    mode = os.environ.get("TENSORC_FFT", "auto").strip().lower()
+    return mode if mode in ("auto", "off", "always") else "auto"
 
 
 def _epilogue_ops(node: Node) -> list[str]:
@@ -958,6 +1173,7 @@ def format_plan(plan: ProgramPlan) -> str:
                      f"speedup: {speedup:.3g}x")
         lines.append(f"  largest intermediate: {sp.largest_intermediate:,} elements   "
                      f"peak temporary: {_si(sp.peak_temporary_bytes, 'B')} (estimated)")
+        sizes = axis_sizes(sp)
         steps = [(c, st) for c in contractions_in(sp.root) for st in c.steps]
         if steps and sp.loop_nest is None:
             lines.append(f"  {'step':<5} {'contraction':<40} {'FLOPs':>14}  how")
@@ -965,7 +1181,7 @@ def format_plan(plan: ProgramPlan) -> str:
                 text = (f"{_axes_text(step.left_axes)},{_axes_text(step.right_axes)}"
                         f"->{_axes_text(step.result_axes)}" if step.left != step.right
                         else f"{_axes_text(step.left_axes)}->{_axes_text(step.result_axes)}")
-                how = _step_text(step, s.ranges)
+                how = _step_text(step, sizes)
                 if step.copy_bytes and step.chunk and step.chunk < s.ranges[step.chunk_axis]:
                     chunk_bytes = step.copy_bytes * step.chunk // s.ranges[step.chunk_axis]
                     summed = " (summed)" if step.chunk_axis in step.contracted else ""
@@ -975,6 +1191,16 @@ def format_plan(plan: ProgramPlan) -> str:
                     how += f", copies {_si(step.copy_bytes, 'B')} into GEMM layout"
                 lines.append(f"  {number:<5} {text:<40} {step.flops:>14,}  {how}")
     return "\n".join(lines)
+
+
+def axis_sizes(sp: StatementPlan) -> dict[str, int]:
+    """The sizes of every axis a statement's plan uses: its indices, and the frequency axes
+    of FFT convolutions."""
+    sizes = dict(sp.statement.ranges)
+    for contraction in contractions_in(sp.root):
+        if contraction.fft is not None:
+            sizes.update(contraction.fft.sizes)
+    return sizes
 
 
 def contractions_in(node: Node) -> list[ContractNode]:

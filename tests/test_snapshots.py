@@ -49,6 +49,10 @@ CASES = {
     "maxpool_grad": (str(tc.grad(tc.parse("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   "
                                           "where u < 2, v < 2"), wrt=["y"])),
                      dict(y=(8, 16, 24, 24), dp=(8, 16, 12, 12))),
+    # a 15x15 kernel: by FFT (transforms, a complex GEMM per frequency, inverse, crop)
+    "fft_large_kernel": ("y[n,o,h,w] = x[n,c,h+u-7,w+v-7] * k[o,c,u,v]   "
+                         "where h < 48, w < 40, x: reflect",
+                         dict(x=(4, 8, 48, 40), k=(8, 8, 15, 15))),
     "col2im_reflect": ("dx: [N,C,H,W]\n"
                        "dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w] * k[o,c,u,v]   where dx: reflect",
                        dict(N=2, C=3, H=9, W=9, dy=(2, 4, 5, 5), k=(4, 3, 3, 3))),

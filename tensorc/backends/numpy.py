@@ -342,16 +342,8 @@ class _StatementRenderer:
             value = _Value(code, node.axes, node.shape, contiguous=code == tensor)
             self.views[key] = value
             return value
-        # the array the window is cut from: the tensor, or its padded or channels-last copy
-        base = tensor
+        base = self.window_base(node)
         pad = node.pad or tuple((0, 0) for _ in read.maps)
-        if node.pad is not None or node.memory_order is not None:
-            pad_key = (read.tensor, node.pad, read.boundary, node.memory_order)
-            if pad_key not in self.padded:
-                name = self.fresh(f"{tensor}_pad" if node.pad else f"{tensor}_last")
-                self.emit_padding(name, tensor, read.boundary, pad, node.memory_order)
-                self.padded[pad_key] = name
-            base = self.padded[pad_key]
         source = base
         starts = [m.offset + before for m, (before, _) in zip(read.maps, pad)]
         if any(starts):
@@ -375,6 +367,21 @@ class _StatementRenderer:
         value = _Value(name, node.axes, node.shape, contiguous=False)  # a strided window
         self.views[key] = value
         return value
+
+    def window_base(self, node: ViewNode) -> str:
+        """The array a window is cut from: the tensor, or its padded or channels-last copy
+        (made once per statement)."""
+        read = node.read
+        tensor = self.module.variable(read.tensor)
+        if node.pad is None and node.memory_order is None:
+            return tensor
+        pad_key = (read.tensor, node.pad, read.boundary, node.memory_order)
+        if pad_key not in self.padded:
+            name = self.fresh(f"{tensor}_pad" if node.pad else f"{tensor}_last")
+            pad = node.pad or tuple((0, 0) for _ in read.maps)
+            self.emit_padding(name, tensor, read.boundary, pad, node.memory_order)
+            self.padded[pad_key] = name
+        return self.padded[pad_key]
 
     def emit_padding(self, name: str, tensor: str, mode: str | None,
                      pad: tuple[tuple[int, int], ...],
@@ -446,17 +453,20 @@ class _StatementRenderer:
         return self.materialized(value, "t")
 
     def render_contraction(self, node: ContractNode, name_hint: str) -> _Value:
-        working = [self.operand(o) for o in node.operands]
-        total = len(node.steps)
-        for number, step in enumerate(node.steps, 1):
-            last = number == total
-            result = self.fresh(name_hint if last else "t")
-            self.emit(f"# step {number}/{total}: {self.describe(step)}")
-            value = self.render_step(step, working, result)
-            for i in sorted({step.left, step.right}, reverse=True):
-                working.pop(i)
-            working.append(value)
-        value = working[-1]
+        if node.fft is not None:
+            value = self.render_fft(node, name_hint)
+        else:
+            working = [self.operand(o) for o in node.operands]
+            total = len(node.steps)
+            for number, step in enumerate(node.steps, 1):
+                last = number == total
+                result = self.fresh(name_hint if last else "t")
+                self.emit(f"# step {number}/{total}: {self.describe(step)}")
+                value = self.render_step(step, working, result)
+                for i in sorted({step.left, step.right}, reverse=True):
+                    working.pop(i)
+                working.append(value)
+            value = working[-1]
         factor = node.scale / node.mean_count
         if factor != 1:
             if value.axes:
@@ -464,6 +474,58 @@ class _StatementRenderer:
             else:
                 self.emit(f"{value.code} = {value.code} * {_number(factor)}")
         return value
+
+    def render_fft(self, node: ContractNode, name_hint: str) -> _Value:
+        """Both operands to the frequency domain over the window dimensions, their product
+        there (the plan's step, over frequency axes), back, and the output range cut out."""
+        fft = node.fft
+        self.sizes = {**self.sizes, **fft.sizes}
+        signal, kernel = node.operands[fft.signal], node.operands[fft.kernel]
+        lengths = _tuple(d.length for d in fft.dims)
+        outputs = ",".join(d.output for d in fft.dims)
+        self.emit(f"# FFT over {outputs}: a circular convolution of length "
+                  f"{'x'.join(str(d.length) for d in fft.dims)}, which wraps around only "
+                  "outside the output range")
+        # the signal: its padded array whole along the windows, its own range elsewhere
+        windowed = {d.dim for d in fft.dims}
+        shape = self.module.plan.program.tensors[signal.read.tensor].shape
+        cut = [":" if dim in windowed or self.sizes[m.terms[0][0]] == size
+               else f":{self.sizes[m.terms[0][0]]}"
+               for dim, (m, size) in enumerate(zip(signal.read.maps, shape))]
+        source = self.window_base(signal) + (f"[{', '.join(cut)}]" if set(cut) != {":"} else "")
+        signal_f = self.fresh(f"{self.module.variable(signal.read.tensor)}_f")
+        self.emit(f"{signal_f} = np.fft.rfftn({source}, s={lengths}, "
+                  f"axes={_tuple(d.dim for d in fft.dims)})")
+        # the kernel: flipped along correlations (a correlation is a convolution with the
+        # flipped kernel), cut to each index's range; rfftn zero-pads it to the lengths
+        shape = self.module.plan.program.tensors[kernel.read.tensor].shape
+        by_window = {d.window: d for d in fft.dims}
+        cut = []
+        for m, size in zip(kernel.read.maps, shape):
+            n = self.sizes[m.terms[0][0]]
+            d = by_window.get(m.terms[0][0])
+            if d is not None and d.sign > 0:
+                cut.append("::-1" if n == size else f"{n - 1}::-1")
+            else:
+                cut.append(":" if n == size else f":{n}")
+        source = self.module.variable(kernel.read.tensor) + (
+            f"[{', '.join(cut)}]" if set(cut) != {":"} else "")
+        kernel_f = self.fresh(f"{self.module.variable(kernel.read.tensor)}_f")
+        self.emit(f"{kernel_f} = np.fft.rfftn({source}, s={lengths}, "
+                  f"axes={_tuple(d.kernel_dim for d in fft.dims)})")
+        working = [_Value(name, axes, tuple(self.sizes[a] for a in axes), True)  # the
+                   for name, axes in ((signal_f, fft.signal_axes),  # step's (left, right)
+                                      (kernel_f, fft.kernel_axes))]
+        step = node.steps[0]
+        self.emit(f"# {self.describe(step)} (in complex numbers: 4x the work)")
+        product = self.render_step(step, working, self.fresh("t_f"))
+        positions = _tuple(product.axes.index(d.frequency) for d in fft.dims)
+        crop = {d.frequency: f"{d.crop}:{d.crop + self.sizes[d.output]}" for d in fft.dims}
+        cut = ", ".join(crop.get(a, ":") for a in product.axes)
+        result = self.fresh(name_hint)
+        self.emit(f"{result} = np.fft.irfftn({product.code}, s={lengths}, axes={positions})"
+                  f"[{cut}].astype(DTYPE, copy=False)")
+        return _Value(result, node.axes, node.shape, True, contiguous=False)
 
     def describe(self, step: PairStep) -> str:
         sizes = self.sizes
