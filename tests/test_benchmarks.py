@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("only", ["maxpool", "chain"])
+@pytest.mark.parametrize("only", ["maxpool", "chain", "overhead", "compile"])
 def test_benchmark_runner_smoke(only):
     run = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", only],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
