@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
-import hashlib
-import linecache
 import threading
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
@@ -18,13 +15,14 @@ from .errors import (
 )
 from .ir import CheckedProgram
 from .backends.jit import jit_mode, numba_available
+from .backends.numpy import execute_module
 from .loopnest import plan_for_cpu_jit, plan_for_gpu
 from .parser import parse, recursion_headroom
 from .plan import ProgramPlan, fft_mode, plan_program
 
 __all__ = ["Kernel", "compile", "compile_grad", "BACKENDS"]
 
-BACKENDS = ("numpy", "cupy")
+BACKENDS = ("numpy", "cupy", "dask")
 
 
 @dataclass(frozen=True)
@@ -45,19 +43,11 @@ def _render(plan: ProgramPlan, backend: str) -> str:
     if backend == "numpy":
         from .backends.numpy import render_module
         return render_module(plan)
+    if backend == "dask":
+        from .backends.dask import render_dask_module
+        return render_dask_module(plan)
     from .backends.cupy import render_module
     return render_module(plan)
-
-
-def _execute(source: str, backend: str) -> dict[str, Any]:
-    """Run a generated module's source: its namespace."""
-    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
-    filename = f"<tensorc-{backend}-{digest}>"
-    # Registered so that tracebacks and inspect show the generated lines.
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict[str, Any] = {"__name__": f"tensorc_generated_{digest}"}
-    exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102 - our own rendered code
-    return namespace
 
 
 class _DeviceFunction:
@@ -78,7 +68,7 @@ class _DeviceFunction:
             with self.lock:
                 function = self.bound.get(mode)
                 if function is None:
-                    function = bind_module(_execute(self.source, "cupy"), self.plan)
+                    function = bind_module(execute_module(self.source, "cupy"), self.plan)
                     self.bound[mode] = function
         return function(*arrays)
 
@@ -86,7 +76,7 @@ class _DeviceFunction:
 def _load(source: str, backend: str, plan: ProgramPlan) -> Callable[..., Any]:
     if backend == "cupy":
         return _DeviceFunction(source, plan)
-    return _execute(source, backend)["kernel"]
+    return execute_module(source, backend)["kernel"]
 
 
 def _specialize(program: S.Program, program_text: str, backend: str,
@@ -115,7 +105,13 @@ def _specialize(program: S.Program, program_text: str, backend: str,
             elif jit != "off":
                 plan = plan_for_cpu_jit(plan, jit)
             source = _render(plan, backend)
-        specialization = Specialization(checked, plan, source, _load(source, backend, plan))
+        if backend == "dask":  # the statements as dask.array graphs, planned per call
+            from .backends.dask import DaskPlanText, DaskProgram
+            function = DaskProgram(checked, plan)
+            plan = replace(plan, appendix=DaskPlanText(function))
+        else:
+            function = _load(source, backend, plan)
+        specialization = Specialization(checked, plan, source, function)
         _CACHE[key] = specialization
         return specialization
 
@@ -314,6 +310,9 @@ class Kernel:
         if self.backend == "cupy":
             from .backends.cupy import device_namespace
             xp = device_namespace()
+        elif self.backend == "dask":  # NumPy arrays are chunked automatically
+            from .backends.dask import dask_array_module
+            xp = dask_array_module()
         arrays = bind_inputs(self.inputs, args, arrays)
         values = {name: _as_array(name, arrays[name], xp) for name in self.inputs}
         # Python numbers are weak, as in NumPy 2 and PyTorch: s=0.5 keeps a float32 model float32

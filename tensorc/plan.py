@@ -240,6 +240,7 @@ class ProgramPlan:
     itemsize: int
     statements: list[StatementPlan]
     fft: str = "auto"  # the FFT mode it was planned with
+    appendix: Any = None  # printed after the statements (the Dask backend's chunking)
 
     @property
     def flops(self) -> int:
@@ -1190,6 +1191,8 @@ def format_plan(plan: ProgramPlan) -> str:
                 elif step.copy_bytes:
                     how += f", copies {_si(step.copy_bytes, 'B')} into GEMM layout"
                 lines.append(f"  {number:<5} {text:<40} {step.flops:>14,}  {how}")
+    if plan.appendix is not None:
+        lines.append(str(plan.appendix))
     return "\n".join(lines)
 
 

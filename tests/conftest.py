@@ -1,4 +1,11 @@
-"""`--cupy-emulated`: run the conformance tests through the CuPy backend, without a GPU.
+"""`--cupy-emulated` and `--dask-chunked`: run the conformance tests through another backend.
+
+`--dask-chunked`: every kernel that a test compiles for backend="numpy" is compiled for
+backend="dask" instead; its NumPy inputs are cut into two chunks along each dimension, so
+that chunks cut through windows and contracted indices, and its outputs
+are computed back to NumPy arrays for the test's own checks.
+
+`--cupy-emulated`:
 
 With the option, every kernel that a test compiles for backend="numpy" is compiled for
 backend="cupy" instead and runs emulated (tensorc.backends.cupy.emulate_on_numpy): the
@@ -18,12 +25,22 @@ def pytest_addoption(parser):
     parser.addoption("--cupy-emulated", action="store_true",
                      help="run kernels through the CuPy backend emulated on NumPy (no GPU), and "
                           "compile its CUDA C with NVRTC")
+    parser.addoption("--dask-chunked", action="store_true",
+                     help="run kernels through the Dask backend, inputs cut into small chunks")
+
+
+def _other_backend(config) -> str | None:
+    for option in ("--cupy-emulated", "--dask-chunked"):
+        if config.getoption(option):
+            return option
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
-    if not config.getoption("--cupy-emulated"):
+    option = _other_backend(config)
+    if option is None:
         return
-    skip = pytest.mark.skip(reason="--cupy-emulated runs only the tests marked conformance")
+    skip = pytest.mark.skip(reason=f"{option} runs only the tests marked conformance")
     numpy_only = pytest.mark.skip(reason="pins the NumPy backend's own behaviour")
     for item in items:
         if "conformance" not in item.keywords:
@@ -73,6 +90,42 @@ def _cupy_emulated(request, monkeypatch):
         yield
     # reported with the test (also across xdist workers) and counted in the summary
     request.node.user_properties.append(("cuda_sources_compiled", len(_COMPILED) - before))
+
+
+@pytest.fixture(autouse=True)
+def _dask_chunked(request, monkeypatch):
+    if not request.config.getoption("--dask-chunked"):
+        yield
+        return
+    import dask
+    import numpy as np
+    import tensorc.kernel as kernel_module
+
+    original_init, original_call = kernel_module.Kernel.__init__, kernel_module.Kernel.__call__
+
+    def on_dask(self, program, backend="numpy", *args, **kwargs):
+        original_init(self, program, "dask" if backend == "numpy" else backend, *args, **kwargs)
+
+    def chunked_call(self, *args, **arrays):
+        args = [_chunked(a) for a in args]
+        arrays = {name: _chunked(a) for name, a in arrays.items()}
+        result = original_call(self, *args, **arrays)
+        if isinstance(result, dict):
+            return dict(zip(result, dask.compute(*result.values())))
+        return np.asarray(dask.compute(result)[0])
+
+    monkeypatch.setattr(kernel_module.Kernel, "__init__", on_dask)
+    monkeypatch.setattr(kernel_module.Kernel, "__call__", chunked_call)
+    yield
+
+
+def _chunked(value):
+    """A NumPy array as a dask array in two chunks along each dimension (of size 2 or more)."""
+    import dask.array as da
+    import numpy as np
+    if not isinstance(value, np.ndarray) or value.ndim == 0:
+        return value
+    return da.from_array(value, chunks=tuple(max(1, -(-n // 2)) for n in value.shape))
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -10,12 +10,15 @@ newlines). Nothing else from the program is ever spliced in.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import itertools
 import keyword
+import linecache
 import math
 import re
 import textwrap
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..ir import Read, walk
 from ..plan import (
@@ -23,7 +26,7 @@ from ..plan import (
     ReduceNode, StatementPlan, ViewNode, format_plan, reads_in, scatter_slices,
 )
 
-__all__ = ["render_module", "python_name", "NUMPY_PAD_MODES"]
+__all__ = ["render_module", "execute_module", "python_name", "NUMPY_PAD_MODES"]
 
 NUMPY_PAD_MODES = {"zero": "constant", "circular": "wrap", "reflect": "reflect",
                    "symmetric": "symmetric", "replicate": "edge"}
@@ -1092,6 +1095,17 @@ class _ModuleRenderer:
         parts += ["", "", self.signature()]
         parts += [("    " + line) if line else "" for line in body]
         return "\n".join(parts).rstrip() + "\n"
+
+
+def execute_module(source: str, backend: str) -> dict[str, Any]:
+    """Run a generated module's source: its namespace."""
+    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+    filename = f"<tensorc-{backend}-{digest}>"
+    # Registered so that tracebacks and inspect show the generated lines.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": f"tensorc_generated_{digest}"}
+    exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102 - our own rendered code
+    return namespace
 
 
 def render_module(plan: ProgramPlan) -> str:

@@ -1,0 +1,138 @@
+"""The Dask backend: programs on chunked arrays.
+
+The conformance suite runs on it too (`pytest -m conformance --dask-chunked`, every input cut
+into two chunks per dimension). Here: boundary modes with chunks that cut through windows,
+pads longer than an axis (where Dask's pad differs from NumPy's), the plan's chunking,
+halos and bytes-moved estimate (checked by hand), data-parallel gradients (partial results
+over batch chunks), laziness, and the errors.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import tensorc as tc
+
+da = pytest.importorskip("dask.array")
+
+MODES = ("zero", "circular", "reflect", "symmetric", "replicate")
+
+
+def _run_both(src: str, arrays: dict, chunks: dict, **sizes):
+    """(dask result computed, NumPy backend result) for the same inputs."""
+    kern = tc.compile(src, backend="dask", **sizes)
+    chunked = {n: da.from_array(a, chunks=chunks[n]) if n in chunks else a
+               for n, a in arrays.items()}
+    result = kern(**chunked)
+    want = tc.compile(src, **sizes)(**arrays)
+    return kern, result, want
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("chunks", [(1, 2, 3, 4, 2), (2, 1, 4, 2, 5)])
+def test_3d_convolution_with_each_boundary_mode(mode, chunks):
+    """A 3-D convolution with an asymmetric window (3x4x3, offsets -1,-2,-1): chunks of the
+    spatial axes (and of the summed channels) cut through its windows."""
+    rng = np.random.default_rng(0)
+    src = ("y[n,o,d,h,w] = x[n,c,d+a-1,h+u-2,w+v-1] * k[o,c,a,u,v]   "
+           f"where d < 6, h < 7, w < 5, x: {mode}")
+    arrays = dict(x=rng.standard_normal((2, 3, 6, 7, 5)), k=rng.standard_normal((2, 3, 3, 4, 3)))
+    kern, result, want = _run_both(src, arrays, dict(x=chunks))
+    assert isinstance(result, da.Array)
+    np.testing.assert_allclose(result.compute(), want, rtol=1e-12, atol=1e-12)
+    w_halo = "1/1" if chunks[4] < 5 else "0/0"  # w is cut only by the first chunking
+    assert f"halo (low/high per dimension): x 0/0 0/0 1/1 2/1 {w_halo}" in str(kern.plan)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pads_longer_than_the_axis(mode):
+    """Dask's pad repeats a reflection differently from NumPy's once a pad is longer than
+    the axis: the backend gathers those positions as numpy.pad would."""
+    rng = np.random.default_rng(1)
+    src = f"y[n,h] = x[n,h+u-6] * k[u]   where h < 4, x: {mode}"
+    arrays = dict(x=rng.standard_normal((3, 4)), k=rng.standard_normal(13))
+    _, result, want = _run_both(src, arrays, dict(x=(2, 3)))
+    np.testing.assert_allclose(result.compute(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_plan_states_blocks_halo_and_bytes_moved():
+    """y[h] = x[h+u], x in chunks of 4: blocks [0,4), [4,8), [8,10) read [0,6), [4,10),
+    [8,12); the first two take 2 elements each from the next chunk: 4 float64 = 32 B."""
+    x, k = np.arange(12.0), np.array([1.0, -2.0, 0.5])
+    kern, result, want = _run_both("y[h] = x[h+u] * k[u]", dict(x=x, k=k), dict(x=4))
+    np.testing.assert_allclose(result.compute(), want)
+    plan = kern.plan.appendix.program.last[0]
+    assert plan.blocks == {"h": [0, 4, 8, 10]} and plan.tasks == 3
+    assert plan.halos == {"x": [(0, 2)], "k": [(0, 0)]}
+    assert plan.moved_bytes == 32
+    assert "3 block tasks, y cut along h (3); halo (low/high per dimension): x 0/2; " \
+        "about 32 B moved between workers" in str(kern.plan)
+
+
+def test_contractions_run_as_dask_einsum_in_the_planned_order():
+    rng = np.random.default_rng(2)
+    arrays = dict(A=rng.standard_normal((20, 30)), B=rng.standard_normal((30, 5)),
+                  C=rng.standard_normal((5, 25)))
+    kern, result, want = _run_both("out[i,l] = A[i,j] * B[j,k] * C[k,l]", arrays,
+                                   dict(A=(7, 10), B=(10, 5), C=(5, 9)))
+    np.testing.assert_allclose(result.compute(), want, rtol=1e-12)
+    assert "dask.array.einsum per pairwise step" in str(kern.plan)
+
+
+def test_data_parallel_gradients():
+    """A small CNN's loss and gradients with the batch in 4 chunks: the weight gradients are
+    partial results per chunk of n, combined by a tree reduction, equal to one process's."""
+    rng = np.random.default_rng(3)
+    src = """
+y[n,o,h,w] = relu(x[n,c,h+u-1,w+v-1] * k[o,c,u,v] + b[o])   where h < 8, w < 8, x: zero
+p[n,o,h,w] = max[u,v](y[n,o,2*h+u,2*w+v])   where u < 2, v < 2
+z[n,j] = p[n,o,h,w] * W[j,o,h,w]
+loss = sum[n,j]((z[n,j] - t[n,j]) ^ 2)
+"""
+    arrays = dict(x=rng.standard_normal((16, 2, 8, 8)), k=rng.standard_normal((3, 2, 3, 3)),
+                  b=rng.standard_normal(3), W=rng.standard_normal((4, 3, 4, 4)),
+                  t=rng.standard_normal((16, 4)))
+    chunks = dict(x=(4, 2, 8, 8), t=(4, 4))
+    kern = tc.compile_grad(src, wrt=["k", "b", "W"], backend="dask")
+    got = kern(**{n: da.from_array(a, chunks=chunks[n]) if n in chunks else a
+                  for n, a in arrays.items()})
+    want = tc.compile_grad(src, wrt=["k", "b", "W"])(**arrays)
+    import dask
+    computed = dict(zip(got, dask.compute(*got.values())))
+    for name in ("loss", "dk", "db", "dW"):
+        np.testing.assert_allclose(computed[name], want[name], rtol=1e-10, atol=1e-10,
+                                   err_msg=name)
+    text = str(kern.plan)
+    lines = [line for line in text.splitlines() if "partial results over 4 chunks of n" in line]
+    assert len(lines) >= 2, text  # dk and dW at least
+
+
+def test_numpy_inputs_and_scalars():
+    """NumPy arrays are chunked automatically, Python numbers stay scalars; the result is
+    a lazy dask array."""
+    kern = tc.compile("y[i] = s * x[i] + 1", backend="dask")
+    result = kern(x=np.arange(5.0), s=2.0)
+    assert isinstance(result, da.Array)
+    np.testing.assert_allclose(result.compute(), 2 * np.arange(5.0) + 1)
+
+
+def test_source_is_the_numpy_code_each_block_runs():
+    kern = tc.compile("y[i] = x[i+u] * k[u]", backend="dask", x=(10,), k=(3,))
+    assert kern.source.startswith('"""Generated by tensorc for the Dask backend')
+    assert "def kernel(x, k):" in kern.source
+    assert "not called yet" in str(kern.plan)
+
+
+def test_missing_dask_names_the_extra(monkeypatch):
+    kern = tc.compile("y[i] = 2 * x[i]", backend="dask", x=(3,))
+    monkeypatch.setitem(sys.modules, "dask.array", None)
+    with pytest.raises(tc.BackendError, match=r"tensorc\[dask\]"):
+        kern(x=np.ones(3))
+
+
+def test_unknown_backend_lists_dask():
+    with pytest.raises(tc.BackendError, match="numpy, cupy, dask"):
+        tc.compile("y[i] = x[i]", backend="spark")
