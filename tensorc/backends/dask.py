@@ -34,19 +34,22 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..errors import BackendError
+from ..loopnest import plan_for_cpu_jit
 from ..parser import recursion_headroom
 from ..ir import (
-    Apply, CheckedProgram, Constant, Expr, IndexMap, IndexValue, Read, Reduce, Statement,
+    Apply, CheckedProgram, Expr, IndexMap, IndexValue, Read, Reduce, Statement,
     TensorInfo, walk,
 )
 from ..plan import (
     ContractNode, ProgramPlan, ReduceNode, StatementPlan, ViewNode, format_size, plan_program,
 )
+from .jit import jit_mode, numba_available
 from .numpy import NUMPY_PAD_MODES, execute_module, render_module
 
 __all__ = ["DaskProgram", "DaskPlanText", "dask_array_module", "render_dask_module",
@@ -127,7 +130,12 @@ def _index_bounds(index: str, size: int, statement: Statement,
         return [0, size]
     _, tensor, dim, m, coefficient = min(candidates, key=lambda c: c[0])
     inner = _bounds(chunks[tensor][dim])[1:-1]
-    cuts = sorted({min(max((b - m.offset) // coefficient, 0), size) for b in inner} - {0, size})
+    # a block ends where its windows' centres cross a chunk boundary: halos on both sides
+    low, high = IndexMap(tuple(t for t in m.terms if t[0] != index), m.offset).extent(
+        statement.ranges)
+    centre = (low + high) / 2
+    cuts = sorted({min(max(round((b - centre) / coefficient), 0), size) for b in inner}
+                  - {0, size})
     return [0, *cuts, size]
 
 
@@ -353,7 +361,11 @@ def block_kernel(statement: Statement, tensors: dict[str, TensorInfo], inputs: t
         found = _SOURCES.get(key)
         if found is None:
             program = CheckedProgram((statement,), tensors, inputs, (statement.target,))
-            found = _BlockKernel(render_module(plan_program(program, dtype, itemsize)))
+            plan = plan_program(program, dtype, itemsize)
+            jit = jit_mode() if numba_available() else "off"
+            if jit != "off":  # as on the NumPy backend: Numba loop kernels where they pay
+                plan = plan_for_cpu_jit(plan, jit)
+            found = _BlockKernel(render_module(plan))
         with _LOCK:
             found = _SOURCES.setdefault(key, found)
     return found
@@ -463,7 +475,8 @@ def _run_blocks(da, statement: Statement, program: CheckedProgram, plan: DaskSta
             arguments = []
             for t in inputs:
                 region = regions.get(t) or [(0, n) for n in sources[t].shape]
-                arguments.append(_region_task(sources[t], region))
+                prefix = f"{name}-{t}-{'-'.join(map(str, position))}-{number}"
+                arguments.append(_region_task(layer, prefix, sources[t], region))
             key = (f"{name}-part", number, *position) if len(parts) > 1 else (name, *position)
             weight = block.ranges[plan.split] / statement.ranges[plan.split] \
                 if plan.split and statement.value.op == "mean" else None
@@ -477,11 +490,13 @@ def _run_blocks(da, statement: Statement, program: CheckedProgram, plan: DaskSta
     return da.Array(graph, name, chunks, dtype=np.dtype(dtype))
 
 
-def _region_task(array, region: list[tuple[int, int]]):
-    """A task cutting [low, high) per dimension out of the chunks of `array` it overlaps."""
-    if not region:
-        return array.__dask_keys__()[0]
+def _region_task(layer: dict, prefix: str, array, region: list[tuple[int, int]]):
+    """The key of a task holding [low, high) per dimension of `array`: a chunk's own key
+    when the region is that chunk, else a task joining one slicing task per chunk it
+    overlaps. The slicing runs where the chunk is, so only the slices (halos) move."""
     keys = array.__dask_keys__()
+    if not region:
+        return keys[0]
     picks, cuts = [], []
     for dim, (lo, hi) in enumerate(region):
         bounds = _bounds(array.chunks[dim])
@@ -489,24 +504,33 @@ def _region_task(array, region: list[tuple[int, int]]):
         picks.append(inside)
         cuts.append([slice(max(lo, bounds[k]) - bounds[k], min(hi, bounds[k + 1]) - bounds[k])
                      for k in inside])
+    whole = all(len(p) == 1 and c[0] == slice(0, array.chunks[d][p[0]])
+                for d, (p, c) in enumerate(zip(picks, cuts)))
 
-    def nest(level: int, prefix: tuple[int, ...], node):
+    def key_of(index: tuple[int, ...]):
+        node = keys
+        for k in index:
+            node = node[k]
+        return node
+    if whole:
+        return key_of(tuple(p[0] for p in picks))
+
+    def nest(level: int, index: tuple[int, ...], position: tuple[int, ...]):
         if level == len(region):
-            return node
-        return [nest(level + 1, prefix + (k,), node[k]) for k in picks[level]]
-    return (_cut, nest(0, (), keys), cuts)
+            piece = (f"{prefix}-slice", *index)
+            layer[piece] = (operator.getitem, key_of(index),
+                            tuple(cuts[d][position[d]] for d in range(len(region))))
+            return piece
+        return [nest(level + 1, index + (k,), position + (j,))
+                for j, k in enumerate(picks[level])]
+    layer[(prefix,)] = (_joined, nest(0, (), ()))
+    return (prefix,)
 
 
-def _cut(pieces, cuts):
-    """np.block of each chunk's part of a region (pieces nested one level per dimension)."""
+def _joined(pieces):
+    """np.block of a region's pieces (nested one level per dimension)."""
     import numpy as np
-
-    def sliced(node, level, index):
-        if level == len(cuts):
-            return node[tuple(cuts[d][index[d]] for d in range(len(cuts)))]
-        return [sliced(child, level + 1, index + (k,)) for k, child in enumerate(node)]
-    parts = sliced(pieces, 0, ())
-    return np.block(parts) if isinstance(parts, list) else parts
+    return np.block(pieces) if isinstance(pieces, list) else pieces
 
 
 def _weighted(kernel, weight, *arrays):
