@@ -138,3 +138,29 @@ def test_missing_dask_names_the_extra(monkeypatch):
 def test_unknown_backend_lists_dask():
     with pytest.raises(tc.BackendError, match="numpy, cupy, dask"):
         tc.compile("y[i] = x[i]", backend="spark")
+
+
+@pytest.mark.parametrize("src,shapes,chunks", [
+    ("y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < 11, w < 9, x: reflect",
+     dict(x=(4, 3, 11, 9), k=(5, 3, 3, 3)), dict(x=(2, 3, 4, 5))),
+    ("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2",
+     dict(y=(4, 3, 12, 10)), dict(y=(2, 3, 5, 3))),
+    ("y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < 8, w < 8, x: zero",
+     dict(x=(2, 4, 8, 8), k=(4, 3, 3)), dict(x=(1, 2, 3, 8))),
+])
+def test_cupy_chunks_run_the_cupy_backends_blocks(src, shapes, chunks):
+    """Chunks that are CuPy arrays run each block with the CuPy backend's module (cuBLAS,
+    CUDA loop kernels). Without a GPU: emulated on NumPy, each CUDA kernel in its lane form,
+    as the CuPy backend's own tests do."""
+    from tensorc.backends import dask as dask_backend
+    from tensorc.backends.cupy import emulate_on_numpy
+    rng = np.random.default_rng(4)
+    arrays = {n: rng.standard_normal(s) for n, s in shapes.items()}
+    want = tc.compile(src)(**arrays)
+    kern = tc.compile(src, backend="dask")
+    with emulate_on_numpy():
+        result = kern(**{n: da.from_array(a, chunks=chunks.get(n, a.shape))
+                         for n, a in arrays.items()}).compute(scheduler="threads")
+    np.testing.assert_allclose(result, want, rtol=1e-12, atol=1e-12)
+    devices = [k for k in dask_backend._SOURCES.values() if k.lanes is not None]
+    assert devices and all("xp." in k.source for k in devices)

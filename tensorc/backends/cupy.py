@@ -232,14 +232,22 @@ class _Special:
 def bind_module(namespace: dict[str, Any], plan: ProgramPlan) -> Callable[..., Any]:
     """A freshly loaded module's `kernel`, bound to CuPy and the device, or to NumPy and the
     lane forms when emulating."""
+    return bind_namespace(namespace, lanes_source(plan), plan.dtype)
+
+
+def lanes_source(plan: ProgramPlan) -> str:
+    """The NumPy lane forms of a GPU plan's loop kernels (what emulation runs)."""
+    return render_lanes([sp.loop_nest for sp in plan.statements if sp.loop_nest is not None])
+
+
+def bind_namespace(namespace: dict[str, Any], lanes: str, dtype: str) -> Callable[..., Any]:
+    """bind_module, from the lane forms' source (which a Dask task carries to a worker)."""
     xp = device_namespace()
-    nests = [sp.loop_nest for sp in plan.statements if sp.loop_nest is not None]
     if emulating():
-        namespace["bind"](xp, _Special(), _LaneLauncher(render_lanes(nests), plan.dtype))
+        namespace["bind"](xp, _Special(), _LaneLauncher(lanes, dtype))
     else:
         import cupyx.scipy.special
-        namespace["bind"](xp, cupyx.scipy.special,
-                          _CudaLauncher(namespace["CUDA_SOURCE"], plan.dtype))
+        namespace["bind"](xp, cupyx.scipy.special, _CudaLauncher(namespace["CUDA_SOURCE"], dtype))
     return namespace["kernel"]
 
 

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..errors import BackendError
-from ..loopnest import plan_for_cpu_jit
+from ..budget import memory_budget
+from ..loopnest import plan_for_cpu_jit, plan_for_gpu
 from ..parser import recursion_headroom
 from ..ir import (
     Apply, CheckedProgram, Expr, IndexMap, IndexValue, Read, Reduce, Statement,
@@ -326,49 +327,76 @@ def _shift(expr: Expr, starts: dict[str, int], lows: dict[str, list[int]]) -> Ex
 
 
 class _BlockKernel:
-    """A block's NumPy kernel as its source: what a task ships to a worker (the compiled
-    function holds thread-local buffers, which do not pickle); each process compiles a
-    source once."""
+    """A block's kernel as its source: what a task ships to a worker (a compiled function
+    holds thread-local buffers, which do not pickle); each process compiles a source once.
+    `lanes` (the CUDA kernels' NumPy lane forms) marks a CuPy-backend module, for chunks
+    that are CuPy arrays."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    def __init__(self, source: str, lanes: str | None = None, dtype: str = "") -> None:
+        self.source, self.lanes, self.dtype = source, lanes, dtype
 
     def __call__(self, *arrays: Any) -> Any:
-        kernel = _COMPILED.get(self.source)
+        key = (self.source, self.lanes is not None and _emulating())
+        kernel = _COMPILED.get(key)
         if kernel is None:
             with _LOCK:
-                kernel = _COMPILED.get(self.source)
+                kernel = _COMPILED.get(key)
                 if kernel is None:
-                    kernel = _COMPILED[self.source] = execute_module(self.source,
-                                                                     "dask-block")["kernel"]
+                    kernel = _COMPILED[key] = self.load()
         return kernel(*arrays)
+
+    def load(self) -> Callable[..., Any]:
+        if self.lanes is None:
+            return execute_module(self.source, "dask-block")["kernel"]
+        from .cupy import bind_namespace
+        return bind_namespace(execute_module(self.source, "dask-cupy-block"), self.lanes,
+                              self.dtype)
 
     def __dask_tokenize__(self) -> str:
         return self.source
 
 
-_COMPILED: dict[str, Callable[..., Any]] = {}
+def _emulating() -> bool:
+    from .cupy import emulating
+    return emulating()
+
+
+_COMPILED: dict[tuple, Callable[..., Any]] = {}
 _SOURCES: dict[tuple, _BlockKernel] = {}
 _LOCK = threading.Lock()
 
 
 def block_kernel(statement: Statement, tensors: dict[str, TensorInfo], inputs: tuple[str, ...],
-                 dtype: str, itemsize: int) -> _BlockKernel:
-    """The NumPy kernel of one block's statement, planned and rendered once per shapes."""
+                 dtype: str, itemsize: int, device: bool = False) -> _BlockKernel:
+    """The kernel of one block's statement, planned and rendered once per shapes: by the
+    NumPy backend, or by the CuPy backend for chunks on a GPU (`device`)."""
     with recursion_headroom():  # deeply nested expressions
         key = (str(statement), statement.target_boundary, statement.accumulate,
-               tuple((n, tensors[n].shape) for n in (*inputs, statement.target)), dtype)
+               tuple((n, tensors[n].shape) for n in (*inputs, statement.target)), dtype, device)
         found = _SOURCES.get(key)
         if found is None:
             program = CheckedProgram((statement,), tensors, inputs, (statement.target,))
             plan = plan_program(program, dtype, itemsize)
-            jit = jit_mode() if numba_available() else "off"
-            if jit != "off":  # as on the NumPy backend: Numba loop kernels where they pay
-                plan = plan_for_cpu_jit(plan, jit)
-            found = _BlockKernel(render_module(plan))
+            if device:
+                from .cupy import lanes_source, render_module as render_cupy_module
+                plan = plan_for_gpu(plan, memory_budget())
+                found = _BlockKernel(render_cupy_module(plan), lanes_source(plan), dtype)
+            else:
+                jit = jit_mode() if numba_available() else "off"
+                if jit != "off":  # as on the NumPy backend: Numba loop kernels where they pay
+                    plan = plan_for_cpu_jit(plan, jit)
+                found = _BlockKernel(render_module(plan))
         with _LOCK:
             found = _SOURCES.setdefault(key, found)
     return found
+
+
+def _on_device(values: dict[str, Any]) -> bool:
+    """Whether the chunks are CuPy arrays (or the CuPy backend is being emulated on NumPy,
+    as tests do without a GPU)."""
+    return _emulating() or any(
+        type(getattr(v, "_meta", None)).__module__.split(".")[0] == "cupy"
+        for v in values.values())
 
 
 # ---- running -------------------------------------------------------------------------------
@@ -389,6 +417,7 @@ class DaskProgram:
 
     def build(self, da, values: dict[str, Any]) -> Any:
         plans = []
+        device = _on_device(values)
         for sp in self.numpy_plan.statements:
             chunks = {n: v.chunks for n, v in values.items() if getattr(v, "ndim", 0)}
             plan = plan_statement(sp, self.program, self.numpy_plan.itemsize, chunks)
@@ -398,7 +427,7 @@ class DaskProgram:
                 value = _run_einsum(da, sp, values).astype(self.numpy_plan.dtype, copy=False)
             else:
                 value = _run_blocks(da, statement, self.program, plan, values,
-                                    self.numpy_plan.dtype, self.numpy_plan.itemsize)
+                                    self.numpy_plan.dtype, self.numpy_plan.itemsize, device)
             old = values.get(statement.target)
             if statement.accumulate and old is not None and not _reads_target(statement):
                 value = old + value  # a block that reads its target has added to it already
@@ -435,7 +464,7 @@ def _padded(da, value, pad: tuple[tuple[int, int], ...], mode: str):
 
 
 def _run_blocks(da, statement: Statement, program: CheckedProgram, plan: DaskStatementPlan,
-                values: dict[str, Any], dtype: str, itemsize: int):
+                values: dict[str, Any], dtype: str, itemsize: int, device: bool = False):
     """The statement's target as a dask array: one task per block (and partial result) that
     cuts its regions out of the chunks they overlap and runs the block's NumPy kernel; a
     tree of sums (or max, min) over partial results."""
@@ -471,7 +500,7 @@ def _run_blocks(da, statement: Statement, program: CheckedProgram, plan: DaskSta
             tensors[statement.target] = TensorInfo(statement.target, shape, defined_by=0)
             block_statement = replace(statement, value=_shift(statement.value, block.starts, lows),
                                       ranges=block.ranges)
-            kernel = block_kernel(block_statement, tensors, inputs, dtype, itemsize)
+            kernel = block_kernel(block_statement, tensors, inputs, dtype, itemsize, device)
             arguments = []
             for t in inputs:
                 region = regions.get(t) or [(0, n) for n in sources[t].shape]
@@ -487,7 +516,11 @@ def _run_blocks(da, statement: Statement, program: CheckedProgram, plan: DaskSta
     chunks = tuple(tuple(b - a for a, b in zip(plan.blocks[i], plan.blocks[i][1:])) if i
                    else (size,) for i, size in zip(dims, program.tensors[statement.target].shape))
     graph = HighLevelGraph.from_collections(name, layer, dependencies=list(sources.values()))
-    return da.Array(graph, name, chunks, dtype=np.dtype(dtype))
+    meta = next((v._meta for v in sources.values() if v.ndim), None)  # NumPy or CuPy chunks
+    if meta is not None:
+        from dask.array.utils import meta_from_array
+        meta = meta_from_array(meta, ndim=len(chunks), dtype=np.dtype(dtype))
+    return da.Array(graph, name, chunks, dtype=np.dtype(dtype), meta=meta)
 
 
 def _region_task(layer: dict, prefix: str, array, region: list[tuple[int, int]]):
@@ -527,10 +560,13 @@ def _region_task(layer: dict, prefix: str, array, region: list[tuple[int, int]])
     return (prefix,)
 
 
-def _joined(pieces):
-    """np.block of a region's pieces (nested one level per dimension)."""
+def _joined(pieces, axis: int = 0):
+    """A region from its pieces (nested one level per dimension), NumPy or CuPy arrays."""
     import numpy as np
-    return np.block(pieces) if isinstance(pieces, list) else pieces
+    if not isinstance(pieces, list):
+        return pieces
+    parts = [_joined(p, axis + 1) for p in pieces]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
 def _weighted(kernel, weight, *arrays):
