@@ -10,8 +10,8 @@ Lowering, per statement (chosen by `plan_statement`, printed in `kern.plan`):
   through windows): the target is cut into blocks along the chunks its indices have in
   the tensors it reads (`y[n,o,h,w] = x[n,c,h+u-1,w+v-1]*k[o,c,u,v]` takes x's chunking of
   n, h and w). A block reads from each tensor the region its index maps reach: its own
-  chunk and a halo (the window's reach: 1 on each side here), sliced lazily, so a task
-  pulls only edges from its neighbours' chunks. This is `map_overlap`'s overlap, derived
+  chunk and a halo (the window's reach: 1 on each side here), cut by one slicing task per
+  chunk it overlaps, run where that chunk is, so only the halos move. This is `map_overlap`'s overlap, derived
   from the maps, so that it also holds where input and output chunks differ in size
   (strides, 'valid' windows). A boundary mode pads the tensor first with
   `dask.array.pad`, whose modes mean what NumPy's do (zero -> constant, circular -> wrap,
@@ -19,10 +19,11 @@ Lowering, per statement (chosen by `plan_statement`, printed in `kern.plan`):
   differs from NumPy's and the padded axis is gathered by index instead. Each block is the
   same statement with its maps shifted to the block, planned and rendered by the NumPy
   backend (cached by shape).
-- **partial results**: when a statement's outermost reduction (sum, mean, max, min) runs
-  over an index its inputs chunk (a weight gradient's batch index), each chunk of that
-  index gives a partial result and a tree reduction combines them: data-parallel
-  gradients. A target dimension written through a window (`dx[n,c,h+u,w+v] += ...`) is
+- **partial results**: when a statement is a contraction (a sum or mean of products), or
+  a max or min, over an index its inputs chunk (a weight gradient's batch index), each
+  chunk of that index gives a partial result and a tree reduction combines them:
+  data-parallel gradients. (A plain sum keeps NumPy's order: a max's gradient recomputes
+  it and compares with ==.) A target dimension written through a window (`dx[n,c,h+u,w+v] += ...`) is
   not cut; its plain dimensions are.
 
 The estimated bytes moved between workers count, per block task, the input elements its
@@ -215,7 +216,7 @@ def _halos(statement: Statement, blocked: set[str]) -> dict[str, list[tuple[int,
             rest = IndexMap(tuple(t for t in m.terms if t[0] not in blocked), m.offset)
             low, high = rest.extent(statement.ranges)
             dims[dim] = (max(dims[dim][0], -low), max(dims[dim][1], high))
-    return {t: d for t, d in halos.items()}
+    return halos
 
 
 # ---- blocks ----------------------------------------------------------------------------
@@ -295,10 +296,16 @@ def _traffic(statement: Statement, program: CheckedProgram, plan: DaskStatementP
 
 def _padded_chunks(chunks: tuple[tuple[int, ...], ...],
                    pad: tuple[tuple[int, int], ...] | None) -> tuple[tuple[int, ...], ...]:
+    """The chunks after padding, for the estimate: the pads widen the edge chunks."""
     if pad is None:
         return chunks
-    return tuple((c[0] + lo,) + c[1:-1] + ((c[-1] + hi,) if len(c) > 1 else ())
-                 if len(c) > 1 else (c[0] + lo + hi,) for c, (lo, hi) in zip(chunks, pad))
+    padded = []
+    for sizes, (low, high) in zip(chunks, pad):
+        sizes = list(sizes)
+        sizes[0] += low
+        sizes[-1] += high
+        padded.append(tuple(sizes))
+    return tuple(padded)
 
 
 def _target_shape(statement: Statement, program: CheckedProgram, block: _Block) -> tuple[int, ...]:
