@@ -19,7 +19,8 @@ import numpy as np
 
 from tensorc.ir import Apply, CheckedProgram, Constant, IndexValue, Read, Reduce
 
-__all__ = ["evaluate", "boundary_position", "FUNCTIONS", "SAME_CONV", "conv_zero_pad"]
+__all__ = ["evaluate", "boundary_position", "FUNCTIONS", "SAME_CONV", "conv_zero_pad",
+           "SMALL_CNN", "small_cnn_inputs"]
 
 INF = float("inf")
 NAN = float("nan")
@@ -310,3 +311,23 @@ def conv_zero_pad(x, k):
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))
     return np.einsum("nchwuv,ocuv->nohw", windows, k)
+
+
+# A small CNN's squared-error loss for gradient tests: a 'same' 3x3 convolution with bias
+# and ReLU, 2x2 max-pooling, a dense layer. Format with S, the image size (even).
+SMALL_CNN = """
+y[n,o,h,w] = relu(x[n,c,h+u-1,w+v-1] * k[o,c,u,v] + b[o])   where h < {S}, w < {S}, x: zero
+p[n,o,h,w] = max[u,v](y[n,o,2*h+u,2*w+v])   where u < 2, v < 2
+z[n,j] = p[n,o,h,w] * W[j,o,h,w]
+loss = sum[n,j]((z[n,j] - t[n,j]) ^ 2)
+"""
+
+
+def small_cnn_inputs(rng, batch: int, channels: int, size: int, filters: int,
+                     classes: int) -> dict:
+    """Random inputs for SMALL_CNN.format(S=size)."""
+    return dict(x=rng.standard_normal((batch, channels, size, size)),
+                k=rng.standard_normal((filters, channels, 3, 3)),
+                b=rng.standard_normal(filters),
+                W=rng.standard_normal((classes, filters, size // 2, size // 2)),
+                t=rng.standard_normal((batch, classes)))

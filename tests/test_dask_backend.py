@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import tensorc as tc
+from reference import SMALL_CNN, small_cnn_inputs
 
 da = pytest.importorskip("dask.array")
 
@@ -86,16 +87,9 @@ def test_contractions_run_as_dask_einsum_in_the_planned_order():
 def test_data_parallel_gradients():
     """A small CNN's loss and gradients with the batch in 4 chunks: the weight gradients are
     partial results per chunk of n, combined by a tree reduction, equal to one process's."""
-    rng = np.random.default_rng(3)
-    src = """
-y[n,o,h,w] = relu(x[n,c,h+u-1,w+v-1] * k[o,c,u,v] + b[o])   where h < 8, w < 8, x: zero
-p[n,o,h,w] = max[u,v](y[n,o,2*h+u,2*w+v])   where u < 2, v < 2
-z[n,j] = p[n,o,h,w] * W[j,o,h,w]
-loss = sum[n,j]((z[n,j] - t[n,j]) ^ 2)
-"""
-    arrays = dict(x=rng.standard_normal((16, 2, 8, 8)), k=rng.standard_normal((3, 2, 3, 3)),
-                  b=rng.standard_normal(3), W=rng.standard_normal((4, 3, 4, 4)),
-                  t=rng.standard_normal((16, 4)))
+    src = SMALL_CNN.format(S=8)
+    arrays = small_cnn_inputs(np.random.default_rng(3), batch=16, channels=2, size=8,
+                              filters=3, classes=4)
     chunks = dict(x=(4, 2, 8, 8), t=(4, 4))
     kern = tc.compile_grad(src, wrt=["k", "b", "W"], backend="dask")
     got = kern(**{n: da.from_array(a, chunks=chunks[n]) if n in chunks else a

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import tensorc as tc
+from reference import SMALL_CNN, small_cnn_inputs
 
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
@@ -77,16 +78,9 @@ def test_volume_larger_than_a_worker_is_filtered_within_the_limits(client):
 
 
 def test_data_parallel_gradients_on_the_cluster(client):
-    rng = np.random.default_rng(2)
-    src = """
-y[n,o,h,w] = relu(x[n,c,h+u-1,w+v-1] * k[o,c,u,v] + b[o])   where h < 12, w < 12, x: zero
-p[n,o,h,w] = max[u,v](y[n,o,2*h+u,2*w+v])   where u < 2, v < 2
-z[n,j] = p[n,o,h,w] * W[j,o,h,w]
-loss = sum[n,j]((z[n,j] - t[n,j]) ^ 2)
-"""
-    arrays = dict(x=rng.standard_normal((64, 3, 12, 12)), k=rng.standard_normal((4, 3, 3, 3)),
-                  b=rng.standard_normal(4), W=rng.standard_normal((5, 4, 6, 6)),
-                  t=rng.standard_normal((64, 5)))
+    src = SMALL_CNN.format(S=12)
+    arrays = small_cnn_inputs(np.random.default_rng(2), batch=64, channels=3, size=12,
+                              filters=4, classes=5)
     chunked = dict(arrays, x=da.from_array(arrays["x"], chunks=(16, 3, 12, 12)),
                    t=da.from_array(arrays["t"], chunks=(16, 5)))
     kern = tc.compile_grad(src, wrt=["k", "b", "W"], backend="dask")
