@@ -99,7 +99,8 @@ def _specialize(program: S.Program, program_text: str, backend: str,
             checked = check(program, shapes, sizes, dtypes)
             if outputs is not None:  # results that later statements also read
                 checked = replace(checked, outputs=outputs)
-            plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget, fft)
+            plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget, fft,
+                                in_one_process=backend != "dask")  # Dask: checked per block
             if backend == "cupy":
                 plan = plan_for_gpu(plan, budget)
             elif jit != "off":

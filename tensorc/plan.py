@@ -1044,14 +1044,17 @@ def _estimated_ns(node: Node) -> float:
 
 
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8,
-                 budget: int | None = None, fft: str = "auto") -> ProgramPlan:
+                 budget: int | None = None, fft: str = "auto",
+                 in_one_process: bool = True) -> ProgramPlan:
     """Plan every statement. `budget` bounds each statement's temporaries in bytes (default:
     tensorc.budget.memory_budget()); im2col copies are chunked to fit a quarter of it.
     `fft`: "auto" lets the cost model choose FFT convolutions, "off" never uses them,
-    "always" uses them wherever they apply (for tests)."""
+    "always" uses them wherever they apply (for tests). `in_one_process=False` (the Dask
+    backend's whole-program plan, which no process runs whole) skips the memory checks."""
     budget = memory_budget() if budget is None else budget
     chunk_bytes = max(64 << 10, min(IM2COL_CHUNK_BYTES, budget // 4))
-    _check_total_memory(program, itemsize)
+    if in_one_process:
+        _check_total_memory(program, itemsize)
     plans = []
     defined = set(program.inputs)
     for number, statement in enumerate(program.statements):
@@ -1073,7 +1076,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
             if fits[1] and (cheaper or not fits[0]):
                 statement, planner, root = gathered, gather_planner, gather_root
                 planner.strategies.insert(0, GATHER_FORM)
-        if planner.peak_bytes() > budget:
+        if in_one_process and planner.peak_bytes() > budget:
             raise MemoryBudgetError(
                 f"this statement needs about {format_size(planner.peak_bytes())} of "
                 f"temporaries (largest: {planner.largest:,} elements), more than the memory "

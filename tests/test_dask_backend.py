@@ -158,3 +158,18 @@ def test_cupy_chunks_run_the_cupy_backends_blocks(src, shapes, chunks):
     np.testing.assert_allclose(result, want, rtol=1e-12, atol=1e-12)
     devices = [k for k in dask_backend._SOURCES.values() if k.lanes is not None]
     assert devices and all("xp." in k.source for k in devices)
+
+
+def test_a_volume_larger_than_this_machine_plans_per_block():
+    """32 GiB of output on a machine with less: the whole-program plan that `kern.plan`
+    prints is not held to one process's memory checks (no process runs it whole)."""
+    n = 2048
+    src = ("y[d,h,w] = x[d+a-1,h+u-1,w+v-1] * k[a,u,v]   "
+           f"where d < {n}, h < {n}, w < {n}, x: reflect")
+    x = da.zeros((n,) * 3, chunks=256, dtype=np.float32)
+    from tensorc.budget import physical_memory
+    if physical_memory() < 2 * n ** 3 * 4:  # x and y: the NumPy backend refuses at once
+        with pytest.raises(tc.TensorcError, match="more than this machine"):
+            tc.compile(src, x=(n, n, n), k=(3, 3, 3), dtype="float32")
+    y = tc.compile(src, backend="dask")(x=x + 1, k=np.ones((3, 3, 3), np.float32))
+    np.testing.assert_array_equal(y[:2, 100:102, -2:].compute(), np.full((2, 2, 2), 27.0))

@@ -567,13 +567,24 @@ def _region_task(layer: dict, prefix: str, array, region: list[tuple[int, int]])
     return (prefix,)
 
 
-def _joined(pieces, axis: int = 0):
-    """A region from its pieces (nested one level per dimension), NumPy or CuPy arrays."""
+def _joined(pieces):
+    """A region from its pieces (nested one level per dimension): np.block, one copy of each
+    piece; CuPy, which has no block, concatenates level by level."""
     import numpy as np
     if not isinstance(pieces, list):
         return pieces
-    parts = [_joined(p, axis + 1) for p in pieces]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
+    leaf = pieces
+    while isinstance(leaf, list):
+        leaf = leaf[0]
+    if isinstance(leaf, np.ndarray):
+        return np.block(pieces)
+
+    def concatenated(node, axis: int):
+        if not isinstance(node, list):
+            return node
+        parts = [concatenated(child, axis + 1) for child in node]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)  # dispatches
+    return concatenated(pieces, 0)
 
 
 def _weighted(kernel, weight, *arrays):
