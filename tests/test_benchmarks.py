@@ -34,3 +34,14 @@ def test_gpu_benchmark_says_what_is_missing_or_runs():
     else:
         assert run.returncode == 0, run.stderr[-3000:]
         assert "median ratio" in run.stdout
+
+
+@pytest.mark.slow
+def test_dask_benchmark_smoke():
+    """`--dask --quick`: LocalClusters of 1 and 2 workers and the local schedulers (~20 s)."""
+    pytest.importorskip("distributed")
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--dask", "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "SUMMARY" in run.stdout and "error" not in run.stdout.lower()
+    assert "1 -> 2 workers speed-up" in run.stdout and "sync scheduler" in run.stdout
