@@ -173,3 +173,18 @@ def test_a_volume_larger_than_this_machine_plans_per_block():
             tc.compile(src, x=(n, n, n), k=(3, 3, 3), dtype="float32")
     y = tc.compile(src, backend="dask")(x=x + 1, k=np.ones((3, 3, 3), np.float32))
     np.testing.assert_array_equal(y[:2, 100:102, -2:].compute(), np.full((2, 2, 2), 27.0))
+
+
+def test_a_large_plain_sum_runs_as_a_tree(monkeypatch):
+    """A plain sum keeps NumPy's order in one task, unless that task would read more than
+    PLAIN_SUM_TASK_BYTES: then partial sums per chunk and a tree."""
+    from tensorc.backends import dask as dask_backend
+    x = np.random.default_rng(5).standard_normal((40, 30))
+    src = "s[j] = sum[i](x[i,j])"
+    kern, result, want = _run_both(src, dict(x=x), dict(x=(10, 30)))
+    np.testing.assert_allclose(result.compute(), want, rtol=1e-12)
+    assert "partial results" not in str(kern.plan)
+    monkeypatch.setattr(dask_backend, "PLAIN_SUM_TASK_BYTES", 1000)
+    kern, result, want = _run_both(src, dict(x=x), dict(x=(10, 30)))
+    np.testing.assert_allclose(result.compute(), want, rtol=1e-12)
+    assert "partial results over 4 chunks of i, combined by a tree reduction" in str(kern.plan)

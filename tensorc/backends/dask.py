@@ -22,8 +22,8 @@ Lowering, per statement (chosen by `plan_statement`, printed in `kern.plan`):
 - **partial results**: when a statement is a contraction (a sum or mean of products), or
   a max or min, over an index its inputs chunk (a weight gradient's batch index), each
   chunk of that index gives a partial result and a tree reduction combines them:
-  data-parallel gradients. (A plain sum keeps NumPy's order: a max's gradient recomputes
-  it and compares with ==.) A target dimension written through a window (`dx[n,c,h+u,w+v] += ...`) is
+  data-parallel gradients. A plain sum keeps NumPy's order in one task (a max's gradient
+  recomputes it and compares with ==) unless that task would read more than 64 MiB. A target dimension written through a window (`dx[n,c,h+u,w+v] += ...`) is
   not cut; its plain dimensions are.
 
 The estimated bytes moved between workers count, per block task, the input elements its
@@ -160,10 +160,12 @@ def plan_statement(sp: StatementPlan, program: CheckedProgram, itemsize: int,
         root = statement.value
         # Partial results: of contractions (sums of products: convolutions, their weight
         # gradients), and of max and min, which are exact in any order. A plain sum keeps
-        # NumPy's order, which a max's gradient recomputes and compares with == (ties).
-        contraction = isinstance(sp.root, ContractNode) or isinstance(sp.root, ReduceNode) \
-            and sp.root.op in ("max", "min")
-        if contraction and isinstance(root, Reduce):
+        # NumPy's order (a max's gradient recomputes it and compares with ==, for ties)
+        # unless a task would otherwise read more than PLAIN_SUM_TASK_BYTES.
+        splittable = isinstance(sp.root, ContractNode) or isinstance(sp.root, ReduceNode) \
+            and (sp.root.op in ("max", "min")
+                 or _task_bytes(statement, program, plan, itemsize) > PLAIN_SUM_TASK_BYTES)
+        if splittable and isinstance(root, Reduce):
             # an index every read takes whole (a batch, channels), not a window's offset
             inner_bound = {i for n in walk(root.body) if isinstance(n, Reduce) for i in n.indices}
             plain = {i for i in root.indices if all(
@@ -177,6 +179,21 @@ def plan_statement(sp: StatementPlan, program: CheckedProgram, itemsize: int,
     plan.halos = _halos(statement, set(plan.blocks))
     plan.tasks, plan.moved_bytes = _traffic(statement, program, plan, chunks, itemsize)
     return plan
+
+
+PLAIN_SUM_TASK_BYTES = 64 << 20
+
+
+def _task_bytes(statement: Statement, program: CheckedProgram, plan: DaskStatementPlan,
+                itemsize: int) -> int:
+    """The input bytes the largest block task of `plan` (as it stands) reads."""
+    largest = 0
+    for _, parts in _blocks(statement, plan):
+        for block in parts:
+            regions = _regions(statement, program, block, {})
+            largest = max(largest, sum(math.prod(hi - lo for lo, hi in region)
+                                       for region in regions.values()))
+    return largest * itemsize
 
 
 def _einsum_shaped(sp: StatementPlan) -> bool:
