@@ -16,7 +16,7 @@ from .errors import (
 from .ir import CheckedProgram
 from .backends.jit import jit_mode, numba_available
 from .backends.numpy import execute_module
-from .loopnest import plan_for_cpu_jit, plan_for_gpu
+from .loopnest import plan_for_backend
 from .parser import parse, recursion_headroom
 from .plan import ProgramPlan, fft_mode, plan_program
 
@@ -101,10 +101,7 @@ def _specialize(program: S.Program, program_text: str, backend: str,
                 checked = replace(checked, outputs=outputs)
             plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget, fft,
                                 in_one_process=backend != "dask")  # Dask: checked per block
-            if backend == "cupy":
-                plan = plan_for_gpu(plan, budget)
-            elif jit != "off":
-                plan = plan_for_cpu_jit(plan, jit)
+            plan = plan_for_backend(plan, backend, jit, budget)
             source = _render(plan, backend)
         if backend == "dask":  # the statements as dask.array graphs, planned per call
             from .backends.dask import DaskPlanText, DaskProgram

@@ -47,7 +47,7 @@ from .plan import (
     plan_program,
 )
 
-__all__ = ["LoopNest", "loop_nest", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
+__all__ = ["LoopNest", "loop_nest", "plan_for_backend", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
            "POOR_GEMM_DEPTH", "POOR_GEMM_WIDTH", "DIRECT_FLOPS_SLACK"]
 
 FEW_THREADS = 4096
@@ -347,6 +347,16 @@ def _split_epilogues(program: CheckedProgram, numbers: set[int],
         target = f"{statement.target}[{','.join(str(m) for m in statement.target_maps)}]"
         statements.append(replace(statement, value=rest, text=f"{target} = {rest}"))
     return replace(program, statements=tuple(statements), tensors=tensors), moved
+
+
+def plan_for_backend(plan: ProgramPlan, backend: str, jit: str, budget: int) -> ProgramPlan:
+    """The NumPy plan lowered for `backend`: the CuPy backend's loop kernels and epilogues,
+    or, on the CPU, Numba loop kernels unless `jit` is "off"."""
+    if backend == "cupy":
+        return plan_for_gpu(plan, budget)
+    if jit != "off":
+        return plan_for_cpu_jit(plan, jit)
+    return plan
 
 
 def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:

@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 from ..errors import BackendError
 from ..budget import memory_budget
-from ..loopnest import plan_for_cpu_jit, plan_for_gpu
+from ..loopnest import plan_for_backend
 from ..parser import recursion_headroom
 from ..ir import (
     Apply, CheckedProgram, Expr, IndexMap, IndexValue, Read, Reduce, Statement,
@@ -400,15 +400,13 @@ def block_kernel(statement: Statement, tensors: dict[str, TensorInfo], inputs: t
         found = _SOURCES.get(key)
         if found is None:
             program = CheckedProgram((statement,), tensors, inputs, (statement.target,))
-            plan = plan_program(program, dtype, itemsize)
+            jit = jit_mode() if numba_available() and not device else "off"
+            plan = plan_for_backend(plan_program(program, dtype, itemsize),
+                                    "cupy" if device else "numpy", jit, memory_budget())
             if device:
                 from .cupy import lanes_source, render_module as render_cupy_module
-                plan = plan_for_gpu(plan, memory_budget())
                 found = _BlockKernel(render_cupy_module(plan), lanes_source(plan), dtype)
             else:
-                jit = jit_mode() if numba_available() else "off"
-                if jit != "off":  # as on the NumPy backend: Numba loop kernels where they pay
-                    plan = plan_for_cpu_jit(plan, jit)
                 found = _BlockKernel(render_module(plan))
         with _LOCK:
             found = _SOURCES.setdefault(key, found)
