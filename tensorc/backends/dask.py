@@ -81,6 +81,9 @@ class DaskStatementPlan:
     split_bounds: list[int] = field(default_factory=list)
     pads: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     halos: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # tensor -> per dim
+    # per position in the block grid: its block (or partial-result pieces) with the
+    # region each reads per tensor
+    pieces: list[tuple[tuple[int, ...], list[tuple[_Block, dict]]]] = field(default_factory=list)
     tasks: int = 1
     moved_bytes: int = 0
 
@@ -177,6 +180,9 @@ def plan_statement(sp: StatementPlan, program: CheckedProgram, itemsize: int,
                 _, plan.split, plan.split_bounds = max(splits)
     plan.pads = _pads(statement, program)
     plan.halos = _halos(statement, set(plan.blocks))
+    plan.pieces = [(position, [(block, _regions(statement, program, block, plan.pads))
+                               for block in parts])
+                   for position, parts in _blocks(statement, plan)]
     plan.tasks, plan.moved_bytes = _traffic(statement, program, plan, chunks, itemsize)
     return plan
 
@@ -293,10 +299,10 @@ def _traffic(statement: Statement, program: CheckedProgram, plan: DaskStatementP
              chunks: dict[str, tuple[tuple[int, ...], ...]], itemsize: int) -> tuple[int, int]:
     """(block tasks, estimated bytes moved between workers)."""
     tasks = moved = 0
-    for _, parts in _blocks(statement, plan):
-        for block in parts:
+    for _, parts in plan.pieces:
+        for _, regions in parts:
             tasks += 1
-            for tensor, region in _regions(statement, program, block, plan.pads).items():
+            for tensor, region in regions.items():
                 elements = math.prod(hi - lo for lo, hi in region)
                 if tensor not in chunks:
                     continue
@@ -307,7 +313,8 @@ def _traffic(statement: Statement, program: CheckedProgram, plan: DaskStatementP
                                 for b0, b1 in zip(bounds, bounds[1:]))
                 moved += elements - home
         if len(parts) > 1:  # the tree reduction moves partial results
-            moved += (len(parts) - 1) * math.prod(_target_shape(statement, program, parts[0]))
+            moved += (len(parts) - 1) * math.prod(_target_shape(statement, program,
+                                                                parts[0][0]))
     return tasks, moved * itemsize
 
 
@@ -508,11 +515,10 @@ def _run_blocks(da, statement: Statement, program: CheckedProgram, plan: DaskSta
             for m in statement.target_maps]
     order = list(plan.blocks)
     layer: dict[tuple, Any] = {}
-    for blocked, parts in _blocks(statement, plan):
+    for blocked, parts in plan.pieces:
         position = tuple(blocked[order.index(i)] if i else 0 for i in dims)
         partial_keys = []
-        for number, block in enumerate(parts):
-            regions = _regions(statement, program, block, plan.pads)
+        for number, (block, regions) in enumerate(parts):
             # a map's position p is p + (low padding) in the padded copy the region is cut from
             lows = {t: [lo - (plan.pads[t][dim][0] if t in plan.pads else 0)
                         for dim, (lo, _) in enumerate(region)] for t, region in regions.items()}
