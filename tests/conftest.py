@@ -77,12 +77,7 @@ def _cupy_emulated(request, monkeypatch):
     import tensorc.kernel as kernel_module
     from tensorc.backends import cupy as cupy_backend
 
-    original = kernel_module.Kernel.__init__
-
-    def on_cupy(self, program, backend="numpy", *args, **kwargs):
-        original(self, program, "cupy" if backend == "numpy" else backend, *args, **kwargs)
-
-    monkeypatch.setattr(kernel_module.Kernel, "__init__", on_cupy)
+    _compile_numpy_kernels_for(monkeypatch, "cupy")
     monkeypatch.setattr(kernel_module, "_DeviceFunction", _compiled_then(
         kernel_module._DeviceFunction, cupy_backend))
     before = len(_COMPILED)
@@ -101,10 +96,7 @@ def _dask_chunked(request, monkeypatch):
     import numpy as np
     import tensorc.kernel as kernel_module
 
-    original_init, original_call = kernel_module.Kernel.__init__, kernel_module.Kernel.__call__
-
-    def on_dask(self, program, backend="numpy", *args, **kwargs):
-        original_init(self, program, "dask" if backend == "numpy" else backend, *args, **kwargs)
+    original_call = kernel_module.Kernel.__call__
 
     def chunked_call(self, *args, **arrays):
         args = [_chunked(a) for a in args]
@@ -114,9 +106,20 @@ def _dask_chunked(request, monkeypatch):
             return dict(zip(result, dask.compute(*result.values())))
         return np.asarray(dask.compute(result)[0])
 
-    monkeypatch.setattr(kernel_module.Kernel, "__init__", on_dask)
+    _compile_numpy_kernels_for(monkeypatch, "dask")
     monkeypatch.setattr(kernel_module.Kernel, "__call__", chunked_call)
     yield
+
+
+def _compile_numpy_kernels_for(monkeypatch, other: str) -> None:
+    """Every kernel a test compiles for backend="numpy" is compiled for `other` instead."""
+    import tensorc.kernel as kernel_module
+    original = kernel_module.Kernel.__init__
+
+    def on_backend(self, program, backend="numpy", *args, **kwargs):
+        original(self, program, other if backend == "numpy" else backend, *args, **kwargs)
+
+    monkeypatch.setattr(kernel_module.Kernel, "__init__", on_backend)
 
 
 def _chunked(value):
