@@ -813,15 +813,34 @@ def summary(cases: list[Case], compiles: list[tuple[str, float, float]] = ()) ->
 
 # ---------------------------------------------------------------------------------------
 
+def add_timing_arguments(parser, quick: str, repeats: tuple[int, int],
+                         min_time: tuple[float, float], warmup: tuple[int, int]) -> None:
+    """--quick, --markdown, --repeats, --min-time and --warmup, each default given as (full
+    run, --quick); timing_defaults fills them in after parsing."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--repeats", type=int,
+                        help=f"timed repeats per side (default {repeats[0]}, quick {repeats[1]})")
+    parser.add_argument("--min-time", type=float,
+                        help=f"seconds each repeat must take at least (default {min_time[0]}, "
+                             f"quick {min_time[1]})")
+    parser.add_argument("--warmup", type=int,
+                        help=f"warm-up calls per side (default {warmup[0]}, quick {warmup[1]})")
+    parser.set_defaults(timing_defaults=dict(repeats=repeats, min_time=min_time, warmup=warmup))
+
+
+def timing_defaults(args):
+    """The parsed arguments with the timing options not given set to their defaults."""
+    for name, (full, quick) in args.timing_defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    return args
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="few repeats and short timings: a smoke test (< 60 s)")
-    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
-    parser.add_argument("--repeats", type=int, help="timed repeats per side (default 11, quick 3)")
-    parser.add_argument("--min-time", type=float,
-                        help="seconds each repeat must take at least (default 0.02, quick 0.005)")
-    parser.add_argument("--warmup", type=int, help="warm-up calls per side (default 3, quick 1)")
+    add_timing_arguments(parser, "few repeats and short timings: a smoke test (< 60 s)",
+                         repeats=(11, 3), min_time=(0.02, 0.005), warmup=(3, 1))
     parser.add_argument("--pause", type=float, default=0.25,
                         help="seconds to let the other runtime's spinning threads go idle "
                              "when timing switches between NumPy and PyTorch (default 0.25)")
@@ -838,15 +857,9 @@ def parse_args(argv):
     parser.add_argument("--no-einsum", action="store_true", help="skip the tc.einsum rows")
     parser.add_argument("--show-source", action="store_true",
                         help="print each tensorc kernel's generated source to stderr")
-    args = parser.parse_args(argv)
-    if args.repeats is None:
-        args.repeats = 3 if args.quick else 11
-    if args.min_time is None:
-        args.min_time = 0.005 if args.quick else 0.02
+    args = timing_defaults(parser.parse_args(argv))
     if args.retries is None:
         args.retries = 0 if args.quick else 2
-    if args.warmup is None:
-        args.warmup = 1 if args.quick else 3
     return args
 
 

@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from .bench_core import (
-    BUSY, CONV_PAD1, LoadMonitor, Side, _ms, check_close, cores, format_table, measure,
+    BUSY, CONV_PAD1, LoadMonitor, Side, _ms, add_timing_arguments, check_close, cores,
+    format_table, measure, timing_defaults,
 )
 
 FILTER = ("y[d,h,w] = x[d+a-1,h+u-1,w+v-1] * k[a,u,v]   "
@@ -181,18 +182,9 @@ def summary(rows: list[Row]) -> list[str]:
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks --dask",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes and few repeats: a smoke test (< 60 s)")
-    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
-    parser.add_argument("--repeats", type=int, help="timed repeats per side (default 7, quick 3)")
-    parser.add_argument("--min-time", type=float,
-                        help="seconds each repeat must take at least (default 0.2, quick 0.02)")
-    parser.add_argument("--warmup", type=int, help="warm-up calls per side (default 2, quick 1)")
-    args = parser.parse_args(argv)
-    args.repeats = args.repeats or (3 if args.quick else 7)
-    args.min_time = args.min_time if args.min_time is not None else (0.02 if args.quick else 0.2)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    return args
+    add_timing_arguments(parser, "small sizes and few repeats: a smoke test (< 60 s)",
+                         repeats=(7, 3), min_time=(0.2, 0.02), warmup=(2, 1))
+    return timing_defaults(parser.parse_args(argv))
 
 
 def main(argv=None) -> int:
