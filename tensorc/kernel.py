@@ -14,7 +14,7 @@ from .errors import (
     BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError, did_you_mean,
 )
 from .ir import CheckedProgram
-from .backends.jit import jit_mode, numba_available
+from .backends.jit import jit_mode, numba_available, pack_mode
 from .backends.numpy import execute_module
 from .loopnest import plan_for_backend
 from .parser import parse, recursion_headroom
@@ -84,9 +84,10 @@ def _specialize(program: S.Program, program_text: str, backend: str,
                 dtypes: dict[str, str], outputs: tuple[str, ...] | None = None) -> Specialization:
     budget = memory_budget()  # plans (im2col chunks) depend on it
     jit = jit_mode() if backend == "numpy" and numba_available() else "off"
+    pack = pack_mode() if jit != "off" else "off"
     fft = fft_mode()
     key = (program_text, backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
-           dtype, outputs, budget, jit, fft)
+           dtype, outputs, budget, jit, pack, fft)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
@@ -101,7 +102,7 @@ def _specialize(program: S.Program, program_text: str, backend: str,
                 checked = replace(checked, outputs=outputs)
             plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget, fft,
                                 in_one_process=backend != "dask")  # Dask: checked per block
-            plan = plan_for_backend(plan, backend, jit, budget)
+            plan = plan_for_backend(plan, backend, jit, budget, pack)
             source = _render(plan, backend)
         if backend == "dask":  # the statements as dask.array graphs, planned per call
             from .backends.dask import DaskPlanText, DaskProgram

@@ -231,6 +231,9 @@ class StatementPlan:
     # On the GPU: the statement as one custom kernel (tensorc.loopnest), or None for the
     # array-level code above.
     loop_nest: Any = None
+    # On the CPU with Numba: the copies around the GEMMs done by threaded loops instead of
+    # NumPy's ("im2col": windows into GEMM order; "col2im": a '+=' through windows).
+    packing: tuple[str, ...] = ()
 
 
 @dataclass
@@ -1043,6 +1046,13 @@ def _estimated_ns(node: Node) -> float:
     return sum(c.estimated_ns for c in contractions_in(node))
 
 
+def target_order_note(statement: Statement, order: tuple[int, ...]) -> str:
+    """The strategy's words for a '+=' target stored in `order` (batch last)."""
+    inner = statement.target_maps[order[-1]].terms[0][0]
+    return (f"; contributions added into a buffer with {inner} innermost, so that each add "
+            "runs over whole rows of it")
+
+
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8,
                  budget: int | None = None, fft: str = "auto",
                  in_one_process: bool = True) -> ProgramPlan:
@@ -1103,9 +1113,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
                                 f"{statement.target})" if tiles else
                                 "added through strided slices"))
         if planner.target_order is not None and statement.accumulate:
-            inner = statement.target_maps[planner.target_order[-1]].terms[0][0]
-            strategy += (f"; contributions added into a buffer with {inner} innermost, so "
-                         "that each add runs over whole rows of it")
+            strategy += target_order_note(statement, planner.target_order)
         plans.append(StatementPlan(number, statement, planner.order, root, strategy,
                                    _node_flops(root, naive=True), _node_flops(root),
                                    planner.largest, planner.peak_bytes(),

@@ -51,7 +51,7 @@ from ..ir import (
 from ..plan import (
     ContractNode, ProgramPlan, ReduceNode, StatementPlan, ViewNode, format_size, plan_program,
 )
-from .jit import jit_mode, numba_available
+from .jit import jit_mode, numba_available, pack_mode
 from .numpy import NUMPY_PAD_MODES, execute_module, render_module
 
 __all__ = ["DaskProgram", "DaskPlanText", "dask_array_module", "render_dask_module",
@@ -402,14 +402,16 @@ def block_kernel(statement: Statement, tensors: dict[str, TensorInfo], inputs: t
     """The kernel of one block's statement, planned and rendered once per shapes: by the
     NumPy backend, or by the CuPy backend for chunks on a GPU (`device`)."""
     with recursion_headroom():  # deeply nested expressions
+        jit = jit_mode() if numba_available() and not device else "off"
+        pack = pack_mode() if jit != "off" else "off"
         key = (str(statement), statement.target_boundary, statement.accumulate,
-               tuple((n, tensors[n].shape) for n in (*inputs, statement.target)), dtype, device)
+               tuple((n, tensors[n].shape) for n in (*inputs, statement.target)), dtype, device,
+               jit, pack)
         found = _SOURCES.get(key)
         if found is None:
             program = CheckedProgram((statement,), tensors, inputs, (statement.target,))
-            jit = jit_mode() if numba_available() and not device else "off"
             plan = plan_for_backend(plan_program(program, dtype, itemsize),
-                                    "cupy" if device else "numpy", jit, memory_budget())
+                                    "cupy" if device else "numpy", jit, memory_budget(), pack)
             if device:
                 from .cupy import lanes_source, render_module as render_cupy_module
                 found = _BlockKernel(render_cupy_module(plan), lanes_source(plan), dtype)

@@ -31,7 +31,8 @@ from ..ir import Expr, IndexMap, Read, Reduce, walk
 from ..loopnest import LoopNest
 from .cuda import _PythonSyntax, nest_name
 
-__all__ = ["numba_available", "render_numba", "load", "jit_mode"]
+__all__ = ["numba_available", "render_numba", "render_pack", "render_scatter", "load",
+           "jit_mode", "pack_mode"]
 
 _SCALAR_OPS = {
     "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
@@ -327,11 +328,186 @@ class _NumbaRenderer(_PythonSyntax):
             *body])
 
 
-def render_numba(nests: list[LoopNest]) -> str:
-    """A module with one Numba-compiled function per nest (all of one dtype)."""
-    real = "float64" if nests and nests[0].dtype == "float64" else "float32"
-    return _PRELUDE.format(real=real) + "\n\n" + "\n\n\n".join(
-        _NumbaRenderer(n).function() for n in nests) + "\n"
+def render_numba(nests: list[LoopNest], dtype: str, copies: tuple[str, ...] = ()) -> str:
+    """A module with one Numba-compiled function per nest, then the packing copies
+    (`render_pack`, `render_scatter`) of the NumPy code around GEMMs."""
+    real = "float64" if dtype == "float64" else "float32"
+    functions = [_NumbaRenderer(n).function() for n in nests] + list(copies)
+    return _PRELUDE.format(real=real) + "\n\n" + "\n\n\n".join(functions) + "\n"
+
+
+# ---- packing copies: im2col and col2im on every core -----------------------------------------
+#
+# NumPy copies a window into GEMM order (im2col), and adds a GEMM's result back through the
+# windows (col2im, one strided add per window offset), on one thread, in rows as short as
+# the image is wide: on 2 cores these passes cost as much as the GEMMs between them. The
+# functions below do each pass as one parallel loop over the plain dimensions (batch and
+# channel planes, disjoint), indexing the arrays as what they are (n-dimensional), which
+# LLVM turns into strided loads and stores without per-row overhead.
+
+def _position(m: IndexMap, shift: int) -> str:
+    """A map's position in Python: `2 * i_h + i_u - 1`."""
+    parts = [f"i_{name}" if c == 1 else f"{c} * i_{name}" for name, c in m.terms]
+    text = " + ".join(parts).replace("+ -", "- ") or "0"
+    offset = m.offset + shift
+    return text if not offset else f"{text} {'+' if offset > 0 else '-'} {abs(offset)}"
+
+
+class _CopyWriter:
+    """Loops over named indices, with each guarded dimension's position computed (and its
+    bounds check folded into `inside`) as soon as its last index is bound."""
+
+    def __init__(self, sizes: dict[str, int | str], starts: dict[str, str]) -> None:
+        self.sizes, self.starts = sizes, starts
+        self.lines: list[str] = []
+        self.indent = "        "
+
+    def emit(self, line: str) -> None:
+        self.lines.append(self.indent + line)
+
+    def rows(self, rows: tuple[str, ...]) -> str:
+        """Decode `row` into the row indices (the first varies slowest); the row count."""
+        sizes = [self.sizes[r] for r in rows]
+        atom = lambda size: f"({size})" if isinstance(size, str) else str(size)  # noqa: E731
+        for position, index in enumerate(rows):
+            later = sizes[position + 1:]
+            inner = " * ".join(atom(s) for s in later)
+            value = "row" if not later else \
+                f"row // {inner if len(later) == 1 else f'({inner})'}"
+            if position:
+                value = f"{value} % {atom(sizes[position])}"
+            start = self.starts.get(index)
+            self.emit(f"i_{index} = {value}" + (f" + {start}" if start else ""))
+        return " * ".join(atom(s) for s in sizes) or "1"
+
+    def loops(self, indices: tuple[str, ...], guards: list[tuple[IndexMap, int, int]],
+              bound: set[str], body: Callable[[str | None], None]) -> None:
+        """Loops over `indices` (the rows' indices already `bound`); `guards` are (map,
+        shift, size) of the checked dimensions; `body(inside)` writes the innermost
+        statement, `inside` being the bounds condition or None."""
+        conditions: list[str] = []
+        done: set[int] = set()
+
+        def check(bound: set[str]) -> None:
+            for number, (m, shift, size) in enumerate(guards):
+                if number not in done and set(m.indices()) <= bound:
+                    done.add(number)
+                    self.emit(f"p{number} = {_position(m, shift)}")
+                    conditions.append(f"0 <= p{number} < {size}")
+        check(bound)
+        for index in indices:
+            size = self.sizes[index]
+            start = self.starts.get(index)
+            extent = f"{start}, {start} + ({size})" if start else str(size)
+            self.emit(f"for i_{index} in range({extent}):")
+            self.indent += "    "
+            bound = bound | {index}
+            check(bound)
+        body(" and ".join(conditions) or None)
+
+
+def _subscript(maps: tuple[IndexMap, ...], shifts: tuple[int, ...],
+               guarded: tuple[int, ...]) -> str:
+    """The subscript of an array through its maps: a guarded dimension's position was
+    computed into p<number> by the loops."""
+    parts = []
+    for dim, (m, shift) in enumerate(zip(maps, shifts)):
+        parts.append(f"p{guarded.index(dim)}" if dim in guarded else _position(m, shift))
+    return ", ".join(parts)
+
+
+def _plain_rows(maps: tuple[IndexMap, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The leading dimensions read or written along one index each, used by no other
+    dimension: rows over them touch disjoint parts of the array."""
+    counts: dict[str, int] = {}
+    for m in maps:
+        for name in m.indices():
+            counts[name] = counts.get(name, 0) + 1
+    rows = []
+    for m in maps:
+        if not (m.is_plain and counts[m.terms[0][0]] == 1 and m.terms[0][0] in wanted):
+            break
+        rows.append(m.terms[0][0])
+    return tuple(rows)
+
+
+PACK_ROWS = 32  # parallel rows enough to share among the cores evenly
+
+
+def render_pack(name: str, text: str, maps: tuple[IndexMap, ...], shifts: tuple[int, ...],
+                shape: tuple[int, ...], guarded: tuple[int, ...], order: tuple[str, ...],
+                sizes: dict[str, int], chunk: str | None = None) -> str:
+    """A Numba function `name(src, dst[, start, stop])` that copies a window of `src` into
+    `dst` laid out along `order` (im2col): dst[order] = src[map + shift, ...], reading 0
+    where a `guarded` dimension's position falls outside `src` (zero padding without a
+    padded copy). With `chunk`, that index runs over start:stop and dst holds only those
+    entries (`sizes` gives the most a chunk holds).
+
+    The innermost loop runs along dst's last axis (its writes are contiguous). The rows
+    shared among threads are the plain leading dimensions of `src` (whole planes read by
+    one thread), or else, when those are too few, the leading axes of dst."""
+    count = lambda axes: math.prod(sizes[a] for a in axes)  # noqa: E731
+    rows = tuple(a for a in _plain_rows(maps, order) if a != order[-1])
+    if count(rows) < PACK_ROWS:
+        rows = ()
+        for axis in order[:-1]:
+            rows += (axis,)
+            if count(rows) >= PACK_ROWS:
+                break
+    rows = rows or order[:1]
+    inner = tuple(a for a in order if a not in rows)
+    loop_sizes = {a: (sizes[a] if a != chunk else "stop - start") for a in order}
+    writer = _CopyWriter(loop_sizes, {chunk: "start"} if chunk else {})
+    count = writer.rows(rows)
+    guards = [(maps[d], shifts[d], shape[d]) for d in guarded]
+    destination = ", ".join(f"i_{a} - start" if a == chunk else f"i_{a}" for a in order)
+    source = f"src[{_subscript(maps, shifts, guarded)}]"
+
+    def body(inside: str | None) -> None:
+        value = f"{source} if {inside} else REAL(0)" if inside else source
+        writer.emit(f"dst[{destination}] = {value}")
+    writer.loops(inner, guards, set(rows), body)
+    params = "src, dst" + (", start, stop" if chunk else "")
+    return "\n".join([
+        "@njit(parallel=True, cache=True)",
+        f"def {name}({params}):",
+        f'    """{text}: the window in GEMM order (im2col)"""',
+        f"    for row in prange({count}):",
+        *writer.lines])
+
+
+def render_scatter(name: str, text: str, maps: tuple[IndexMap, ...], shifts: tuple[int, ...],
+                   shape: tuple[int, ...], guarded: tuple[int, ...], layout: tuple[str, ...],
+                   sizes: dict[str, int]) -> str:
+    """A Numba function `name(g, dst)` that adds `g` (a contribution stored along `layout`)
+    into `dst` through its maps (col2im): dst[map + shift, ...] += g[layout], dropping
+    what falls outside `dst` along a `guarded` dimension (zero padding: out-of-range
+    contributions vanish). Parallel over the plain leading dimensions of `dst` (writes to
+    disjoint planes); the rest loop in g's storage order, so that reads run along memory.
+    Without such a dimension, one thread adds everything."""
+    targets = tuple(dict.fromkeys(a for m in maps for a in m.indices()))
+    rows = _plain_rows(maps, targets)
+    inner = tuple(a for a in layout if a not in rows) + \
+        tuple(a for a in targets if a not in rows and a not in layout)
+    writer = _CopyWriter(dict(sizes), {})
+    count = writer.rows(rows)
+    guards = [(maps[d], shifts[d], shape[d]) for d in guarded]
+    destination = f"dst[{_subscript(maps, shifts, guarded)}]"
+    value = f"g[{', '.join(f'i_{a}' for a in layout)}]"
+
+    def body(inside: str | None) -> None:
+        if inside:
+            writer.emit(f"if {inside}:")
+            writer.emit(f"    {destination} += {value}")
+        else:
+            writer.emit(f"{destination} += {value}")
+    writer.loops(inner, guards, set(rows), body)
+    return "\n".join([
+        f"@njit(parallel={bool(rows)}, cache=True)",
+        f"def {name}(g, dst):",
+        f'    """{text}: the contribution added through the windows (col2im)"""',
+        f"    for row in {'prange' if rows else 'range'}({count}):",
+        *writer.lines])
 
 
 # ---- availability and loading ----------------------------------------------------------------
@@ -340,6 +516,13 @@ def jit_mode() -> str:
     """TENSORC_JIT: 'auto' (default: loop kernels where the planner's rule says they pay),
     'off', or 'always' (every statement that can be one: for tests)."""
     mode = os.environ.get("TENSORC_JIT", "auto").strip().lower()
+    return mode if mode in ("auto", "off", "always") else "auto"
+
+
+def pack_mode() -> str:
+    """TENSORC_PACK: 'auto' (default: the copies around GEMMs threaded where they are large
+    enough to pay), 'off', or 'always' (every im2col and col2im: for tests)."""
+    mode = os.environ.get("TENSORC_PACK", "auto").strip().lower()
     return mode if mode in ("auto", "off", "always") else "auto"
 
 

@@ -173,6 +173,9 @@ class _Value:
                              # before a subscript or method call
     contiguous: bool = True  # False for a GEMM result transposed into the wanted order
     constant: float | None = None  # the value, for a literal (constants are folded)
+    # How a transposed GEMM result is stored (its axes in memory order), when known.
+    layout: tuple[str, ...] | None = None
+    window: ViewNode | None = None  # what a strided window view shows
 
     @property
     def atomic(self) -> bool:
@@ -246,6 +249,9 @@ class _StatementRenderer:
         self.fixed: dict[str, str] = {}
         self.indent = ""
         self.hoisted: dict[int, _Value] = {}  # plan nodes computed before such a loop
+        # (line number, name) of each line that makes a window view or its padded copy,
+        # dropped when threaded copies read the tensor instead
+        self.view_lines: list[tuple[int, str]] = []
 
     def emit(self, line: str) -> None:
         self.lines.append(self.indent + line)
@@ -272,7 +278,7 @@ class _StatementRenderer:
             return value
         name = self.fresh(hint)
         self.emit(f"{name} = {value.code}")
-        return _Value(name, value.axes, value.shape, value.owned)
+        return _Value(name, value.axes, value.shape, value.owned, layout=value.layout)
 
     # ---- nodes ----
     def render(self, node: Node, name_hint: str = "t") -> _Value:
@@ -352,6 +358,7 @@ class _StatementRenderer:
         if any(starts):
             source = f"{base}[{', '.join(f'{s}:' if s else ':' for s in starts)}]"
         strides_name = self.fresh(f"{tensor}_strides")
+        self.view_lines.append((len(self.lines), strides_name))
         self.emit(f"{strides_name} = {base}.strides")
         strides = []
         for axis in node.axes:
@@ -364,10 +371,11 @@ class _StatementRenderer:
                                  f"-{stride}" if coefficient == -1 else f"{coefficient}*{stride}")
             strides.append(" + ".join(parts).replace("+ -", "- "))
         name = self.fresh(f"{tensor}_win")
+        self.view_lines.append((len(self.lines), name))
         self.emit(f"{name} = as_strided({source}, shape={_tuple(node.shape)}, "
                   f"strides={_tuple(strides)}, writeable=False)  # {read} over {_tuple(node.axes)}"
                   .replace("'", ""))
-        value = _Value(name, node.axes, node.shape, contiguous=False)  # a strided window
+        value = _Value(name, node.axes, node.shape, contiguous=False, window=node)
         self.views[key] = value
         return value
 
@@ -405,12 +413,14 @@ class _StatementRenderer:
             comment = "boundary 'zero'" if zeroed else "channels-last copy"
             if zeroed and memory_order is not None:
                 comment += ", channels-last"
+            self.view_lines += [(len(self.lines), name), (len(self.lines) + 1, name)]
             self.emit(f"{name} = _scratch({name!r}, {_tuple(stored)}"
                       f"{', zeroed=True' if zeroed else ''}){back}  # {comment}")
             self.emit(f"{name}[{middle}] = {tensor}")
             return
         widths = ", ".join(f"({pad[d][0]}, {pad[d][1]})" for d in order)
         source = tensor if memory_order is None else f"{tensor}.transpose{_arguments(order)}"
+        self.view_lines.append((len(self.lines), name))
         self.emit(f"{name} = np.pad({source}, ({widths}{',' if len(pad) == 1 else ''}), "
                   f"mode={NUMPY_PAD_MODES[mode]!r}){back}  # boundary '{mode}'"
                   + (", channels-last" if memory_order is not None else ""))
@@ -585,6 +595,11 @@ class _StatementRenderer:
             if step.chunk_axis in step.contracted:
                 return self.render_summed_chunks(step, first, second, result)
             return self.render_chunked_gemm(step, first, second, result)
+        if "im2col" in self.sp.packing:
+            first = self.packed(first, step.windows[0], step.batch, step.kept_left,
+                                step.contracted)
+            second = self.packed(second, step.windows[1], step.batch, step.contracted,
+                                 step.kept_right)
         left = self.gemm_operand(first, step.batch, step.kept_left, step.contracted)
         right = self.gemm_operand(second, step.batch, step.contracted, step.kept_right)
         code = f"np.matmul({left}, {right})"
@@ -599,7 +614,58 @@ class _StatementRenderer:
             code += f".transpose{_arguments(step.final_transpose)}"
         self.emit(f"{result} = {code}")
         return _Value(result, step.result_axes, out_shape, bool(out_shape),
-                      contiguous=step.final_transpose is None)
+                      contiguous=step.final_transpose is None, layout=natural)
+
+    def packed(self, value: _Value, window: bool, batch: tuple[str, ...],
+               first: tuple[str, ...], second: tuple[str, ...]) -> _Value:
+        """A window operand copied into GEMM order by a threaded Numba loop (im2col) into a
+        reused buffer; any other operand as it is."""
+        if not window or value.window is None:
+            return value
+        self.module.needs_scratch = True
+        order = tuple(g for g in batch if g in value.axes) + first + second
+        shape = tuple(self.sizes[x] for x in order)
+        buffer = self.fresh(value.code.removesuffix("_win") + "_cols")
+        self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(shape)})")
+        self.emit(self.pack_window(value, buffer, order))
+        return _Value(buffer, order, shape)
+
+    def pack_window(self, value: _Value, cols: str, order: tuple[str, ...],
+                    chunk: tuple[str, str, str, int] | None = None) -> str:
+        """The call that copies window `value` into `cols`, laid out along `order`, by a
+        threaded Numba loop; `chunk` = (axis, start, stop, most entries) copies only those
+        entries. A
+        window with zero (or no) boundary is read from the tensor itself, with bounds
+        checks instead of a padded copy."""
+        from .jit import render_pack
+        node = value.window
+        read = node.read
+        tensor = self.module.variable(read.tensor)
+        shape = self.module.plan.program.tensors[read.tensor].shape
+        maps = read.maps
+        if read.boundary in (None, "zero") and node.memory_order is None:
+            source, shifts = tensor, (0,) * len(shape)
+            guarded = tuple(d for d, (m, size) in enumerate(zip(maps, shape))
+                            if not 0 <= m.extent(self.sizes)[0] <= m.extent(self.sizes)[1] < size)
+        else:  # the padded (or channels-last) copy the view was cut from
+            source = self.window_base(node)
+            shifts = tuple(before for before, _ in (node.pad or ((0, 0),) * len(shape)))
+            shape = tuple(size + a + b for size, (a, b) in zip(shape, node.pad or
+                                                                ((0, 0),) * len(shape)))
+            guarded = ()
+            if node.memory_order is not None:  # index the copy as it is stored: C order
+                memory = node.memory_order
+                source = f"{source}.transpose{_arguments(memory)}"
+                maps = tuple(maps[d] for d in memory)
+                shifts = tuple(shifts[d] for d in memory)
+                shape = tuple(shape[d] for d in memory)
+        name = self.module.jit_name(f"pack_{read.tensor}")
+        self.module.jit_copies.append(render_pack(
+            name, str(read), maps, shifts, shape, guarded, order,
+            {a: chunk[3] if chunk and a == chunk[0] else self.sizes[a] for a in order},
+            chunk[0] if chunk else None))
+        arguments = [source, cols] + ([chunk[1], chunk[2]] if chunk else [])
+        return f"_jit.{name}({', '.join(arguments)})"
 
     @staticmethod
     def gemm_size(axes: tuple[str, ...], sizes: dict) -> int | str:
@@ -680,7 +746,8 @@ class _StatementRenderer:
                 moved = "" if permutation == sorted(permutation) else \
                     f".transpose{_arguments(permutation)}"
                 loop_lines.append(f"{cols} = {buffer}[:{stop} - {start}]")
-                loop_lines.append(f"np.copyto({cols}, {sliced.code}{moved})")
+                loop_lines.append(self.copy_chunk(value, sliced.code + moved, cols,
+                                                  tuple(order), step, start, stop))
                 copied = _Value(cols, tuple(order), full)
                 arranged.append(self.gemm_operand(copied, step.batch, outer, inner, chunk_sizes))
             elif axis in value.axes:
@@ -703,7 +770,17 @@ class _StatementRenderer:
         if step.final_transpose is not None:
             self.emit(f"{result} = {gemm_out}.transpose{_arguments(step.final_transpose)}")
         return _Value(result, step.result_axes, out_shape, True,
-                      contiguous=step.final_transpose is None)
+                      contiguous=step.final_transpose is None, layout=layout)
+
+    def copy_chunk(self, value: _Value, view: str, cols: str, order: tuple[str, ...],
+                   step: PairStep, start: str, stop: str) -> str:
+        """The line that copies one chunk of a window into `cols` (im2col): NumPy's copyto
+        of the chunk's `view`, or a threaded Numba loop."""
+        if "im2col" not in self.sp.packing or value.window is None:
+            return f"np.copyto({cols}, {view})"
+        axis = step.chunk_axis
+        return self.pack_window(value, cols, tuple(order), (axis, start, stop, step.chunk)
+                                if axis in value.axes else None)
 
     def render_summed_chunks(self, step: PairStep, first: _Value, second: _Value,
                              result: str) -> _Value:
@@ -742,7 +819,8 @@ class _StatementRenderer:
                 loop_lines.append(f"{cols} = {buffer}[:{count}].reshape({shape})")
                 moved = "" if permutation == sorted(permutation) else \
                     f".transpose{_arguments(permutation)}"
-                loop_lines.append(f"np.copyto({cols}, {sliced.code}{moved})")
+                loop_lines.append(self.copy_chunk(value, sliced.code + moved, cols,
+                                                  tuple(order), step, start, stop))
                 copied = _Value(cols, tuple(order), ())
                 arranged.append(self.gemm_operand(copied, (), outer, inner, chunk_sizes))
             else:
@@ -761,7 +839,7 @@ class _StatementRenderer:
         self.emit(f"{result} = {code}")
         out_shape = tuple(self.sizes[a] for a in step.result_axes)
         return _Value(result, step.result_axes, out_shape, True,
-                      contiguous=step.final_transpose is None)
+                      contiguous=step.final_transpose is None, layout=natural)
 
     def render_reduce(self, node: ReduceNode, name_hint: str) -> _Value:
         if node.strategy == "window-loop":
@@ -820,7 +898,30 @@ class _StatementRenderer:
             lhs = tuple(m.terms[0][0] for m in statement.target_maps)
             self.assign(target, value, lhs, shape)
         self.module.defined.add(statement.target)
+        if "im2col" in sp.packing:
+            self.drop_unused_views()
         return self.lines
+
+    def drop_unused_views(self) -> None:
+        """Drop the lines making window views and padded copies that nothing reads any
+        more: threaded im2col copies read a zero-padded window from the tensor itself."""
+        made: dict[str, set[int]] = {}
+        for number, name in self.view_lines:
+            made.setdefault(name, set()).add(number)
+        dropped: set[int] = set()
+        changed = True
+        while changed:
+            changed = False
+            for name, numbers in made.items():
+                if numbers <= dropped:
+                    continue
+                used = re.compile(rf"\b{re.escape(name)}\b")
+                if not any(used.search(line.split("  # ")[0])
+                           for number, line in enumerate(self.lines)
+                           if number not in dropped and number not in numbers):
+                    dropped |= numbers
+                    changed = True
+        self.lines = [line for number, line in enumerate(self.lines) if number not in dropped]
 
     def assign(self, target: str, value: _Value, lhs: tuple[str, ...],
                shape: tuple[int, ...]) -> None:
@@ -868,6 +969,9 @@ class _StatementRenderer:
                           "the adds run over whole rows")
             else:
                 self.emit(f"{target} = np.zeros({_tuple(shape)}, dtype=DTYPE)")
+        if "col2im" in self.sp.packing:
+            self.scatter_by_jit(target, shape)
+            return
         maps = statement.target_maps
         order = [a for a in self.sp.order if any(a in m.indices() for m in maps)]
         per_offset = bool(self.sp.offset_loop)  # else: computed once, sliced per offset
@@ -949,6 +1053,48 @@ class _StatementRenderer:
                              for (a, b), s in zip(pad, shape))
             self.emit(f"{target} += {destination}[{crop}]")
 
+    def scatter_by_jit(self, target: str, shape: tuple[int, ...]) -> None:
+        """A '+=' through windows as one threaded Numba loop over the contribution (col2im):
+        zero-boundary adds that fall outside are dropped by bounds checks, other modes go
+        through a padded buffer whose margins are folded back."""
+        from .jit import render_scatter
+        statement = self.sp.statement
+        maps = statement.target_maps
+        value = self.materialized(self.render(self.sp.root, "contribution"), "contribution")
+        assert set(value.axes) <= {n for m in maps for n in m.indices()}, "a free index"
+        if value.layout is not None:  # a transposed GEMM result: pass it as it is stored
+            layout = value.layout
+            permutation = [value.axes.index(a) for a in layout]
+            array = f"{value.code}.transpose{_arguments(permutation)}" \
+                if permutation != sorted(permutation) else value.code
+        else:
+            layout, array = value.axes, value.code
+        mode = statement.target_boundary
+        destination, shifts, guarded = target, (0,) * len(maps), ()
+        pad = []
+        for m, size in zip(maps, shape):
+            low, high = m.extent(self.sizes)
+            pad.append((max(0, -low), max(0, high - (size - 1))))
+        if mode == "zero":
+            guarded = tuple(d for d, p in enumerate(pad) if p != (0, 0))
+        elif mode is not None and any(p != (0, 0) for p in pad):
+            destination = self.fresh(f"{target}_padded")
+            shifts = tuple(before for before, _ in pad)
+            padded_shape = tuple(s + a + b for s, (a, b) in zip(shape, pad))
+            self.emit(f"{destination} = np.zeros({_tuple(padded_shape)}, dtype=DTYPE)  # the "
+                      f"margin is folded back onto the samples a '{mode}' read takes")
+        name = self.module.jit_name(f"scatter_{statement.target}")
+        self.module.jit_copies.append(render_scatter(
+            name, statement.text, maps, shifts, shape, guarded, tuple(layout),
+            {a: self.sizes[a] for m in maps for a in m.indices()}))
+        self.emit(f"_jit.{name}({array}, {destination})")
+        if value.owned and value.code not in self.module.tensor_of:
+            self.emit(f"del {value.code}")
+        if destination != target:
+            self.module.needs_fold = True
+            self.emit(f"{target} += _fold_margins({destination}, {_tuple(tuple(pad))}, "
+                      f"{NUMPY_PAD_MODES[mode]!r})")
+
     def sliced_contribution(self, value: _Value, order: list[str], loop_names: dict[str, str],
                             dims_order: list[str]) -> str:
         """The contribution at the current window offset, laid out like the target slice."""
@@ -989,12 +1135,17 @@ class _ModuleRenderer:
         self.needs_scratch = False
         self.needs_fold = False
         self.defined: set[str] = set()
+        self.jit_copies: list[str] = []  # Numba functions of threaded packing copies
 
     def variable(self, tensor: str) -> str:
         return self.variables[tensor]
 
     def index_variable(self, index: str) -> str:
         return python_name(index)
+
+    def jit_name(self, hint: str) -> str:
+        """A new name in the module of Numba functions: hint_1, hint_2, ..."""
+        return f"{hint}_{len(self.jit_copies) + 1}"
 
     def fresh(self, hint: str) -> str:
         """A new name, deterministic: anonymous temporaries are t1, t2, ...; others hint,
@@ -1086,11 +1237,12 @@ class _ModuleRenderer:
         if self.needs_erf:
             parts.append(_ERF_HELPER.rstrip())
         nests = [sp.loop_nest for sp in self.plan.statements if sp.loop_nest is not None]
-        if nests:
+        if nests or self.jit_copies:
             from .jit import render_numba
+            numba_source = render_numba(nests, self.plan.dtype, tuple(self.jit_copies))
             parts += ["", "# Numba loop kernels (tensorc[jit]): compiled at the first call, cached",
                       "from tensorc.backends.jit import load as _load_jit  # noqa: E402", "",
-                      f"JIT_SOURCE = r'''\n{render_numba(nests)}'''",
+                      f"JIT_SOURCE = r'''\n{numba_source}'''",
                       "_jit = _load_jit(JIT_SOURCE)"]
         parts += ["", "", self.signature()]
         parts += [("    " + line) if line else "" for line in body]
