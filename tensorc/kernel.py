@@ -101,8 +101,9 @@ def _specialize(program: S.Program, program_text: str, backend: str,
             if outputs is not None:  # results that later statements also read
                 checked = replace(checked, outputs=outputs)
             plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget, fft,
-                                in_one_process=backend != "dask")  # Dask: checked per block
-            plan = plan_for_backend(plan, backend, jit, budget, pack)
+                                in_one_process=backend != "dask",  # Dask: checked per block
+                                pack=pack)
+            plan = plan_for_backend(plan, backend, jit, budget)
             source = _render(plan, backend)
         if backend == "dask":  # the statements as dask.array graphs, planned per call
             from .backends.dask import DaskPlanText, DaskProgram

@@ -44,7 +44,7 @@ from .ir import (
 )
 from .plan import (
     GATHER_FORM, PairStep, ProgramPlan, StatementPlan, axis_sizes, contractions_in,
-    plan_program, target_order_note,
+    plan_program,
 )
 
 __all__ = ["LoopNest", "loop_nest", "plan_for_backend", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
@@ -265,66 +265,14 @@ def _cpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str,
     return None
 
 
-# Threaded packing copies (Numba) around NumPy's GEMMs, from measurements here (float32,
-# 2 cores): an im2col copy of 7.2 MB (strided 3x3 s2, C64@56, a chunk of 4 images) takes
-# 4.4 ms in NumPy (zero padding included) and 2.7 ms threaded, with bounds checks instead of
-# the padded copy; LeNet-1's 3.7 MB copy 0.34 against 0.35 ms, so small copies stay NumPy's.
-# col2im pays from small sizes on: NumPy adds one strided slice per window offset, in rows
-# as short as the image is wide (the strided layer's dx: 12.8 ms against 2.0 ms).
-PACK_MIN_BYTES = 4 << 20
-SCATTER_MIN_BYTES = 256 << 10
-
-
-def _packing(sp: StatementPlan, dtype: str, itemsize: int, mode: str) -> tuple[str, ...]:
-    """Which of a NumPy statement's copies around its GEMMs run as threaded Numba loops:
-    "im2col" (its windows copied into GEMM order), "col2im" (its '+=' through windows).
-    `mode` is TENSORC_PACK: 'auto' (by size), 'off', or 'always' (for tests)."""
-    if mode == "off" or dtype not in ("float32", "float64") or sp.loop_nest is not None:
-        return ()
-    least = {"always": 0}.get(mode)
-    steps = [s for c in contractions_in(sp.root) if c.fft is None for s in c.steps]
-    packing = []
-    windowed = [s for s in steps if any(s.windows)]
-    if windowed and sum(s.copy_bytes for s in windowed) >= (
-            PACK_MIN_BYTES if least is None else least):
-        packing.append("im2col")
-    statement = sp.statement
-    maps = statement.target_maps
-    # (a batch-last target: the GEMM hands its result over batch innermost, which NumPy's
-    # strided adds run along and a loop over planes would read across)
-    if statement.accumulate and not all(m.is_plain for m in maps) and not sp.offset_loop \
-            and not sp.tiles_target and steps and sp.target_order is None:
-        indices = {n for m in maps for n in m.indices()}
-        contribution = math.prod(statement.ranges[n] for n in indices) * itemsize
-        if contribution >= (SCATTER_MIN_BYTES if least is None else least):
-            packing.append("col2im")
-    return tuple(packing)
-
-
-def _with_packing(sp: StatementPlan, packing: tuple[str, ...]) -> StatementPlan:
-    """The statement plan with its packing copies stated (a col2im needs no batch-last
-    buffer: the threaded adds run over any layout)."""
-    if not packing:
-        return sp
-    strategy = sp.strategy
-    if "col2im" in packing and sp.target_order is not None:
-        strategy = strategy.replace(target_order_note(sp.statement, sp.target_order), "")
-        sp = replace(sp, target_order=None)
-    what = " and ".join({"im2col": "im2col copies", "col2im": "col2im adds"}[p]
-                        for p in packing)
-    return replace(sp, packing=packing,
-                   strategy=f"{strategy}; {what} by threaded Numba loops")
-
-
-def plan_for_cpu_jit(plan: ProgramPlan, mode: str, pack: str = "auto") -> ProgramPlan:
-    """The NumPy plan with Numba loop kernels where `_cpu_choice` says they pay, and the
-    copies around the remaining GEMMs threaded where `_packing` says so."""
+def plan_for_cpu_jit(plan: ProgramPlan, mode: str) -> ProgramPlan:
+    """The NumPy plan with Numba loop kernels where `_cpu_choice` says they pay (they make
+    no copies around GEMMs: a statement's packing goes with it)."""
     statements = []
     for sp, fresh in _with_freshness(plan):
         why = _cpu_choice(sp, plan.program, plan.dtype, mode)
         if why is not None:
-            sp = _as_loop_kernel(sp, plan, fresh, "numba", why)
-        sp = _with_packing(sp, _packing(sp, plan.dtype, plan.itemsize, pack))
+            sp = replace(_as_loop_kernel(sp, plan, fresh, "numba", why), packing=())
         statements.append(sp)
     return replace(plan, statements=statements)
 
@@ -402,14 +350,13 @@ def _split_epilogues(program: CheckedProgram, numbers: set[int],
     return replace(program, statements=tuple(statements), tensors=tensors), moved
 
 
-def plan_for_backend(plan: ProgramPlan, backend: str, jit: str, budget: int,
-                     pack: str = "auto") -> ProgramPlan:
+def plan_for_backend(plan: ProgramPlan, backend: str, jit: str, budget: int) -> ProgramPlan:
     """The NumPy plan lowered for `backend`: the CuPy backend's loop kernels and epilogues,
-    or, on the CPU, Numba loop kernels and threaded packing copies unless `jit` is "off"."""
+    or, on the CPU, Numba loop kernels unless `jit` is "off"."""
     if backend == "cupy":
         return plan_for_gpu(plan, budget)
     if jit != "off":
-        return plan_for_cpu_jit(plan, jit, pack)
+        return plan_for_cpu_jit(plan, jit)
     return plan
 
 

@@ -43,6 +43,20 @@ WINDOW_COPY_NS = 0.2  # per element of an im2col copy, plus, per run of its inne
 WINDOW_COPY_RUN_NS = 8.0  # NumPy's inner-loop overhead (runs of 8 measured ~1.1 ns/element)
 WINDOW_GAPPED_NS = 0.4  # per element, when the innermost axis steps over gaps (stride 2)
 RELAYOUT_NS = 0.6  # per element, copying a tensor into channels-last order (with its padding)
+# Threaded packing copies (`pack`, with Numba on the CPU): the copies around GEMMs done by
+# parallel loops instead of NumPy's. Measured here (float32, 2 cores): an im2col copy of
+# 7.2 MB (strided 3x3 s2, C64@56, a chunk of 4 images) takes 4.4 ms in NumPy (zero padding
+# included) and 2.7 ms threaded, with bounds checks instead of the padded copy; LeNet-1's
+# 3.7 MB copy 0.34 against 0.35 ms, so small copies stay NumPy's, and so do copies whose
+# source runs are long (from a channels-last copy, runs of KW*C: LeNet-2's 6.5 MB copy in
+# runs of 80 took 0.53 ms in NumPy, 0.88 ms threaded). col2im pays from small
+# sizes on, since NumPy adds one strided slice per window offset in rows as short as the
+# image is wide: the strided layer's dx 12.8 ms against 2.0 ms, LeNet-2's 1.3 against
+# 0.73 ms (and no batch-last buffer or transposed copy back).
+PACK_MIN_BYTES = 4 << 20
+PACK_SHORT_RUN = 64  # elements: an im2col copy in shorter (or gapped) runs is threaded
+SCATTER_MIN_BYTES = 256 << 10
+THREADED_SCATTER_NS = 0.4  # per element added back by the threaded loop
 SCATTER_ADD_NS = 0.5  # per element added back through a window (col2im), read-modify-write,
 SCATTER_RUN_NS = 20.0  # plus, per run of the adds' innermost axis (LeNet-2's rows: 8 wide)
 # An accumulation whose adds would run shorter than this puts a whole-read target index
@@ -143,6 +157,7 @@ class PairStep:
     chunk_axis: str | None = None  # batch[0] or kept_left[0] (chunks of the result), or
     #                                 contracted[0] (chunks summed)
     windows: tuple[bool, bool] = (False, False)  # (matmul left, right) is a strided window
+    short_runs: bool = False  # a window's im2col copy moves runs under PACK_SHORT_RUN or gaps
 
 
 @dataclass(frozen=True)
@@ -262,8 +277,9 @@ class ProgramPlan:
 class _StatementPlanner:
     def __init__(self, program: CheckedProgram, statement: Statement, itemsize: int,
                  fresh_target: bool = False, chunk_bytes: int = IM2COL_CHUNK_BYTES,
-                 fft_mode: str = "auto") -> None:
+                 fft_mode: str = "auto", pack: str = "off") -> None:
         self.program = program
+        self.pack = pack  # TENSORC_PACK's mode where threaded copies are available, else "off"
         self.fft_mode = fft_mode  # "auto" (by cost), "off" or "always" (where it applies)
         self.chunk_bytes = chunk_bytes
         self.statement = statement
@@ -283,7 +299,11 @@ class _StatementPlanner:
             else None
         positions = [n for n, c in last.terms if c > 0] if last is not None else []
         self.scatter_inner = {max(positions, key=self.sizes.__getitem__)} if positions else set()
-        self.target_order = self.batch_last_order(fresh_target)
+        self.threaded_scatter = self.scatters_threaded()
+        if self.threaded_scatter:  # a loop adds back from any layout: no batch-last buffer
+            self.scatter_inner = set()
+        self.target_order = None if self.threaded_scatter else \
+            self.batch_last_order(fresh_target)
         if self.target_order is not None:
             dim = self.target_order[-1]
             self.scatter_inner = {statement.target_maps[dim].terms[0][0]}
@@ -312,14 +332,38 @@ class _StatementPlanner:
             return None
         return tuple(d for d in range(len(maps)) if d != inner) + (inner,)
 
+    def scatter_elements(self) -> int:
+        """How many contributions a '+=' through windows adds back (0 for plain maps)."""
+        maps = self.statement.target_maps
+        if not self.statement.accumulate or all(m.is_plain for m in maps):
+            return 0
+        return math.prod(self.sizes[n] for n in {n for m in maps for n in m.indices()})
+
+    def scatters_threaded(self) -> bool:
+        """Whether a '+=' through windows adds back by a threaded loop (col2im packing)."""
+        elements = self.scatter_elements()
+        least = 0 if self.pack == "always" else SCATTER_MIN_BYTES
+        return self.pack != "off" and elements > 0 and elements * self.itemsize >= least
+
+    def copies_threaded(self, root: Node) -> bool:
+        """Whether the statement's im2col copies run as threaded loops (im2col packing)."""
+        steps = [s for c in contractions_in(root) if c.fft is None for s in c.steps
+                 if any(s.windows)]
+        if self.pack == "always":
+            return bool(steps)
+        return self.pack == "auto" and any(s.short_runs for s in steps) \
+            and sum(s.copy_bytes for s in steps) >= PACK_MIN_BYTES
+
     def scatter_ns(self) -> float:
         """Estimated time of adding the contributions back through the windows."""
         statement = self.statement
         maps = statement.target_maps
-        if not statement.accumulate or all(m.is_plain for m in maps):
+        elements = self.scatter_elements()
+        if not elements:
             return 0.0
+        if self.threaded_scatter:
+            return elements * THREADED_SCATTER_NS
         sliced = scatter_slices(maps, self.sizes)
-        elements = math.prod(self.sizes[n] for n in {n for m in maps for n in m.indices()})
         order = self.target_order or tuple(range(len(maps)))
         run = 1
         for dim in reversed(order):  # the innermost dimensions, while the slice is contiguous
@@ -715,6 +759,16 @@ class _StatementPlanner:
                     candidates.append((group, result[p:q], result[q:], False))
                 if first <= set(b_kept) and second <= set(a_kept) and (first or second):
                     candidates.append((group, result[p:q], result[q:], True))
+        # A batch of the result's leading axes, one side's only (the other broadcasts along
+        # them), then a transpose: the input gradient of a 1-channel convolution GEMMs each
+        # image's dy[o, h*w] instead of copying dy into one [o, n*h*w] operand first.
+        for p in range(1, len(result)):
+            group = result[:p]
+            if not set(batch) <= set(group) or set(group) <= set(batch):
+                continue
+            rest_a = tuple(x for x in a_kept if x not in group)
+            rest_b = tuple(x for x in b_kept if x not in group)
+            candidates += [(group, rest_a, rest_b, False), (group, rest_b, rest_a, True)]
         kinds = {"a": kind_a, "b": kind_b}
         costed = [(self.layout_cost(a, b, kinds, contracted, result, *c,
                                     result_may_be_view=result_may_be_view), i, c)
@@ -724,14 +778,15 @@ class _StatementPlanner:
         transpose = None if layout == result else tuple(layout.index(x) for x in result)
         step = PairStep(left, right, a, b, result, "gemm", group, first, contracted,
                         second, presum_a, presum_b, swap, transpose, flops,
-                        sum(n for n, _ in copies) * self.itemsize,
+                        sum(n for n, _, _ in copies) * self.itemsize,
                         result_elements * self.itemsize)
         step.estimated_ns = cost
         step.windows = ((kind_b if swap else kind_a) == "strided",
                         (kind_a if swap else kind_b) == "strided")
         step.chunk = self.chunk_for(step, b if swap else a, b if not swap else a,
                                     kinds["b" if swap else "a"], kinds["a" if swap else "b"])
-        for elements, axes in copies:  # a chunked copy only ever holds one chunk
+        step.short_runs = any(short for _, _, short in copies)
+        for elements, axes, _ in copies:  # a chunked copy only ever holds one chunk
             if step.chunk is not None and step.chunk_axis in axes:
                 elements = -(-elements * step.chunk // self.sizes[step.chunk_axis])
             self.allocate(elements)
@@ -741,13 +796,14 @@ class _StatementPlanner:
                     contracted: tuple[str, ...], result: tuple[str, ...],
                     group: tuple[str, ...], first: tuple[str, ...], second: tuple[str, ...],
                     swap: bool, result_may_be_view: bool = False) -> tuple[float, list[int]]:
-        """Estimated nanoseconds of one GEMM layout, and the copies it makes (elements, axes)."""
+        """Estimated nanoseconds of one GEMM layout, and the copies it makes (elements, axes,
+        whether it is an im2col copy in short runs)."""
         size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
         left, right = (b, a) if swap else (a, b)
         left_kind, right_kind = (kinds["b"], kinds["a"]) if swap else (kinds["a"], kinds["b"])
         m, n, k = size(first), size(second), size(contracted)
-        cost = size(group) * (GEMM_CALL_NS + 2 * m * n * k / (GEMM_FLOPS_PER_NS
-                                                              * _gemm_efficiency(m, n, k)))
+        efficiency = _gemm_efficiency(m, n, k, batched=size(group) > 1)
+        cost = size(group) * (GEMM_CALL_NS + 2 * m * n * k / (GEMM_FLOPS_PER_NS * efficiency))
         copies = []
         for axes, kind, inner, outer in ((left, left_kind, contracted, first),
                                          (right, right_kind, second, contracted)):
@@ -758,13 +814,13 @@ class _StatementPlanner:
                 run, gapped = self.copy_run(self.window_strides.get(axes, {}), arranged)
                 cost += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / run
                                     + (WINDOW_GAPPED_NS if gapped else 0.0))
-                copies.append((elements, arranged))
+                copies.append((elements, arranged, run < PACK_SHORT_RUN or gapped))
             elif axes not in (arranged, present + tuple(inner) + tuple(outer)) \
                     and max(len(outer), len(inner)) > 1:
                 elements = size(arranged)  # a transpose that reshape must copy
                 cost += elements * (TRANSPOSED_SCATTER_NS if self.scattered_copy(axes, arranged)
                                     else TRANSPOSED_COPY_NS)
-                copies.append((elements, arranged))
+                copies.append((elements, arranged, False))
         layout = group + first + second
         if self.scatter_inner and result_may_be_view and layout[-1:] != tuple(self.scatter_inner):
             cost += size(result) * TRANSPOSED_COPY_NS  # the scatter reads it across the grain
@@ -828,10 +884,16 @@ class _FFTCandidate:
     description: str
 
 
-def _gemm_efficiency(m: int, n: int, k: int) -> float:
+GEMM_NARROW_ROWS = 32  # a result narrower than this is written in short rows: slower
+
+
+def _gemm_efficiency(m: int, n: int, k: int, batched: bool = False) -> float:
     """The fraction of full GEMM speed at these sizes (~ the square root of the smallest
-    dimension's share of GEMM_FULL_SPEED_DIMENSION)."""
-    return max(1e-3, min(1.0, min(m, n, k) / GEMM_FULL_SPEED_DIMENSION)) ** 0.5
+    dimension's share of GEMM_FULL_SPEED_DIMENSION); for a batch of GEMMs, less when their
+    results come in narrow rows (n): 64 x [576x16]@[16x25] took 0.71 ms here, the same
+    FLOPs as 64 x [25x16]@[16x576] 0.28 ms."""
+    rows = min(1.0, n / GEMM_NARROW_ROWS) ** 0.5 if batched else 1.0
+    return max(1e-3, min(1.0, min(m, n, k) / GEMM_FULL_SPEED_DIMENSION) ** 0.5 * rows)
 
 
 def fft_length(size: int) -> int:
@@ -1046,21 +1108,17 @@ def _estimated_ns(node: Node) -> float:
     return sum(c.estimated_ns for c in contractions_in(node))
 
 
-def target_order_note(statement: Statement, order: tuple[int, ...]) -> str:
-    """The strategy's words for a '+=' target stored in `order` (batch last)."""
-    inner = statement.target_maps[order[-1]].terms[0][0]
-    return (f"; contributions added into a buffer with {inner} innermost, so that each add "
-            "runs over whole rows of it")
-
-
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8,
                  budget: int | None = None, fft: str = "auto",
-                 in_one_process: bool = True) -> ProgramPlan:
+                 in_one_process: bool = True, pack: str = "off") -> ProgramPlan:
     """Plan every statement. `budget` bounds each statement's temporaries in bytes (default:
     tensorc.budget.memory_budget()); im2col copies are chunked to fit a quarter of it.
     `fft`: "auto" lets the cost model choose FFT convolutions, "off" never uses them,
     "always" uses them wherever they apply (for tests). `in_one_process=False` (the Dask
-    backend's whole-program plan, which no process runs whole) skips the memory checks."""
+    backend's whole-program plan, which no process runs whole) skips the memory checks.
+    `pack` (for the NumPy backend with Numba): "auto" threads the copies around GEMMs that
+    are large enough to pay (PACK_MIN_BYTES, SCATTER_MIN_BYTES), "always" every one,
+    "off" none."""
     budget = memory_budget() if budget is None else budget
     chunk_bytes = max(64 << 10, min(IM2COL_CHUNK_BYTES, budget // 4))
     if in_one_process:
@@ -1071,7 +1129,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         fresh = statement.target not in defined and not any(
             isinstance(n, Read) and n.tensor == statement.target for n in walk(statement.value))
         defined.add(statement.target)
-        planner = _StatementPlanner(program, statement, itemsize, fresh, chunk_bytes, fft)
+        planner = _StatementPlanner(program, statement, itemsize, fresh, chunk_bytes, fft, pack)
         root = planner.plan(statement.value)
         # An accumulation through windows either adds each window's contribution back
         # (col2im) or reads back through the windows (gather form): planned both ways, the
@@ -1079,7 +1137,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         gathered = gather_form(statement, program.tensors[statement.target].shape)
         if gathered is not None:
             gather_planner = _StatementPlanner(program, gathered, itemsize, False, chunk_bytes,
-                                               fft)
+                                               fft, pack)
             gather_root = gather_planner.plan(gathered.value)
             fits = (planner.peak_bytes() <= budget, gather_planner.peak_bytes() <= budget)
             cheaper = _estimated_ns(gather_root) < _estimated_ns(root) + planner.scatter_ns()
@@ -1113,12 +1171,20 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
                                 f"{statement.target})" if tiles else
                                 "added through strided slices"))
         if planner.target_order is not None and statement.accumulate:
-            strategy += target_order_note(statement, planner.target_order)
+            inner = statement.target_maps[planner.target_order[-1]].terms[0][0]
+            strategy += (f"; contributions added into a buffer with {inner} innermost, so "
+                         "that each add runs over whole rows of it")
+        packing = tuple(name for name, threaded in (
+            ("im2col", planner.copies_threaded(root)),
+            ("col2im", planner.threaded_scatter and not offset_loop)) if threaded)
+        if packing:
+            strategy += "; " + " and ".join({"im2col": "im2col copies", "col2im": "col2im adds"}[p]
+                                             for p in packing) + " by threaded Numba loops"
         plans.append(StatementPlan(number, statement, planner.order, root, strategy,
                                    _node_flops(root, naive=True), _node_flops(root),
                                    planner.largest, planner.peak_bytes(),
                                    offset_loop=offset_loop, target_order=planner.target_order,
-                                   tiles_target=tiles))
+                                   tiles_target=tiles, packing=packing))
     return ProgramPlan(program, dtype, itemsize, plans, fft)
 
 

@@ -416,8 +416,9 @@ def _subscript(maps: tuple[IndexMap, ...], shifts: tuple[int, ...],
     return ", ".join(parts)
 
 
-def _plain_rows(maps: tuple[IndexMap, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
-    """The leading dimensions read or written along one index each, used by no other
+def _plain_rows(maps: tuple[IndexMap, ...], wanted: tuple[str, ...],
+                leading: bool = True) -> tuple[str, ...]:
+    """The (leading) dimensions read or written along one index each, used by no other
     dimension: rows over them touch disjoint parts of the array."""
     counts: dict[str, int] = {}
     for m in maps:
@@ -425,9 +426,10 @@ def _plain_rows(maps: tuple[IndexMap, ...], wanted: tuple[str, ...]) -> tuple[st
             counts[name] = counts.get(name, 0) + 1
     rows = []
     for m in maps:
-        if not (m.is_plain and counts[m.terms[0][0]] == 1 and m.terms[0][0] in wanted):
+        if m.is_plain and counts[m.terms[0][0]] == 1 and m.terms[0][0] in wanted:
+            rows.append(m.terms[0][0])
+        elif leading:
             break
-        rows.append(m.terms[0][0])
     return tuple(rows)
 
 
@@ -486,7 +488,16 @@ def render_scatter(name: str, text: str, maps: tuple[IndexMap, ...], shifts: tup
     disjoint planes); the rest loop in g's storage order, so that reads run along memory.
     Without such a dimension, one thread adds everything."""
     targets = tuple(dict.fromkeys(a for m in maps for a in m.indices()))
-    rows = _plain_rows(maps, targets)
+    # rows along g's storage order (each thread reads one contiguous part) when its leading
+    # axes are plain dimensions of dst and enough of them; else dst's leading plain ones
+    plain = _plain_rows(maps, targets, leading=False)
+    rows = ()
+    for axis in layout:
+        if axis not in plain or math.prod(sizes[a] for a in rows) >= PACK_ROWS:
+            break
+        rows += (axis,)
+    if math.prod(sizes[a] for a in rows) < PACK_ROWS:
+        rows = _plain_rows(maps, targets)
     inner = tuple(a for a in layout if a not in rows) + \
         tuple(a for a in targets if a not in rows and a not in layout)
     writer = _CopyWriter(dict(sizes), {})
