@@ -376,7 +376,7 @@ def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
             steps = [st for c in contractions_in(replanned.statements[position].root)
                      for st in c.steps]
             if steps and steps[-1].final_transpose is not None:
-                orders[number] = steps[-1].batch + steps[-1].kept_left + steps[-1].kept_right
+                orders[number] = steps[-1].natural_axes
         if orders:
             program, _ = _split_epilogues(plan.program, split, orders)
             replanned = plan_program(program, plan.dtype, plan.itemsize, budget, plan.fft)

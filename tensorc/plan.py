@@ -38,6 +38,7 @@ TRANSPOSED_COPY_NS = 1.2  # per element, materializing a transposed array
 # so each line read serves one element (dy[n,o,h,w] -> [h,w,n,o]): measured ~0.9 ns slower
 TRANSPOSED_SCATTER_NS = 2.1
 CACHE_LINE_ELEMENTS = 16
+BATCH_SUM_NS = 0.3  # per element of a batched matmul's result summed over its batch axis
 TRANSPOSED_VIEW_NS = 0.05  # per element, handing a statement's result back transposed
 WINDOW_COPY_NS = 0.2  # per element of an im2col copy, plus, per run of its innermost axis:
 WINDOW_COPY_RUN_NS = 8.0  # NumPy's inner-loop overhead (runs of 8 measured ~1.1 ns/element)
@@ -157,7 +158,16 @@ class PairStep:
     chunk_axis: str | None = None  # batch[0] or kept_left[0] (chunks of the result), or
     #                                 contracted[0] (chunks summed)
     windows: tuple[bool, bool] = (False, False)  # (matmul left, right) is a strided window
+    # Contracted axes run as the leading batch axes of the matmul and summed after it (a
+    # weight gradient GEMMs each image's dy with its window instead of copying dy whole).
+    summed: tuple[str, ...] = ()
     short_runs: bool = False  # a window's im2col copy moves runs under PACK_SHORT_RUN or gaps
+
+    @property
+    def natural_axes(self) -> tuple[str, ...]:
+        """The axes of the matmul's result as stored (after the summed axes are summed)."""
+        return tuple(x for x in self.batch if x not in self.summed) + self.kept_left \
+            + self.kept_right
 
 
 @dataclass(frozen=True)
@@ -747,8 +757,8 @@ class _StatementPlanner:
         if inner and result_may_be_view:  # that side with the scatter's inner axis last
             a_kept = [x for x in a_kept if x not in inner] + [x for x in a_kept if x in inner]
             b_kept = [x for x in b_kept if x not in inner] + [x for x in b_kept if x in inner]
-        candidates = [(tuple(batch), tuple(a_kept), tuple(b_kept), False),
-                      (tuple(batch), tuple(b_kept), tuple(a_kept), True)]
+        candidates = [(tuple(batch), tuple(a_kept), tuple(b_kept), False, ()),
+                      (tuple(batch), tuple(b_kept), tuple(a_kept), True, ())]
         for p in range(len(result) + 1):
             group = result[:p]
             if not set(batch) <= set(group):
@@ -756,9 +766,9 @@ class _StatementPlanner:
             for q in range(p, len(result) + 1):
                 first, second = set(result[p:q]), set(result[q:])
                 if first <= set(a_kept) and second <= set(b_kept):
-                    candidates.append((group, result[p:q], result[q:], False))
+                    candidates.append((group, result[p:q], result[q:], False, ()))
                 if first <= set(b_kept) and second <= set(a_kept) and (first or second):
-                    candidates.append((group, result[p:q], result[q:], True))
+                    candidates.append((group, result[p:q], result[q:], True, ()))
         # A batch of the result's leading axes, one side's only (the other broadcasts along
         # them), then a transpose: the input gradient of a 1-channel convolution GEMMs each
         # image's dy[o, h*w] instead of copying dy into one [o, n*h*w] operand first.
@@ -768,18 +778,33 @@ class _StatementPlanner:
                 continue
             rest_a = tuple(x for x in a_kept if x not in group)
             rest_b = tuple(x for x in b_kept if x not in group)
-            candidates += [(group, rest_a, rest_b, False), (group, rest_b, rest_a, True)]
+            candidates += [(group, rest_a, rest_b, False, ()), (group, rest_b, rest_a, True, ())]
+        # One contracted axis as the batch, summed after the matmul: a weight gradient
+        # dk[o,c,u,v] = dy[n,o,h,w] * x[n,c,h+u,w+v] as GEMMs per image, each reading dy[n]
+        # as it is stored, where one GEMM over (n,h,w) needs dy copied into [n*h*w, o].
+        if not batch and len(contracted) > 1:
+            for axis in contracted:
+                summed = (axis,)
+                candidates += [(summed + tuple(batch), tuple(a_kept), tuple(b_kept), False,
+                                summed),
+                               (summed + tuple(batch), tuple(b_kept), tuple(a_kept), True,
+                                summed)]
         kinds = {"a": kind_a, "b": kind_b}
-        costed = [(self.layout_cost(a, b, kinds, contracted, result, *c,
-                                    result_may_be_view=result_may_be_view), i, c)
+        costed = [(self.layout_cost(a, b, kinds, tuple(x for x in contracted if x not in c[4]),
+                                    result, *c[:4], result_may_be_view=result_may_be_view,
+                                    summed=c[4]), i, c)
                   for i, c in enumerate(candidates)]
-        (cost, copies), _, (group, first, second, swap) = min(costed)
-        layout = group + first + second
+        (cost, copies), _, (group, first, second, swap, summed) = min(costed)
+        layout = tuple(x for x in group if x not in summed) + first + second
         transpose = None if layout == result else tuple(layout.index(x) for x in result)
-        step = PairStep(left, right, a, b, result, "gemm", group, first, contracted,
-                        second, presum_a, presum_b, swap, transpose, flops,
+        step = PairStep(left, right, a, b, result, "gemm", group, first,
+                        tuple(x for x in contracted if x not in summed), second, presum_a,
+                        presum_b, swap, transpose, flops,
                         sum(n for n, _, _ in copies) * self.itemsize,
                         result_elements * self.itemsize)
+        step.summed = summed
+        if summed:  # the matmul's result before the sum
+            self.allocate(result_elements * math.prod(self.sizes[x] for x in summed))
         step.estimated_ns = cost
         step.windows = ((kind_b if swap else kind_a) == "strided",
                         (kind_a if swap else kind_b) == "strided")
@@ -795,9 +820,11 @@ class _StatementPlanner:
     def layout_cost(self, a: tuple[str, ...], b: tuple[str, ...], kinds: dict[str, str],
                     contracted: tuple[str, ...], result: tuple[str, ...],
                     group: tuple[str, ...], first: tuple[str, ...], second: tuple[str, ...],
-                    swap: bool, result_may_be_view: bool = False) -> tuple[float, list[int]]:
+                    swap: bool, result_may_be_view: bool = False,
+                    summed: tuple[str, ...] = ()) -> tuple[float, list[int]]:
         """Estimated nanoseconds of one GEMM layout, and the copies it makes (elements, axes,
-        whether it is an im2col copy in short runs)."""
+        whether it is an im2col copy in short runs). `summed`: leading axes of `group` that
+        are contracted, summed after the matmul."""
         size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
         left, right = (b, a) if swap else (a, b)
         left_kind, right_kind = (kinds["b"], kinds["a"]) if swap else (kinds["a"], kinds["b"])
@@ -821,7 +848,9 @@ class _StatementPlanner:
                 cost += elements * (TRANSPOSED_SCATTER_NS if self.scattered_copy(axes, arranged)
                                     else TRANSPOSED_COPY_NS)
                 copies.append((elements, arranged, False))
-        layout = group + first + second
+        if summed:  # the matmul's results per summed entry, added up after it
+            cost += size(group) * m * n * BATCH_SUM_NS
+        layout = tuple(x for x in group if x not in summed) + first + second
         if self.scatter_inner and result_may_be_view and layout[-1:] != tuple(self.scatter_inner):
             cost += size(result) * TRANSPOSED_COPY_NS  # the scatter reads it across the grain
         if layout != result:
@@ -849,7 +878,7 @@ class _StatementPlanner:
         the result), or the first contracted axis (a weight gradient: chunks summed)."""
         strided = [axes for axes, kind in ((left, left_kind), (right, right_kind))
                    if kind == "strided"]
-        if not strided:
+        if not strided or step.summed:
             return None
         size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
         if step.batch and step.final_transpose is None:
@@ -1227,6 +1256,8 @@ def _step_text(step: PairStep, sizes: dict[str, int]) -> str:
     gemm = f"[{size(step.kept_left)}x{size(step.contracted)}]@[{size(step.contracted)}x{size(step.kept_right)}]"
     text = f"GEMM {gemm}" if calls == 1 else f"batched GEMM {calls} x {gemm}"
     summed = ",".join(step.contracted)
+    if step.summed:
+        return f"{text}, sum over {summed}, then over the batch {','.join(step.summed)}"
     return f"{text}, sum over {summed}"
 
 

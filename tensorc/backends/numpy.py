@@ -551,7 +551,9 @@ class _StatementRenderer:
                 f"[{size(step.contracted)}x{size(step.kept_right)}]")
         calls = size(step.batch)
         how = f"GEMM {gemm}" if calls == 1 else f"batched GEMM {calls} x {gemm}"
-        return f"sum over {','.join(step.contracted)} - {how}, {_flops(step.flops)}"
+        if step.summed:
+            how += f" summed over {','.join(step.summed)}"
+        return f"sum over {','.join(step.summed + step.contracted)} - {how}, {_flops(step.flops)}"
 
     def presummed(self, value: _Value, axes: tuple[str, ...]) -> _Value:
         if not axes:
@@ -608,6 +610,11 @@ class _StatementRenderer:
         gemm_shape = tuple(self.sizes[x] for x in step.batch) + (
             math.prod(self.sizes[x] for x in step.kept_left),
             math.prod(self.sizes[x] for x in step.kept_right))
+        if step.summed:  # the leading batch axes are contracted: add up their results
+            count = len(step.summed)
+            code += f".sum(axis={0 if count == 1 else _tuple(range(count))})"
+            natural, natural_shape, gemm_shape = (natural[count:], natural_shape[count:],
+                                                  gemm_shape[count:])
         if natural_shape != gemm_shape:
             code += f".reshape{_arguments(natural_shape)}"
         if step.final_transpose is not None:
