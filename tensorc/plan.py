@@ -53,11 +53,16 @@ RELAYOUT_NS = 0.6  # per element, copying a tensor into channels-last order (wit
 # runs of 80 took 0.53 ms in NumPy, 0.88 ms threaded). col2im pays from small
 # sizes on, since NumPy adds one strided slice per window offset in rows as short as the
 # image is wide: the strided layer's dx 12.8 ms against 2.0 ms, LeNet-2's 1.3 against
-# 0.73 ms (and no batch-last buffer or transposed copy back).
+# 0.73 ms (and no batch-last buffer or transposed copy back). The choice between adding
+# back and the gather form stays with NumPy's scatter cost: a threaded scatter of a large
+# contribution read across its storage order (ResNet's 3x3 input gradient) lost to the
+# gather form, 94 against 56 ms.
 PACK_MIN_BYTES = 4 << 20
 PACK_SHORT_RUN = 64  # elements: an im2col copy in shorter (or gapped) runs is threaded
 SCATTER_MIN_BYTES = 256 << 10
-THREADED_SCATTER_NS = 0.4  # per element added back by the threaded loop
+THREADED_COPY_NS = 0.25  # per element of a threaded im2col copy (bounds checks included),
+THREADED_COPY_LOOP_NS = 4.6  # plus, per pass of its innermost loop (the copy's last axis):
+# LeNet-1's copy in rows of 24 took 0.28 ns per element, LeNet-2's in rows of 16 0.54 ns
 SCATTER_ADD_NS = 0.5  # per element added back through a window (col2im), read-modify-write,
 SCATTER_RUN_NS = 20.0  # plus, per run of the adds' innermost axis (LeNet-2's rows: 8 wide)
 # An accumulation whose adds would run shorter than this puts a whole-read target index
@@ -371,8 +376,6 @@ class _StatementPlanner:
         elements = self.scatter_elements()
         if not elements:
             return 0.0
-        if self.threaded_scatter:
-            return elements * THREADED_SCATTER_NS
         sliced = scatter_slices(maps, self.sizes)
         order = self.target_order or tuple(range(len(maps)))
         run = 1
@@ -839,9 +842,15 @@ class _StatementPlanner:
             if kind == "strided":  # im2col: fast when the innermost copied axes are long runs
                 elements = size(arranged)
                 run, gapped = self.copy_run(self.window_strides.get(axes, {}), arranged)
-                cost += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / run
-                                    + (WINDOW_GAPPED_NS if gapped else 0.0))
-                copies.append((elements, arranged, run < PACK_SHORT_RUN or gapped))
+                short = run < PACK_SHORT_RUN or gapped
+                if self.pack == "always" or self.pack == "auto" and gapped \
+                        and elements * self.itemsize >= PACK_MIN_BYTES:
+                    innermost = self.sizes[arranged[-1]]  # a threaded loop (tensorc[jit])
+                    cost += elements * (THREADED_COPY_NS + THREADED_COPY_LOOP_NS / innermost)
+                else:
+                    cost += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / run
+                                        + (WINDOW_GAPPED_NS if gapped else 0.0))
+                copies.append((elements, arranged, short))
             elif axes not in (arranged, present + tuple(inner) + tuple(outer)) \
                     and max(len(outer), len(inner)) > 1:
                 elements = size(arranged)  # a transpose that reshape must copy

@@ -199,7 +199,8 @@ def test_gemms_summed_over_a_batch_match_numpy():
 @pytest.mark.parametrize("mode, torch_mode", [("zero", "zeros"), ("reflect", "reflect"),
                                               ("circular", "circular"),
                                               ("replicate", "replicate")])
-def test_channels_last_strided_chunked_rows_with_every_padding(mode, torch_mode):
+def test_channels_last_strided_chunked_rows_with_every_padding(mode, torch_mode, monkeypatch):
+    monkeypatch.setenv("TENSORC_PACK", "off")  # NumPy's copies (threaded ones read NCHW)
     source = (f"y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   "
               f"where h < 20, w < 20, x: {mode}")
     kern = tc.compile(source, x=(8, 48, 40, 40), k=(24, 48, 3, 3))

@@ -434,6 +434,7 @@ def _plain_rows(maps: tuple[IndexMap, ...], wanted: tuple[str, ...],
 
 
 PACK_ROWS = 32  # parallel rows enough to share among the cores evenly
+SCATTER_ROWS = 16  # ... or, for col2im, enough to read the contribution in storage order
 
 
 def render_pack(name: str, text: str, maps: tuple[IndexMap, ...], shifts: tuple[int, ...],
@@ -489,14 +490,14 @@ def render_scatter(name: str, text: str, maps: tuple[IndexMap, ...], shifts: tup
     Without such a dimension, one thread adds everything."""
     targets = tuple(dict.fromkeys(a for m in maps for a in m.indices()))
     # rows along g's storage order (each thread reads one contiguous part) when its leading
-    # axes are plain dimensions of dst and enough of them; else dst's leading plain ones
+    # axes are plain dimensions of dst, enough for the threads; else dst's leading plain ones
     plain = _plain_rows(maps, targets, leading=False)
     rows = ()
     for axis in layout:
         if axis not in plain or math.prod(sizes[a] for a in rows) >= PACK_ROWS:
             break
         rows += (axis,)
-    if math.prod(sizes[a] for a in rows) < PACK_ROWS:
+    if math.prod(sizes[a] for a in rows) < SCATTER_ROWS:
         rows = _plain_rows(maps, targets)
     inner = tuple(a for a in layout if a not in rows) + \
         tuple(a for a in targets if a not in rows and a not in layout)

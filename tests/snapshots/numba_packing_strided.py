@@ -13,11 +13,11 @@ Plan:
 
     statement 1 (line 5): y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1]*k[o,c,u,v]   where h < 14, w < 14, x: zero
       ranges: n=4 o=16 h=14 w=14 c=16 u=3 v=3
-      strategy: windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; x first copied channels-last; im2col copies by threaded Numba loops
+      strategy: windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; im2col copies by threaded Numba loops
       naive FLOPs: 3,612,672   planned FLOPs: 3,612,672   speedup: 1x
-      largest intermediate: 112,896 elements   peak temporary: 726 kB (estimated)
+      largest intermediate: 112,896 elements   peak temporary: 717 kB (estimated)
       step  contraction                                       FLOPs  how
-      1     [n,h,w,c,u,v],[o,c,u,v]->[n,o,h,w]            3,612,672  GEMM [784x144]@[144x16], sum over u,v,c, copies 461 kB into GEMM layout
+      1     [n,h,w,c,u,v],[o,c,u,v]->[n,o,h,w]            3,612,672  GEMM [16x144]@[144x784], sum over c,u,v, copies 452 kB into GEMM layout
 
     statement 2 (line 6): dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w]*k[o,c,u,v]   where h < 14, w < 14, dx: zero
       ranges: n=4 c=16 h=14 u=3 w=14 v=3 o=16
@@ -148,14 +148,16 @@ def tc_reflect(p, n):
 @njit(parallel=True, cache=True)
 def pack_x_1(src, dst):
     """x[n,c,2*h+u-1,2*w+v-1]: the window in GEMM order (im2col)"""
-    for row in prange(4 * 14):
-        i_n = row // 14
-        i_h = row % 14
-        for i_w in range(14):
-            for i_u in range(3):
-                for i_v in range(3):
-                    for i_c in range(16):
-                        dst[i_n, i_h, i_w, i_u, i_v, i_c] = src[i_n, 2 * i_h + i_u, 2 * i_w + i_v, i_c]
+    for row in prange(4 * 16):
+        i_n = row // 16
+        i_c = row % 16
+        for i_u in range(3):
+            for i_v in range(3):
+                for i_h in range(14):
+                    p0 = 2 * i_h + i_u - 1
+                    for i_w in range(14):
+                        p1 = 2 * i_w + i_v - 1
+                        dst[i_c, i_u, i_v, i_n, i_h, i_w] = src[i_n, i_c, p0, p1] if 0 <= p0 < 28 and 0 <= p1 < 28 else REAL(0)
 
 
 @njit(parallel=True, cache=True)
@@ -193,13 +195,11 @@ _jit = _load_jit(JIT_SOURCE)
 
 def kernel(x, k, dy):
     # statement 1 (line 5): y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1]*k[o,c,u,v]   where h < 14, w < 14, x: zero
-    #   windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; x first copied channels-last; im2col copies by threaded Numba loops
-    x_pad = _scratch('x_pad', (4, 29, 29, 16), zeroed=True).transpose(0, 3, 1, 2)  # boundary 'zero', channels-last
-    x_pad[:, :, 1:29, 1:29] = x
-    # step 1/1: sum over u,v,c - GEMM [784x144] x [144x16], 3.61 MFLOP
-    x_cols = _scratch('x_cols', (4, 14, 14, 3, 3, 16))
-    _jit.pack_x_1(x_pad.transpose(0, 2, 3, 1), x_cols)
-    y = np.matmul(x_cols.reshape(784, 144), k.transpose(2, 3, 1, 0).reshape(144, 16)).reshape(4, 14, 14, 16).transpose(0, 3, 1, 2)
+    #   windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; im2col copies by threaded Numba loops
+    # step 1/1: sum over c,u,v - GEMM [16x144] x [144x784], 3.61 MFLOP
+    x_cols = _scratch('x_cols', (16, 3, 3, 4, 14, 14))
+    _jit.pack_x_1(x, x_cols)
+    y = np.matmul(k.reshape(16, 144), x_cols.reshape(144, 784)).reshape(16, 4, 14, 14).transpose(1, 0, 2, 3)
 
     # statement 2 (line 6): dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w]*k[o,c,u,v]   where h < 14, w < 14, dx: zero
     #   contraction as a BLAS GEMM (batched); col2im adds by threaded Numba loops
