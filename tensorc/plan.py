@@ -788,10 +788,8 @@ class _StatementPlanner:
         if not batch and len(contracted) > 1:
             for axis in contracted:
                 summed = (axis,)
-                candidates += [(summed + tuple(batch), tuple(a_kept), tuple(b_kept), False,
-                                summed),
-                               (summed + tuple(batch), tuple(b_kept), tuple(a_kept), True,
-                                summed)]
+                candidates += [(summed, tuple(a_kept), tuple(b_kept), False, summed),
+                               (summed, tuple(b_kept), tuple(a_kept), True, summed)]
         kinds = {"a": kind_a, "b": kind_b}
         costed = [(self.layout_cost(a, b, kinds, tuple(x for x in contracted if x not in c[4]),
                                     result, *c[:4], result_may_be_view=result_may_be_view,
@@ -843,6 +841,8 @@ class _StatementPlanner:
                 elements = size(arranged)
                 run, gapped = self.copy_run(self.window_strides.get(axes, {}), arranged)
                 short = run < PACK_SHORT_RUN or gapped
+                # Costed as threaded only when gapped (strided windows): for stride-1 windows
+                # NumPy's channels-last copies were as fast, and the layouts stay NumPy's.
                 if self.pack == "always" or self.pack == "auto" and gapped \
                         and elements * self.itemsize >= PACK_MIN_BYTES:
                     innermost = self.sizes[arranged[-1]]  # a threaded loop (tensorc[jit])

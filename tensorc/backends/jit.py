@@ -9,6 +9,10 @@ indices (all but the innermost; for '+=', only leading indices that address the 
 directly, so that no two rows write the same element), the innermost index and the
 reductions as plain loops.
 
+The same module holds the threaded packing copies the NumPy code calls around its GEMMs
+(`render_pack`: im2col, `render_scatter`: col2im), where the planner chose them
+(TENSORC_PACK; tensorc.plan's PACK_MIN_BYTES and SCATTER_MIN_BYTES).
+
 The rendered module is written to a cache directory (TENSORC_CACHE_DIR, default
 ~/.cache/tensorc) and imported from there, so that Numba caches the machine code beside it:
 the first call of a new kernel compiles it (about a second), later processes load it.

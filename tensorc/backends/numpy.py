@@ -641,9 +641,8 @@ class _StatementRenderer:
                     chunk: tuple[str, str, str, int] | None = None) -> str:
         """The call that copies window `value` into `cols`, laid out along `order`, by a
         threaded Numba loop; `chunk` = (axis, start, stop, most entries) copies only those
-        entries. A
-        window with zero (or no) boundary is read from the tensor itself, with bounds
-        checks instead of a padded copy."""
+        entries. A window with zero (or no) boundary is read from the tensor itself, with
+        bounds checks instead of a padded copy."""
         from .jit import render_pack
         node = value.window
         read = node.read
