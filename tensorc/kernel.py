@@ -14,7 +14,7 @@ from .errors import (
     BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError, did_you_mean,
 )
 from .ir import CheckedProgram
-from .backends.jit import jit_mode, numba_available, pack_mode
+from .backends.jit import cpu_modes
 from .backends.numpy import execute_module
 from .loopnest import plan_for_backend
 from .parser import parse, recursion_headroom
@@ -83,8 +83,7 @@ def _specialize(program: S.Program, program_text: str, backend: str,
                 shapes: dict[str, tuple[int, ...]], sizes: dict[str, int], dtype: str,
                 dtypes: dict[str, str], outputs: tuple[str, ...] | None = None) -> Specialization:
     budget = memory_budget()  # plans (im2col chunks) depend on it
-    jit = jit_mode() if backend == "numpy" and numba_available() else "off"
-    pack = pack_mode() if jit != "off" else "off"
+    jit, pack = cpu_modes(backend == "numpy")  # (Dask's blocks decide their own)
     fft = fft_mode()
     key = (program_text, backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
            dtype, outputs, budget, jit, pack, fft)

@@ -419,10 +419,7 @@ class _StatementPlanner:
             return ViewNode(read, (), (), "scalar")
         pad = None
         if read.boundary is not None:
-            amounts = []
-            for m, size in zip(read.maps, shape):
-                low, high = m.extent(self.sizes)
-                amounts.append((max(0, -low), max(0, high - (size - 1))))
+            amounts = boundary_pad(read.maps, shape, self.sizes)
             if any(a != (0, 0) for a in amounts):
                 pad = tuple(amounts)
                 self.allocate(math.prod(s + a + b for s, (a, b) in zip(shape, amounts)))
@@ -1226,11 +1223,27 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
     return ProgramPlan(program, dtype, itemsize, plans, fft)
 
 
+def boundary_pad(maps: tuple[IndexMap, ...], shape: tuple[int, ...],
+                 sizes: dict[str, int]) -> tuple[tuple[int, int], ...]:
+    """Per dimension, how far the maps reach before 0 and past the end of `shape`."""
+    pad = []
+    for m, size in zip(maps, shape):
+        low, high = m.extent(sizes)
+        pad.append((max(0, -low), max(0, high - (size - 1))))
+    return tuple(pad)
+
+
+def mode_from_environment(variable: str) -> str:
+    """A lowering switch (TENSORC_FFT, TENSORC_JIT, TENSORC_PACK): 'auto' (the default, and
+    what an unknown value means), 'off', or 'always' (for tests)."""
+    mode = os.environ.get(variable, "auto").strip().lower()
+    return mode if mode in ("auto", "off", "always") else "auto"
+
+
 def fft_mode() -> str:
     """TENSORC_FFT: 'auto' (default: FFT convolutions where the cost model prefers them),
     'off', or 'always' (wherever a contraction has their shape: for tests)."""
-    mode = os.environ.get("TENSORC_FFT", "auto").strip().lower()
-    return mode if mode in ("auto", "off", "always") else "auto"
+    return mode_from_environment("TENSORC_FFT")
 
 
 def _epilogue_ops(node: Node) -> list[str]:

@@ -49,9 +49,10 @@ from ..ir import (
     TensorInfo, walk,
 )
 from ..plan import (
-    ContractNode, ProgramPlan, ReduceNode, StatementPlan, ViewNode, format_size, plan_program,
+    ContractNode, ProgramPlan, ReduceNode, StatementPlan, ViewNode, boundary_pad, format_size,
+    plan_program,
 )
-from .jit import jit_mode, numba_available, pack_mode
+from .jit import cpu_modes
 from .numpy import NUMPY_PAD_MODES, execute_module, render_module
 
 __all__ = ["DaskProgram", "DaskPlanText", "dask_array_module", "render_dask_module",
@@ -219,10 +220,9 @@ def _pads(statement: Statement, program: CheckedProgram) -> dict[str, tuple[tupl
             continue
         shape = program.tensors[read.tensor].shape
         amounts = pads.setdefault(read.tensor, [[0, 0] for _ in shape])
-        for dim, (m, size) in enumerate(zip(read.maps, shape)):
-            low, high = m.extent(statement.ranges)
-            amounts[dim][0] = max(amounts[dim][0], -low)
-            amounts[dim][1] = max(amounts[dim][1], high - (size - 1))
+        for dim, (before, after) in enumerate(boundary_pad(read.maps, shape, statement.ranges)):
+            amounts[dim][0] = max(amounts[dim][0], before)
+            amounts[dim][1] = max(amounts[dim][1], after)
     return {t: tuple(tuple(a) for a in amounts) for t, amounts in pads.items()
             if any(a != [0, 0] for a in amounts)}
 
@@ -402,8 +402,7 @@ def block_kernel(statement: Statement, tensors: dict[str, TensorInfo], inputs: t
     """The kernel of one block's statement, planned and rendered once per shapes: by the
     NumPy backend, or by the CuPy backend for chunks on a GPU (`device`)."""
     with recursion_headroom():  # deeply nested expressions
-        jit = jit_mode() if numba_available() and not device else "off"
-        pack = pack_mode() if jit != "off" else "off"
+        jit, pack = cpu_modes(not device)
         key = (str(statement), statement.target_boundary, statement.accumulate,
                tuple((n, tensors[n].shape) for n in (*inputs, statement.target)), dtype, device,
                jit, pack)

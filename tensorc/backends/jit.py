@@ -33,10 +33,11 @@ from typing import Any, Callable
 
 from ..ir import Expr, IndexMap, Read, Reduce, walk
 from ..loopnest import LoopNest
+from ..plan import mode_from_environment
 from .cuda import _PythonSyntax, nest_name
 
 __all__ = ["numba_available", "render_numba", "render_pack", "render_scatter", "load",
-           "jit_mode", "pack_mode"]
+           "jit_mode", "pack_mode", "cpu_modes"]
 
 _SCALAR_OPS = {
     "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
@@ -453,13 +454,13 @@ def render_pack(name: str, text: str, maps: tuple[IndexMap, ...], shifts: tuple[
     The innermost loop runs along dst's last axis (its writes are contiguous). The rows
     shared among threads are the plain leading dimensions of `src` (whole planes read by
     one thread), or else, when those are too few, the leading axes of dst."""
-    count = lambda axes: math.prod(sizes[a] for a in axes)  # noqa: E731
+    entries = lambda axes: math.prod(sizes[a] for a in axes)  # noqa: E731
     rows = tuple(a for a in _plain_rows(maps, order) if a != order[-1])
-    if count(rows) < PACK_ROWS:
+    if entries(rows) < PACK_ROWS:
         rows = ()
         for axis in order[:-1]:
             rows += (axis,)
-            if count(rows) >= PACK_ROWS:
+            if entries(rows) >= PACK_ROWS:
                 break
     rows = rows or order[:1]
     inner = tuple(a for a in order if a not in rows)
@@ -531,15 +532,20 @@ def render_scatter(name: str, text: str, maps: tuple[IndexMap, ...], shifts: tup
 def jit_mode() -> str:
     """TENSORC_JIT: 'auto' (default: loop kernels where the planner's rule says they pay),
     'off', or 'always' (every statement that can be one: for tests)."""
-    mode = os.environ.get("TENSORC_JIT", "auto").strip().lower()
-    return mode if mode in ("auto", "off", "always") else "auto"
+    return mode_from_environment("TENSORC_JIT")
 
 
 def pack_mode() -> str:
     """TENSORC_PACK: 'auto' (default: the copies around GEMMs threaded where they are large
     enough to pay), 'off', or 'always' (every im2col and col2im: for tests)."""
-    mode = os.environ.get("TENSORC_PACK", "auto").strip().lower()
-    return mode if mode in ("auto", "off", "always") else "auto"
+    return mode_from_environment("TENSORC_PACK")
+
+
+def cpu_modes(on_cpu: bool) -> tuple[str, str]:
+    """(TENSORC_JIT, TENSORC_PACK) for code that runs on the CPU where Numba is installed;
+    ("off", "off") otherwise (a GPU backend, or no Numba)."""
+    jit = jit_mode() if on_cpu and numba_available() else "off"
+    return jit, (pack_mode() if jit != "off" else "off")
 
 
 @functools.cache  # asked at every specialization: look the package up once

@@ -23,7 +23,7 @@ from typing import Any
 from ..ir import Read, walk
 from ..plan import (
     ConstNode, ContractNode, ElementwiseNode, IndexNode, Node, PairStep, ProgramPlan,
-    ReduceNode, StatementPlan, ViewNode, format_plan, reads_in, scatter_slices,
+    ReduceNode, StatementPlan, ViewNode, boundary_pad, format_plan, reads_in, scatter_slices,
 )
 
 __all__ = ["render_module", "execute_module", "python_name", "NUMPY_PAD_MODES"]
@@ -651,8 +651,7 @@ class _StatementRenderer:
         maps = read.maps
         if read.boundary in (None, "zero") and node.memory_order is None:
             source, shifts = tensor, (0,) * len(shape)
-            guarded = tuple(d for d, (m, size) in enumerate(zip(maps, shape))
-                            if not 0 <= m.extent(self.sizes)[0] <= m.extent(self.sizes)[1] < size)
+            guarded = tuple(d for d, p in enumerate(node.pad or ()) if p != (0, 0))
         else:  # the padded (or channels-last) copy the view was cut from
             source = self.window_base(node)
             shifts = tuple(before for before, _ in (node.pad or ((0, 0),) * len(shape)))
@@ -983,20 +982,17 @@ class _StatementRenderer:
         per_offset = bool(self.sp.offset_loop)  # else: computed once, sliced per offset
         if not per_offset:
             value = self.materialized(self.render(self.sp.root, "contribution"), "contribution")
-        pad = [(0, 0)] * len(maps)
         destination = target
         mode = statement.target_boundary
-        if mode is not None:
-            for dim, (m, size) in enumerate(zip(maps, shape)):
-                low, high = m.extent(self.sizes)
-                pad[dim] = (max(0, -low), max(0, high - (size - 1)))
-            if any(p != (0, 0) for p in pad):
-                destination = self.fresh(f"{target}_padded")
-                padded_shape = tuple(s + a + b for s, (a, b) in zip(shape, pad))
-                why = ("out-of-range contributions land in the margin and are dropped"
-                       if mode == "zero" else
-                       f"the margin is folded back onto the samples a '{mode}' read takes")
-                self.emit(f"{destination} = np.zeros({_tuple(padded_shape)}, dtype=DTYPE)  # {why}")
+        pad = boundary_pad(maps, shape, self.sizes) if mode is not None else \
+            ((0, 0),) * len(maps)
+        if mode is not None and any(p != (0, 0) for p in pad):
+            destination = self.fresh(f"{target}_padded")
+            padded_shape = tuple(s + a + b for s, (a, b) in zip(shape, pad))
+            why = ("out-of-range contributions land in the margin and are dropped"
+                   if mode == "zero" else
+                   f"the margin is folded back onto the samples a '{mode}' read takes")
+            self.emit(f"{destination} = np.zeros({_tuple(padded_shape)}, dtype=DTYPE)  # {why}")
         # Each dimension is sliced along one index that only it uses; the rest are looped.
         slice_index = scatter_slices(maps, self.sizes)
         loops = [a for a in order if a not in slice_index]
@@ -1077,10 +1073,7 @@ class _StatementRenderer:
             layout, array = value.axes, value.code
         mode = statement.target_boundary
         destination, shifts, guarded = target, (0,) * len(maps), ()
-        pad = []
-        for m, size in zip(maps, shape):
-            low, high = m.extent(self.sizes)
-            pad.append((max(0, -low), max(0, high - (size - 1))))
+        pad = boundary_pad(maps, shape, self.sizes)
         if mode == "zero":
             guarded = tuple(d for d, p in enumerate(pad) if p != (0, 0))
         elif mode is not None and any(p != (0, 0) for p in pad):
