@@ -44,7 +44,7 @@ from .ir import (
 )
 from .plan import (
     GATHER_FORM, PairStep, ProgramPlan, StatementPlan, axis_sizes, contractions_in,
-    plan_program,
+    plan_program, tiles_exactly,
 )
 
 __all__ = ["LoopNest", "loop_nest", "plan_for_backend", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
@@ -69,6 +69,10 @@ class LoopNest:
     parallel: tuple[str, ...]
     shapes: dict[str, tuple[int, ...]]  # every tensor the nest reads or writes
     dtype: str
+    # a '+=' through windows that tile a fresh target (a max-pool gradient): every element
+    # is reached exactly once, so each point stores its value, into memory never zeroed
+    tiled: bool = False
+    one_thread: bool = False  # on the CPU: too little work to wake other threads for
 
     @property
     def ranges(self) -> dict[str, int]:
@@ -81,7 +85,7 @@ class LoopNest:
     @property
     def atomic(self) -> bool:
         """Whether threads add into the target ('+='): their points may overlap."""
-        return self.statement.accumulate
+        return self.statement.accumulate and not self.tiled
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -107,6 +111,8 @@ class LoopNest:
                     f"{self.target}[{target_shape}]")
         else:
             what = f"one thread per element of {self.target}[{target_shape}] ({self.threads:,})"
+            if self.tiled:
+                what += f", each stored once (its windows tile {self.target})"
         loops = [node for node in walk(self.statement.value) if isinstance(node, Reduce)]
         if loops:
             what += "; " + ", ".join(
@@ -121,10 +127,21 @@ class LoopNest:
                     "no padded copy"
         return f"CUDA loop kernel {self.name}: {what}"
 
+    @property
+    def visits(self) -> int:
+        """How many points the loops visit: the parallel points, each times the iterations
+        of every reduction inside."""
+        return self.threads * math.prod(self.ranges[i] for node in walk(self.statement.value)
+                                        if isinstance(node, Reduce) for i in node.indices)
+
     def describe_for_cpu(self) -> str:
         target_shape = "x".join(map(str, self.shapes[self.target])) or "scalar"
         loops = [node for node in walk(self.statement.value) if isinstance(node, Reduce)]
         what = f"{self.target}[{target_shape}] by a Numba loop kernel {self.name}"
+        if self.tiled:
+            what += f", each element stored once (its windows tile {self.target})"
+        if self.one_thread:
+            what += f", on one thread ({self.visits:,} points visited)"
         if loops:
             what += ": " + ", ".join(f"{node.op} over {','.join(node.indices)}"
                                      for node in loops) + " in registers"
@@ -139,15 +156,20 @@ def loop_nest(statement: Statement, program: CheckedProgram, dtype: str, name: s
               fresh: bool = False) -> LoopNest:
     """The loop nest of a statement (see `ineligible` for which statements have one). A
     '+=' into a `fresh` target (nothing written it before) through plain maps that cover
-    it is an assignment: no zero fill, no atomic adds."""
+    it is an assignment: no zero fill, no atomic adds; through windows that tile it, a
+    store per point (`tiled`)."""
+    shape = program.tensors[statement.target].shape
     if fresh and statement.accumulate and statement.target_boundary is None \
             and ineligible(replace(statement, accumulate=False), program, dtype) is None:
         statement = replace(statement, accumulate=False)
         name = name.replace("accumulate_", "compute_", 1)
+    tiled = fresh and statement.accumulate and tiles_exactly(statement, shape)
+    if tiled:
+        name = name.replace("accumulate_", "compute_", 1)
     parallel = tuple(dict.fromkeys(i for m in statement.target_maps for i in m.indices()))
     tensors = {statement.target} | {n.tensor for n in walk(statement.value) if isinstance(n, Read)}
     shapes = {t: program.tensors[t].shape for t in sorted(tensors)}
-    return LoopNest(name, statement, parallel, shapes, dtype)
+    return LoopNest(name, statement, parallel, shapes, dtype, tiled)
 
 
 def ineligible(statement: Statement, program: CheckedProgram, dtype: str) -> str | None:
@@ -222,6 +244,11 @@ def _kernel_name(sp: StatementPlan) -> str:
 # ---- CPU loop kernels (Numba) -----------------------------------------------------------------
 
 JIT_MIN_FLOPS = 200_000  # below this a statement is too quick for a loop kernel to matter
+# Below this many visited points a loop kernel runs on one thread: waking Numba's workqueue
+# threads costs about 0.2 ms. A 64x16x24x24 max-pool (590k visits) took 0.30-0.34 ms on one
+# thread, 0.35-0.50 on two; its gradient's routing (590k) 0.62-0.79 against 0.85-0.99; a
+# 16x64x56x56 max-pool (3.2M) 1.6-2.2 ms against 0.9-1.4.
+PARALLEL_MIN_VISITS = 2_000_000
 
 
 def _through_windows(statement: Statement) -> bool:
@@ -271,8 +298,9 @@ def plan_for_cpu_jit(plan: ProgramPlan, mode: str) -> ProgramPlan:
     statements = []
     for sp, fresh in _with_freshness(plan):
         why = _cpu_choice(sp, plan.program, plan.dtype, mode)
-        if why is not None:
-            sp = replace(_as_loop_kernel(sp, plan, fresh, "numba", why), packing=())
+        if why is not None:  # ("always", for tests, also runs every one on all threads)
+            sp = replace(_as_loop_kernel(sp, plan, fresh, "numba", why,
+                                         threaded=mode == "always"), packing=())
         statements.append(sp)
     return replace(plan, statements=statements)
 
@@ -286,9 +314,12 @@ def _with_freshness(plan: ProgramPlan):
 
 
 def _as_loop_kernel(sp: StatementPlan, plan: ProgramPlan, fresh: bool, device: str,
-                    why: str) -> StatementPlan:
-    """The statement plan run as a loop kernel on `device` ('cuda' or 'numba')."""
+                    why: str, threaded: bool = False) -> StatementPlan:
+    """The statement plan run as a loop kernel on `device` ('cuda' or 'numba'); on the CPU,
+    on one thread when it visits few points, unless `threaded`."""
     nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp), fresh)
+    if device == "numba" and not threaded and nest.visits < PARALLEL_MIN_VISITS:
+        nest = replace(nest, one_thread=True)
     strategy = f"{nest.describe(device)} ({why})"
     if GATHER_FORM in sp.strategy:
         strategy = f"{GATHER_FORM}; {strategy}"

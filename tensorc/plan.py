@@ -1117,7 +1117,7 @@ def _check_total_memory(program: CheckedProgram, itemsize: int) -> None:
             defined[largest].span)
 
 
-def _tiles_exactly(statement: Statement, shape: tuple[int, ...]) -> bool:
+def tiles_exactly(statement: Statement, shape: tuple[int, ...]) -> bool:
     """Whether a '+=' through windows reaches every target element exactly once: each
     dimension is a whole index, or s*h + u with u < s and h covering the size (pooling)."""
     indices = [n for m in statement.target_maps for n in m.indices()]
@@ -1200,7 +1200,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
                            and any(n in m.indices() for m in maps))
             if set(looped) & set(root.axes):
                 offset_loop = looped
-                tiles = fresh and _tiles_exactly(statement, program.tensors[statement.target].shape)
+                tiles = fresh and tiles_exactly(statement, program.tensors[statement.target].shape)
                 strategy += (f", evaluated per window offset ({','.join(looped)}) and "
                              + ("written to its own strided slice (the windows tile "
                                 f"{statement.target})" if tiles else

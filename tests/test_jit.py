@@ -182,3 +182,54 @@ def test_an_unwritable_cache_directory_compiles_in_memory(monkeypatch, tmp_path)
                                                        k=(2, 3, 3))(x=x, k=k))
     np.testing.assert_allclose(got, want)
     assert not list(tmp_path.glob("**/tensorc_jit_*.py"))
+
+
+POOL_GRAD = "p[n,c,h,w] = max[u,v](y[n,c,{s}*h+u,{s}*w+v])   where u < {k}, v < {k}"
+
+
+@pytest.mark.parametrize("size, window, stride, tiles", [
+    (8, 2, 2, True),     # the windows tile y: each element stored once, into np.empty
+    (9, 2, 2, False),    # a last row and column no window reaches: zero-filled, added into
+    (9, 3, 2, False),    # overlapping windows: added into
+])
+def test_a_max_pool_gradient_stores_each_element_once_where_its_windows_tile(
+        size, window, stride, tiles, jit):
+    torch = pytest.importorskip("torch")
+    out = (size - window) // stride + 1
+    grad = tc.compile(tc.grad(tc.parse(POOL_GRAD.format(s=stride, k=window)), wrt=["y"]),
+                      y=(2, 3, size, size), dp=(2, 3, out, out))
+    routing = grad.plan.statements[-1]
+    assert routing.loop_nest.tiled is tiles
+    assert ("dy = np.empty" in grad.source) is tiles
+    assert ("each element stored once (its windows tile dy)" in routing.strategy) is tiles
+    rng = np.random.default_rng(6)
+    y = rng.permutation(2 * 3 * size * size).reshape(2, 3, size, size).astype(np.float64)
+    dp = rng.standard_normal((2, 3, out, out))
+    yt = torch.from_numpy(y).requires_grad_()
+    torch.nn.functional.max_pool2d(yt, window, stride).backward(torch.from_numpy(dp))
+    np.testing.assert_allclose(grad(y=y, dp=dp), yt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_small_loop_kernels_run_on_one_thread_large_ones_on_all(monkeypatch):
+    """Waking Numba's threads costs more than a small kernel's work: below
+    PARALLEL_MIN_VISITS visited points a kernel is a plain loop (the plan says so);
+    TENSORC_JIT=always threads every one, so that the tests above exercise prange."""
+    torch = pytest.importorskip("torch")
+    from tensorc.loopnest import PARALLEL_MIN_VISITS
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    pool = POOL_GRAD.format(s=2, k=2)
+    small = tc.compile(pool, y=(64, 16, 24, 24), dtype="float32")  # 590k visits
+    large = tc.compile(pool, y=(16, 64, 56, 56), dtype="float32")  # 3.2M visits
+    assert small.plan.statements[0].loop_nest.visits < PARALLEL_MIN_VISITS \
+        <= large.plan.statements[0].loop_nest.visits
+    assert "on one thread (589,824 points visited)" in small.plan.statements[0].strategy
+    assert "@njit(parallel=False" in small.source and "prange(" not in small.source
+    assert "@njit(parallel=True" in large.source and "on one thread" not in str(large.plan)
+    rng = np.random.default_rng(7)
+    for kern in (small, large):
+        y = rng.standard_normal(kern.ir.tensors["y"].shape, dtype=np.float32)
+        want = torch.nn.functional.max_pool2d(torch.from_numpy(y), 2).numpy()
+        np.testing.assert_array_equal(kern(y=y), want)
+    monkeypatch.setenv("TENSORC_JIT", "always")
+    threaded = tc.compile(pool, y=(64, 16, 24, 24), dtype="float32")
+    assert "@njit(parallel=True" in threaded.source

@@ -268,19 +268,25 @@ class _NumbaRenderer(_PythonSyntax):
 
     @property
     def disjoint(self) -> bool:
-        """Whether no two points write the same element: '=', or '+=' through plain maps."""
+        """Whether no two points write the same element: '=', a '+=' through windows that
+        tile its target, or a '+=' through plain maps."""
         maps = self.nest.statement.target_maps
         names = [m.terms[0][0] for m in maps if m.is_plain]
         return not self.nest.atomic or (len(names) == len(maps) == len(set(names))
                                         and self.nest.statement.target_boundary is None)
 
     def row_indices(self) -> tuple[str, ...]:
-        """The parallel indices `prange` runs over: all but the innermost; for '+=' through
-        windows, the leading ones that are whole dimensions of the target (rows write
-        disjoint parts)."""
+        """The parallel indices `prange` runs over: all but those of the target's last
+        dimension (one, or a window's two when they tile it); for '+=' through windows, the
+        leading ones that are whole dimensions of the target (rows write disjoint parts)."""
         nest = self.nest
         if self.disjoint:
-            return nest.parallel[:-1] if len(nest.parallel) > 1 else nest.parallel
+            maps = nest.statement.target_maps
+            last = set(maps[-1].indices()) if maps else set()
+            rows = nest.parallel
+            while len(rows) > 1 and rows[-1] in last:
+                rows = rows[:-1]
+            return rows
         direct = {m.terms[0][0] for m in nest.statement.target_maps if m.is_plain}
         rows = []
         for index in nest.parallel:
@@ -323,9 +329,11 @@ class _NumbaRenderer(_PythonSyntax):
         prologue = [f"    {self.flat_names[t]} = {nest_name(t)}.reshape(-1)"
                     for t in (*nest.inputs, nest.target)]
         row_count = math.prod(sizes)
-        loop = "prange" if rows else "range"  # no rows: every point may add to every other
+        # no rows: every point may add to every other
+        parallel = bool(rows) and not nest.one_thread
+        loop = "prange" if parallel else "range"
         return "\n".join([
-            f"@njit(parallel={bool(rows)}, cache=True, error_model='numpy', fastmath={{'reassoc', 'contract'}})",
+            f"@njit(parallel={parallel}, cache=True, error_model='numpy', fastmath={{'reassoc', 'contract'}})",
             f"def {nest.name}({', '.join(params)}):",
             f'    """{statement.text}"""',
             *prologue,

@@ -13,19 +13,19 @@ Plan:
 
     statement 1 (line 3): p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2
       ranges: n=64 c=16 h=12 w=12 u=2 v=2
-      strategy: p[64x16x12x12] by a Numba loop kernel compute_p_1: max over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
+      strategy: p[64x16x12x12] by a Numba loop kernel compute_p_1, on one thread (589,824 points visited): max over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
       naive FLOPs: 589,824   planned FLOPs: 589,824   speedup: 1x
       largest intermediate: 0 elements   peak temporary: 0 B (estimated)
 
     statement 2 (line 4): ties[n,c,h,w] = sum[u,v](y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
       ranges: n=64 c=16 h=12 w=12 u=2 v=2
-      strategy: ties[64x16x12x12] by a Numba loop kernel compute_ties_2: sum over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
+      strategy: ties[64x16x12x12] by a Numba loop kernel compute_ties_2, on one thread (589,824 points visited): sum over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
       naive FLOPs: 1,179,648   planned FLOPs: 1,179,648   speedup: 1x
       largest intermediate: 0 elements   peak temporary: 0 B (estimated)
 
     statement 3 (line 5): dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
       ranges: n=64 c=16 h=12 u=2 w=12 v=2
-      strategy: dy[64x16x24x24] by a Numba loop kernel accumulate_dy_3 (through windows, without a GEMM: one pass instead of one per window offset)
+      strategy: dy[64x16x24x24] by a Numba loop kernel compute_dy_3, each element stored once (its windows tile dy), on one thread (589,824 points visited) (through windows, without a GEMM: one pass instead of one per window offset)
       naive FLOPs: 1,327,104   planned FLOPs: 1,769,472   speedup: 0.75x
       largest intermediate: 0 elements   peak temporary: 0 B (estimated)
 """
@@ -126,30 +126,30 @@ def tc_reflect(p, n):
     return q if q < n else 2 * n - 2 - q
 
 
-@njit(parallel=True, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
+@njit(parallel=False, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
 def compute_p_1(y, p):
     """p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"""
     y_flat = y.reshape(-1)
     p_flat = p.reshape(-1)
-    for row in prange(12288):
+    for row in range(12288):
         n = row // 192
         c = row // 12 % 16
         h = row % 12
         for w in range(12):
-            max_u_v = -np.inf
+            max_u_v = REAL(-np.inf)
             for u in range(2):
                 for v in range(2):
                     max_u_v = tc_max(max_u_v, y_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)])
             p_flat[((n * 16 + c) * 12 + h) * 12 + w] = max_u_v
 
 
-@njit(parallel=True, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
+@njit(parallel=False, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
 def compute_ties_2(y, p, ties):
     """ties[n,c,h,w] = sum[u,v](y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2"""
     y_flat = y.reshape(-1)
     p_flat = p.reshape(-1)
     ties_flat = ties.reshape(-1)
-    for row in prange(12288):
+    for row in range(12288):
         n = row // 192
         c = row // 12 % 16
         h = row % 12
@@ -161,40 +161,40 @@ def compute_ties_2(y, p, ties):
             ties_flat[((n * 16 + c) * 12 + h) * 12 + w] = sum_u_v
 
 
-@njit(parallel=True, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
-def accumulate_dy_3(dp, ties, y, p, dy):
+@njit(parallel=False, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
+def compute_dy_3(dp, ties, y, p, dy):
     """dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2"""
     dp_flat = dp.reshape(-1)
     ties_flat = ties.reshape(-1)
     y_flat = y.reshape(-1)
     p_flat = p.reshape(-1)
     dy_flat = dy.reshape(-1)
-    for row in prange(1024):
-        n = row // 16
-        c = row % 16
-        for h in range(12):
-            for u in range(2):
-                for w in range(12):
-                    for v in range(2):
-                        dy_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] += ((dp_flat[((n * 16 + c) * 12 + h) * 12 + w] / ties_flat[((n * 16 + c) * 12 + h) * 12 + w]) * REAL(y_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] == p_flat[((n * 16 + c) * 12 + h) * 12 + w]))
+    for row in range(24576):
+        n = row // 384
+        c = row // 24 % 16
+        h = row // 2 % 12
+        u = row % 2
+        for w in range(12):
+            for v in range(2):
+                dy_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] = ((dp_flat[((n * 16 + c) * 12 + h) * 12 + w] / ties_flat[((n * 16 + c) * 12 + h) * 12 + w]) * REAL(y_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] == p_flat[((n * 16 + c) * 12 + h) * 12 + w]))
 '''
 _jit = _load_jit(JIT_SOURCE)
 
 
 def kernel(y, dp):
     # statement 1 (line 3): p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2
-    #   p[64x16x12x12] by a Numba loop kernel compute_p_1: max over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
+    #   p[64x16x12x12] by a Numba loop kernel compute_p_1, on one thread (589,824 points visited): max over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
     p = np.empty((64, 16, 12, 12), dtype=DTYPE)
     _jit.compute_p_1(np.ascontiguousarray(y), p)
 
     # statement 2 (line 4): ties[n,c,h,w] = sum[u,v](y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
-    #   ties[64x16x12x12] by a Numba loop kernel compute_ties_2: sum over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
+    #   ties[64x16x12x12] by a Numba loop kernel compute_ties_2, on one thread (589,824 points visited): sum over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
     ties = np.empty((64, 16, 12, 12), dtype=DTYPE)
     _jit.compute_ties_2(np.ascontiguousarray(y), np.ascontiguousarray(p), ties)
 
     # statement 3 (line 5): dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
-    #   dy[64x16x24x24] by a Numba loop kernel accumulate_dy_3 (through windows, without a GEMM: one pass instead of one per window offset)
-    dy = np.zeros((64, 16, 24, 24), dtype=DTYPE)
-    _jit.accumulate_dy_3(np.ascontiguousarray(dp), np.ascontiguousarray(ties), np.ascontiguousarray(y), np.ascontiguousarray(p), dy)
+    #   dy[64x16x24x24] by a Numba loop kernel compute_dy_3, each element stored once (its windows tile dy), on one thread (589,824 points visited) (through windows, without a GEMM: one pass instead of one per window offset)
+    dy = np.empty((64, 16, 24, 24), dtype=DTYPE)
+    _jit.compute_dy_3(np.ascontiguousarray(dp), np.ascontiguousarray(ties), np.ascontiguousarray(y), np.ascontiguousarray(p), dy)
 
     return dy
