@@ -227,3 +227,51 @@ def test_gradients_through_channels_last_windows_match_torch():
     F.conv2d(xt, kt).backward(torch.tensor(dy))
     np.testing.assert_allclose(out["dx"], xt.grad.numpy(), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(out["dk"], kt.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+GEMV = "products with a vector of ones (BLAS GEMV)"
+
+
+@pytest.mark.parametrize("source, shape, axes, transposed", [
+    ("db[o] = dy[n,o,h,w]", (64, 16, 24, 24), (0, 2, 3), False),           # a conv bias grad
+    ("s[n] = sum[c,h,w](x[n,c,h,w])", (64, 16, 24, 24), (1, 2, 3), False),  # trailing only
+    ("s[h,w] = x[n,c,h,w]", (32, 8, 16, 16), (0, 1), False),                # leading only
+    ("m[c] = mean[n,h,w](x[n,c,h,w])", (8, 32, 20, 20), (0, 2, 3), False),
+    ("t = sum[i,j](x[i,j])", (300, 400), (0, 1), False),                    # to a scalar
+    ("r[c,n] = x[n,c,h,w]", (8, 16, 24, 24), (2, 3), True),                 # kept, transposed
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_large_sums_of_whole_tensors_run_as_gemv_with_ones(source, shape, axes, transposed,
+                                                           dtype):
+    kern = tc.compile(source, dtype=dtype, x=shape) if "x[" in source else \
+        tc.compile(source, dtype=dtype, dy=shape)
+    assert GEMV in kern.plan.statements[0].strategy
+    assert "np.sum" not in kern.source and "np.ones(" in kern.source
+    x = np.random.default_rng(8).standard_normal(shape).astype(dtype)
+    want = x.astype(np.float64).sum(axis=axes)
+    if "mean" in source:
+        want = want / np.prod([shape[a] for a in axes])
+    if transposed:
+        want = want.T
+    name = "x" if "x[" in source else "dy"
+    tolerance = 1e-12 if dtype == "float64" else 2e-5
+    for given in (x, np.asfortranarray(x)):  # a non-contiguous input is reshaped by a copy
+        got = kern(**{name: given})
+        assert np.shape(got) == want.shape and np.asarray(got).dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
+
+
+@pytest.mark.parametrize("source, shapes, dtype, why", [
+    ("r[n,h] = x[n,c,h,w]", dict(x=(64, 16, 24, 24)), "float32", "kept dims not adjacent"),
+    ("db[o] = dy[n,o,h,w]", dict(dy=(4, 16, 8, 8)), "float32", "too small to matter"),
+    ("db[o] = dy[n,o,h,w]", dict(dy=(64, 16, 24, 24)), "float16", "no BLAS for halves"),
+    ("s[n] = max[c,h,w](x[n,c,h,w])", dict(x=(64, 16, 24, 24)), "float32", "not a sum"),
+])
+def test_other_reductions_stay_numpy_axis_reductions(source, shapes, dtype, why):
+    kern = tc.compile(source, dtype=dtype, **shapes)
+    assert GEMV not in kern.plan.statements[0].strategy, why
+    x = np.random.default_rng(9).integers(-5, 5, size=next(iter(shapes.values()))).astype(dtype)
+    ops = {"r[n,h]": lambda a: a.sum(axis=(1, 3)), "db[o]": lambda a: a.sum(axis=(0, 2, 3)),
+           "s[n]": lambda a: a.max(axis=(1, 2, 3))}
+    want = ops[source.split(" =")[0]](x)  # in the same dtype: float16 sums round alike
+    np.testing.assert_allclose(kern(**{next(iter(shapes)): x}), want, rtol=1e-3)

@@ -23,7 +23,8 @@ from typing import Any
 from ..ir import Read, walk
 from ..plan import (
     ConstNode, ContractNode, ElementwiseNode, IndexNode, Node, PairStep, ProgramPlan,
-    ReduceNode, StatementPlan, ViewNode, boundary_pad, format_plan, reads_in, scatter_slices,
+    ReduceNode, StatementPlan, ViewNode, boundary_pad, format_plan, ones_gemv_split, reads_in,
+    scatter_slices,
 )
 
 __all__ = ["render_module", "execute_module", "python_name", "NUMPY_PAD_MODES"]
@@ -849,11 +850,39 @@ class _StatementRenderer:
     def render_reduce(self, node: ReduceNode, name_hint: str) -> _Value:
         if node.strategy == "window-loop":
             return self.render_window_loop(node, name_hint)
+        if node.strategy == "ones-gemv":
+            return self.render_ones_gemv(node, name_hint)
         body = self.render(node.body)
         positions = [body.axes.index(a) for a in node.reduced]
         result = self.fresh(name_hint)
         code = f"{_REDUCERS[node.op]}({body.code}, axis={_tuple(positions)})"
         self.emit(f"{result} = {code}")
+        return _Value(result, node.axes, node.shape, bool(node.axes))
+
+    def render_ones_gemv(self, node: ReduceNode, name_hint: str) -> _Value:
+        """A sum of a tensor read whole, over dimensions before and after its kept ones in
+        memory: its rows times a vector of ones, then a vector of ones times the result."""
+        view = node.body
+        leading, kept, trailing = ones_gemv_split(view, node.reduced)
+        code = self.module.variable(view.read.tensor)
+        if trailing > 1:
+            code = (f"({code}.reshape({leading * kept}, {trailing}) "
+                    f"@ np.ones({trailing}, dtype=DTYPE))")
+        if leading > 1:
+            code = f"(np.ones({leading}, dtype=DTYPE) @ {code}.reshape({leading}, {kept}))"
+        dims = [m.terms[0][0] for m in view.read.maps]
+        stored = [d for d in dims if d in node.axes]  # the kept dimensions, in memory order
+        if not stored:
+            code += "[0]"  # the one element of a (1,) result: a scalar, as np.sum gives
+        elif len(stored) > 1:
+            code += f".reshape{_tuple(self.sizes[d] for d in stored)}"
+            permutation = [stored.index(a) for a in node.axes]
+            if permutation != sorted(permutation):
+                code += f".transpose{_arguments(permutation)}"
+        result = self.fresh(name_hint)
+        self.emit(f"{result} = {code}")
+        if node.op == "mean":
+            self.emit(f"{result} = {result} * {_number(1 / node.count)}")
         return _Value(result, node.axes, node.shape, bool(node.axes))
 
     def render_window_loop(self, node: ReduceNode, name_hint: str) -> _Value:
