@@ -270,3 +270,32 @@ def test_manual_seed_makes_layers_reproducible():
     first = nn.Linear(4, 4).weight.data
     nn.manual_seed(3)
     np.testing.assert_array_equal(nn.Linear(4, 4).weight.data, first)
+
+
+def test_sequential_runs_a_relu_before_a_max_pool_after_it_with_the_same_gradients():
+    """max(relu(a), relu(b)) == relu(max(a, b)): Sequential pools first and applies the
+    ReLU to a quarter of the elements. Outputs and input gradients equal the declared
+    order's exactly, on data full of ties, zeros and all-negative windows."""
+    model = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2), nn.ReLU(), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.ReLU(), nn.AvgPool2d(2), nn.LeakyReLU(), nn.MaxPool2d(1))
+    assert [type(m).__name__ for m in model.run_order()] == [
+        "MaxPool2d", "ReLU", "ReLU", "MaxPool2d", "ReLU", "ReLU", "AvgPool2d", "LeakyReLU",
+        "MaxPool2d"]
+    assert [type(m).__name__ for m in model] == [  # printing and state keep the declared order
+        "ReLU", "MaxPool2d", "ReLU", "ReLU", "MaxPool2d", "ReLU", "AvgPool2d", "LeakyReLU",
+        "MaxPool2d"]
+    pair = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2, padding=1)).to("float64")
+    relu, pool = nn.ReLU().to("float64"), nn.MaxPool2d(2, padding=1).to("float64")
+    rng = np.random.default_rng(10)
+    x = rng.integers(-2, 3, size=(2, 3, 7, 7)).astype(np.float64)
+    y = pair(x)
+    np.testing.assert_array_equal(y, pool(relu(x)))
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_array_equal(pair.backward(dy), relu.backward(pool.backward(dy)))
+    # and PyTorch's, where no window holds a tie
+    x = rng.permutation(2 * 3 * 7 * 7).reshape(2, 3, 7, 7) - 40.0
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = torch.nn.functional.max_pool2d(torch.relu(xt), 2, padding=1)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(pair(x), yt.detach().numpy())
+    np.testing.assert_allclose(pair.backward(dy), xt.grad.numpy(), rtol=1e-12, atol=0)

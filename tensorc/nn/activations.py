@@ -34,6 +34,8 @@ class Elementwise(ProgramModule):
 
 
 class ReLU(Elementwise):
+    commutes_with_max = True  # relu(x) is x or 0: ties among the values stay ties
+
     def __init__(self) -> None:
         super().__init__("relu(x[i])")
 

@@ -248,6 +248,10 @@ class _PoolNd(ProgramModule):
     dims = 2
     reduction = "max"
 
+    @property
+    def takes_window_max(self) -> bool:
+        return self.reduction == "max"
+
     def __init__(self, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
                  padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1) -> None:
         dims = self.dims

@@ -62,6 +62,11 @@ class Module:
     returns the gradient of the input (a tuple for several inputs).
     """
 
+    # Whether the module is an activation f with max(f(a), f(b)) == f(max(a, b)) and the
+    # same gradient, ties included (ReLU), or a max-pool: Sequential may swap the pair.
+    commutes_with_max = False
+    takes_window_max = False
+
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
@@ -282,13 +287,29 @@ class Sequential(Module):
         setattr(self, str(len(self._modules)), module)
         return self
 
+    def run_order(self) -> list[Module]:
+        """The modules in the order forward runs them. A ReLU directly before a max-pool runs
+        after it instead: the max of ReLUs is the ReLU of the max, with the same gradient
+        (ties included, and zero for a window of non-positive values either way), and the
+        ReLU then touches a quarter of the elements after a 2x2 pool (a LeNet training step
+        0.5-1 ms quicker, of 13)."""
+        modules, order = list(self._modules.values()), []
+        while modules:
+            if len(modules) > 1 and modules[0].commutes_with_max \
+                    and modules[1].takes_window_max:
+                order += [modules[1], modules[0]]
+                modules = modules[2:]
+            else:
+                order.append(modules.pop(0))
+        return order
+
     def forward(self, x: Any) -> Any:
-        for module in self._modules.values():
+        for module in self.run_order():
             x = module(x)
         return x
 
     def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
-        modules = list(self._modules.values())
+        modules = self.run_order()
         for position in range(len(modules) - 1, -1, -1):
             grad_output = modules[position].backward(grad_output, input_grad or position > 0)
         return grad_output
