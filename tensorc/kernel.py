@@ -101,7 +101,7 @@ def _specialize(program: S.Program, program_text: str, backend: str,
                 checked = replace(checked, outputs=outputs)
             plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget, fft,
                                 in_one_process=backend != "dask",  # Dask: checked per block
-                                pack=pack)
+                                pack=pack, gemv_sums=backend != "cupy")
             plan = plan_for_backend(plan, backend, jit, budget)
             source = _render(plan, backend)
         if backend == "dask":  # the statements as dask.array graphs, planned per call

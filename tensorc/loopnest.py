@@ -400,7 +400,8 @@ def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
              and not _gpu_choice(sp, plan.program, plan.dtype)[0]}
     if split:
         program, moved = _split_epilogues(plan.program, split, {})
-        replanned = plan_program(program, plan.dtype, plan.itemsize, budget, plan.fft)
+        replanned = plan_program(program, plan.dtype, plan.itemsize, budget, plan.fft,
+                                 gemv_sums=False)
         # store each GEMM's result in the order the GEMM produces it: no transposed copy
         orders = {}
         for number, position in moved.items():
@@ -410,7 +411,8 @@ def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
                 orders[number] = steps[-1].natural_axes
         if orders:
             program, _ = _split_epilogues(plan.program, split, orders)
-            replanned = plan_program(program, plan.dtype, plan.itemsize, budget, plan.fft)
+            replanned = plan_program(program, plan.dtype, plan.itemsize, budget, plan.fft,
+                                 gemv_sums=False)
         plan = replanned
         epilogues = {position + 1 for position in moved.values()}
     else:

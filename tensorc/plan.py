@@ -241,8 +241,8 @@ class ReduceNode:
 
 def ones_gemv_split(view: ViewNode, reduced: tuple[str, ...]) -> tuple[int, int, int] | None:
     """For a sum over `reduced` of a tensor read whole: (leading, kept, trailing) element
-    counts of its dimensions in memory order, when the kept ones are adjacent (the sum is
-    then ones @ x.reshape(leading, kept * trailing) and x.reshape(.., trailing) @ ones)."""
+    counts of its dimensions in memory order, when the kept ones are adjacent: the sum is
+    then x.reshape(leading * kept, trailing) @ ones, and ones @ that as [leading, kept]."""
     if view.kind != "whole" or view.pad is not None:
         return None
     dims = [m.terms[0][0] for m in view.read.maps]
@@ -251,8 +251,8 @@ def ones_gemv_split(view: ViewNode, reduced: tuple[str, ...]) -> tuple[int, int,
     if kept and kept != list(range(kept[0], kept[-1] + 1)):
         return None
     first, stop = (kept[0], kept[-1] + 1) if kept else (0, 0)
-    return (math.prod(sizes[d] for d in dims[:first]), math.prod(sizes[d] for d in dims[first:stop]),
-            math.prod(sizes[d] for d in dims[stop:]))
+    return tuple(math.prod(sizes[d] for d in part)
+                 for part in (dims[:first], dims[first:stop], dims[stop:]))
 
 
 Node = Union[ViewNode, ConstNode, IndexNode, ElementwiseNode, ContractNode, ReduceNode]
@@ -315,7 +315,7 @@ class _StatementPlanner:
                  fresh_target: bool = False, chunk_bytes: int = IM2COL_CHUNK_BYTES,
                  fft_mode: str = "auto", pack: str = "off", blas: bool = True) -> None:
         self.program = program
-        self.blas = blas  # a float dtype BLAS computes in (GEMV reductions)
+        self.blas = blas  # sums may be GEMVs with ones: a float dtype, on the CPU
         self.pack = pack  # TENSORC_PACK's mode where threaded copies are available, else "off"
         self.fft_mode = fft_mode  # "auto" (by cost), "off" or "always" (where it applies)
         self.chunk_bytes = chunk_bytes
@@ -1174,7 +1174,8 @@ def _estimated_ns(node: Node) -> float:
 
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8,
                  budget: int | None = None, fft: str = "auto",
-                 in_one_process: bool = True, pack: str = "off") -> ProgramPlan:
+                 in_one_process: bool = True, pack: str = "off",
+                 gemv_sums: bool = True) -> ProgramPlan:
     """Plan every statement. `budget` bounds each statement's temporaries in bytes (default:
     tensorc.budget.memory_budget()); im2col copies are chunked to fit a quarter of it.
     `fft`: "auto" lets the cost model choose FFT convolutions, "off" never uses them,
@@ -1182,7 +1183,8 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
     backend's whole-program plan, which no process runs whole) skips the memory checks.
     `pack` (for the NumPy backend with Numba): "auto" threads the copies around GEMMs that
     are large enough to pay (PACK_MIN_BYTES, SCATTER_MIN_BYTES), "always" every one,
-    "off" none."""
+    "off" none. `gemv_sums`: large sums may run as GEMVs with ones (ONES_GEMV_MIN; the
+    CPU's BLAS; on a GPU, CuPy's tree reductions serve them)."""
     budget = memory_budget() if budget is None else budget
     chunk_bytes = max(64 << 10, min(IM2COL_CHUNK_BYTES, budget // 4))
     if in_one_process:
@@ -1193,7 +1195,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         fresh = statement.target not in defined and not any(
             isinstance(n, Read) and n.tensor == statement.target for n in walk(statement.value))
         defined.add(statement.target)
-        blas = dtype in ("float32", "float64")
+        blas = gemv_sums and dtype in ("float32", "float64")
         planner = _StatementPlanner(program, statement, itemsize, fresh, chunk_bytes, fft, pack,
                                     blas)
         root = planner.plan(statement.value)

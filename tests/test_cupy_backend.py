@@ -133,6 +133,10 @@ def test_gemm_statements_stay_on_cublas_and_poor_gemms_become_loop_kernels():
     assert "GEMM-poor (contracts 25 elements" in strategies["lenet1_bias_relu"]
     assert "tree reductions" in strategies["full_reduction"]
     assert "no GEMM" in strategies["max_pool"]
+    # a large sum the CPU runs as GEMVs with ones stays CuPy's tree reduction
+    bias_grad = tc.compile("db[o] = dy[n,o,h,w]", dtype="float32", dy=(64, 16, 24, 24),
+                           backend="cupy").plan.statements[0].strategy
+    assert "axis reduction" in bias_grad and "GEMV" not in bias_grad, bias_grad
 
 
 def test_a_gemms_bias_and_activation_become_one_epilogue_kernel():
