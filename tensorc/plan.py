@@ -1300,7 +1300,8 @@ def _axes_text(axes: tuple[str, ...]) -> str:
     return f"[{','.join(axes)}]"
 
 
-def _step_text(step: PairStep, sizes: dict[str, int]) -> str:
+def step_text(step: PairStep, sizes: dict[str, int]) -> str:
+    """One pairwise step in words: the plan's 'how' column and the generated comments."""
     def size(axes) -> int:
         return math.prod(sizes[a] for a in axes)
     if step.kind == "reduce":
@@ -1345,7 +1346,7 @@ def format_plan(plan: ProgramPlan) -> str:
                 text = (f"{_axes_text(step.left_axes)},{_axes_text(step.right_axes)}"
                         f"->{_axes_text(step.result_axes)}" if step.left != step.right
                         else f"{_axes_text(step.left_axes)}->{_axes_text(step.result_axes)}")
-                how = _step_text(step, sizes)
+                how = step_text(step, sizes)
                 if step.copy_bytes and step.chunk and step.chunk < s.ranges[step.chunk_axis]:
                     chunk_bytes = step.copy_bytes * step.chunk // s.ranges[step.chunk_axis]
                     summed = " (summed)" if step.chunk_axis in step.contracted else ""

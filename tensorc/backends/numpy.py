@@ -24,7 +24,7 @@ from ..ir import Read, walk
 from ..plan import (
     ConstNode, ContractNode, ElementwiseNode, IndexNode, Node, PairStep, ProgramPlan,
     ReduceNode, StatementPlan, ViewNode, boundary_pad, format_plan, ones_gemv_split, reads_in,
-    scatter_slices,
+    scatter_slices, step_text,
 )
 
 __all__ = ["render_module", "execute_module", "python_name", "NUMPY_PAD_MODES"]
@@ -542,19 +542,10 @@ class _StatementRenderer:
         return _Value(result, node.axes, node.shape, True, contiguous=False)
 
     def describe(self, step: PairStep) -> str:
-        sizes = self.sizes
-        if step.kind == "reduce":
-            return f"sum over {','.join(step.presum_left)}"
-        size = lambda axes: math.prod(sizes[a] for a in axes)  # noqa: E731
         if step.kind == "multiply":
             return f"broadcast product -> {_tuple(step.result_axes)}".replace("'", "")
-        gemm = (f"[{size(step.kept_left)}x{size(step.contracted)}] x "
-                f"[{size(step.contracted)}x{size(step.kept_right)}]")
-        calls = size(step.batch)
-        how = f"GEMM {gemm}" if calls == 1 else f"batched GEMM {calls} x {gemm}"
-        if step.summed:
-            how += f" summed over {','.join(step.summed)}"
-        return f"sum over {','.join(step.summed + step.contracted)} - {how}, {_flops(step.flops)}"
+        text = step_text(step, self.sizes)
+        return text if step.kind == "reduce" else f"{text}, {_flops(step.flops)}"
 
     def presummed(self, value: _Value, axes: tuple[str, ...]) -> _Value:
         if not axes:

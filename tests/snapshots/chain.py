@@ -28,9 +28,9 @@ DTYPE = np.float64
 def kernel(A, B, C):
     # statement 1 (line 1): out[i,l] = A[i,j]*B[j,k]*C[k,l]
     #   3-operand contraction in opt_einsum order, each step a BLAS GEMM
-    # step 1/2: sum over j - GEMM [64x32] x [32x8], 32.8 kFLOP
+    # step 1/2: GEMM [64x32]@[32x8], sum over j, 32.8 kFLOP
     t1 = np.matmul(A, B)
-    # step 2/2: sum over k - GEMM [64x8] x [8x64], 65.5 kFLOP
+    # step 2/2: GEMM [64x8]@[8x64], sum over k, 65.5 kFLOP
     out = np.matmul(t1, C)
 
     return out

@@ -28,7 +28,7 @@ def kernel(dy, k):
     # statement 1 (line 2): dx[n,c,2*h+u,2*w+v] += dy[n,o,h,w]*k[o,c,u,v]
     #   contraction as a BLAS GEMM; contributions added into a buffer with n innermost, so that each add runs over whole rows of it
     dx = np.zeros((3, 11, 11, 8), dtype=DTYPE).transpose(3, 0, 1, 2)  # n innermost: the adds run over whole rows
-    # step 1/1: sum over o - GEMM [27x4] x [4x200], 43.2 kFLOP
+    # step 1/1: GEMM [27x4]@[4x200], sum over o, 43.2 kFLOP
     contribution = np.matmul(k.reshape(4, 27).T, dy.transpose(1, 2, 3, 0).reshape(4, 200)).reshape(3, 3, 3, 5, 5, 8).transpose(5, 0, 3, 1, 4, 2)
     for u, v in np.ndindex(3, 3):
         dx[:, :, u:u + 9:2, v:v + 9:2] += contribution[:, :, :, u, :, v]

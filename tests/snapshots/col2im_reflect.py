@@ -44,7 +44,7 @@ def kernel(dy, k):
     # statement 1 (line 2): dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w]*k[o,c,u,v]   where dx: reflect
     #   contraction as a BLAS GEMM
     dx = np.zeros((2, 3, 9, 9), dtype=DTYPE)
-    # step 1/1: sum over o - GEMM [27x4] x [4x50], 10.8 kFLOP
+    # step 1/1: GEMM [27x4]@[4x50], sum over o, 10.8 kFLOP
     contribution = np.matmul(k.reshape(4, 27).T, dy.transpose(1, 0, 2, 3).reshape(4, 50)).reshape(3, 3, 3, 2, 5, 5).transpose(3, 0, 4, 1, 5, 2)
     dx_padded = np.zeros((2, 3, 11, 11), dtype=DTYPE)  # the margin is folded back onto the samples a 'reflect' read takes
     for u, v in np.ndindex(3, 3):

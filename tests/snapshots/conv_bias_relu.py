@@ -29,7 +29,7 @@ def kernel(x, k, b):
     #   windowed contraction: strided window view of x[n,c,h+u,w+v], copied in GEMM order (im2col) + GEMM; then elementwise add, relu
     x_strides = x.strides
     x_win = as_strided(x, shape=(64, 24, 24, 1, 5, 5), strides=(x_strides[0], x_strides[2], x_strides[3], x_strides[1], x_strides[2], x_strides[3]), writeable=False)  # x[n,c,h+u,w+v] over (n, h, w, c, u, v)
-    # step 1/1: sum over c,u,v - batched GEMM 64 x [16x25] x [25x576], 29.5 MFLOP
+    # step 1/1: batched GEMM 64 x [16x25]@[25x576], sum over c,u,v, 29.5 MFLOP
     y = np.matmul(k.reshape(16, 25), x_win.transpose(0, 3, 4, 5, 1, 2).reshape(64, 25, 576)).reshape(64, 16, 24, 24)
     y += b[:, None, None]
     np.maximum(y, 0, out=y)

@@ -44,7 +44,7 @@ def kernel(x, k):
     x_pad[:, :, 1:57, 1:57] = x
     x_strides = x_pad.strides
     x_win = as_strided(x_pad, shape=(8, 28, 28, 64, 3, 3), strides=(x_strides[0], 2*x_strides[2], 2*x_strides[3], x_strides[1], x_strides[2], x_strides[3]), writeable=False)  # x[n,c,2*h+u-1,2*w+v-1] over (n, h, w, c, u, v)
-    # step 1/1: sum over u,v,c - GEMM [6272x576] x [576x64], 462 MFLOP
+    # step 1/1: GEMM [6272x576]@[576x64], sum over u,v,c, 462 MFLOP
     y_gemm = np.empty((8, 28, 28, 64), dtype=DTYPE)
     x_cols = _scratch('x_cols', (2, 28, 28, 3, 3, 64))
     k_mat = k.transpose(2, 3, 1, 0).reshape(576, 64)

@@ -44,7 +44,7 @@ def kernel(x, k, b):
     x_pad[:, :, 1:49, 1:49] = x
     x_strides = x_pad.strides
     x_win = as_strided(x_pad, shape=(8, 48, 48, 32, 3, 3), strides=(x_strides[0], x_strides[2], x_strides[3], x_strides[1], x_strides[2], x_strides[3]), writeable=False)  # x[n,c,h+u-1,w+v-1] over (n, h, w, c, u, v)
-    # step 1/1: sum over c,u,v - batched GEMM 8 x [16x288] x [288x2304], 170 MFLOP
+    # step 1/1: batched GEMM 8 x [16x288]@[288x2304], sum over c,u,v, 170 MFLOP
     y = np.empty((8, 16, 48, 48), dtype=DTYPE)
     k_mat = k.reshape(16, 288)
     x_cols = _scratch('x_cols', (1, 32, 3, 3, 48, 48))

@@ -30,7 +30,7 @@ def kernel(x, k):
     x_pad = np.pad(x, ((0, 0), (0, 0), (2, 1), (2, 1)), mode='reflect')  # boundary 'reflect'
     x_strides = x_pad.strides
     x_win = as_strided(x_pad, shape=(8, 16, 16, 3, 3, 3), strides=(x_strides[0], 2*x_strides[2], 2*x_strides[3], x_strides[1], 2*x_strides[2], 2*x_strides[3]), writeable=False)  # x[n,c,2*h+2*u-2,2*w+2*v-2] over (n, h, w, c, u, v)
-    # step 1/1: sum over c,u,v - GEMM [4x27] x [27x2048], 442 kFLOP
+    # step 1/1: GEMM [4x27]@[27x2048], sum over c,u,v, 442 kFLOP
     y = np.matmul(k.reshape(4, 27), x_win.transpose(3, 4, 5, 0, 1, 2).reshape(27, 2048)).reshape(4, 8, 16, 16).transpose(1, 0, 2, 3)
 
     return y

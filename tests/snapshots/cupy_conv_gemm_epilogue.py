@@ -141,7 +141,7 @@ def kernel(x, k, b):
     x_last[:, :, :, :] = x
     x_strides = x_last.strides
     x_win = as_strided(x_last, shape=(64, 8, 8, 16, 5, 5), strides=(x_strides[0], x_strides[2], x_strides[3], x_strides[1], x_strides[2], x_strides[3]), writeable=False)  # x[n,c,h+u,w+v] over (n, h, w, c, u, v)
-    # step 1/1: sum over u,v,c - GEMM [4096x400] x [400x32], 105 MFLOP
+    # step 1/1: GEMM [4096x400]@[400x32], sum over u,v,c, 105 MFLOP
     y_gemm = xp.empty((64, 8, 8, 32), dtype=DTYPE)
     x_cols = _scratch('x_cols', (40, 8, 8, 5, 5, 16))
     k_mat = k.transpose(2, 3, 1, 0).reshape(400, 32)

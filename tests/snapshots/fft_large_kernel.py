@@ -31,7 +31,7 @@ def kernel(x, k):
     x_pad = np.pad(x, ((0, 0), (0, 0), (7, 7), (7, 7)), mode='reflect')  # boundary 'reflect'
     x_f = np.fft.rfftn(x_pad, s=(64, 54), axes=(2, 3))
     k_f = np.fft.rfftn(k[:, :, ::-1, ::-1], s=(64, 54), axes=(2, 3))
-    # sum over c - batched GEMM 1792 x [4x8] x [8x8], 918 kFLOP (in complex numbers: 4x the work)
+    # batched GEMM 1792 x [4x8]@[8x8], sum over c, 918 kFLOP (in complex numbers: 4x the work)
     t_f = np.matmul(x_f.transpose(2, 3, 0, 1), k_f.transpose(2, 3, 1, 0)).transpose(2, 3, 0, 1)
     y = np.fft.irfftn(t_f, s=(64, 54), axes=(2, 3))[:, :, 14:62, 14:54].astype(DTYPE, copy=False)
 

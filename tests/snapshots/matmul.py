@@ -27,7 +27,7 @@ DTYPE = np.float64
 def kernel(A, B):
     # statement 1 (line 1): C[i,k] = A[i,j]*B[j,k]
     #   contraction as a BLAS GEMM
-    # step 1/1: sum over j - GEMM [3x4] x [4x5], 120 FLOP
+    # step 1/1: GEMM [3x4]@[4x5], sum over j, 120 FLOP
     C = np.matmul(A, B)
 
     return C

@@ -196,7 +196,7 @@ _jit = _load_jit(JIT_SOURCE)
 def kernel(x, k, dy):
     # statement 1 (line 5): y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1]*k[o,c,u,v]   where h < 14, w < 14, x: zero
     #   windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; im2col copies by threaded Numba loops
-    # step 1/1: sum over c,u,v - GEMM [16x144] x [144x784], 3.61 MFLOP
+    # step 1/1: GEMM [16x144]@[144x784], sum over c,u,v, 3.61 MFLOP
     x_cols = _scratch('x_cols', (16, 3, 3, 4, 14, 14))
     _jit.pack_x_1(x, x_cols)
     y = np.matmul(k.reshape(16, 144), x_cols.reshape(144, 784)).reshape(16, 4, 14, 14).transpose(1, 0, 2, 3)
@@ -204,14 +204,14 @@ def kernel(x, k, dy):
     # statement 2 (line 6): dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w]*k[o,c,u,v]   where h < 14, w < 14, dx: zero
     #   contraction as a BLAS GEMM (batched); col2im adds by threaded Numba loops
     dx = np.zeros((4, 16, 28, 28), dtype=DTYPE)
-    # step 1/1: sum over o - batched GEMM 4 x [196x16] x [16x144], 3.61 MFLOP
+    # step 1/1: batched GEMM 4 x [196x16]@[16x144], sum over o, 3.61 MFLOP
     contribution = np.matmul(dy.reshape(4, 16, 196).swapaxes(-1, -2), k.reshape(16, 144)).reshape(4, 14, 14, 16, 3, 3).transpose(0, 3, 1, 4, 2, 5)
     _jit.scatter_dx_2(contribution.transpose(0, 2, 4, 1, 3, 5), dx)
     del contribution
 
     # statement 3 (line 7): dk[o,c,u,v] = dy[n,o,h,w]*x[n,c,2*h+u-1,2*w+v-1]   where h < 14, w < 14, x: zero
     #   windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; im2col copies by threaded Numba loops
-    # step 1/1: sum over n,h,w - GEMM [144x784] x [784x16], 3.61 MFLOP
+    # step 1/1: GEMM [144x784]@[784x16], sum over n,h,w, 3.61 MFLOP
     x_win_2_cols = _scratch('x_win_2_cols', (16, 3, 3, 4, 14, 14))
     _jit.pack_x_3(x, x_win_2_cols)
     dk = np.matmul(x_win_2_cols.reshape(144, 784), dy.transpose(0, 2, 3, 1).reshape(784, 16)).reshape(16, 3, 3, 16).transpose(3, 0, 1, 2)
