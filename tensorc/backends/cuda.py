@@ -19,11 +19,12 @@ from __future__ import annotations
 import keyword
 import math
 import re
+from typing import Callable
 
 from ..ir import Apply, Constant, Expr, IndexMap, IndexValue, Read, Reduce
 from ..loopnest import LoopNest
 
-__all__ = ["render_cuda", "render_lanes", "nest_name", "CUDA_ARCH_NOTE"]
+__all__ = ["render_cuda", "render_lanes", "nest_name", "affine_text", "CUDA_ARCH_NOTE"]
 
 CUDA_ARCH_NOTE = "atomicAdd on double needs sm_60 or newer"
 
@@ -69,6 +70,25 @@ def _number(value: float | int, language: str) -> str:
         return "TC_NAN" if language == "c" else "REAL(np.nan)"
     text = repr(value) if isinstance(value, float) else str(value)
     return f"(real){text}" if language == "c" else f"REAL({text})"
+
+
+def affine_text(m: IndexMap, variable: Callable[[str], str], shift: int = 0) -> str:
+    """An affine map, its offset moved by `shift`, as an expression in C or Python
+    (`2 * h + u - 1`), each index written as `variable(index)`."""
+    text = ""
+    for index, coefficient in m.terms:
+        name = variable(index)
+        term = name if abs(coefficient) == 1 else f"{abs(coefficient)} * {name}"
+        if not text:
+            text = term if coefficient > 0 else f"-{term}"
+        else:
+            text += f" + {term}" if coefficient > 0 else f" - {term}"
+    offset = m.offset + shift
+    if not text:
+        return str(offset)
+    if offset:
+        text += f" + {offset}" if offset > 0 else f" - {-offset}"
+    return text
 
 
 # ---- the shared walk ------------------------------------------------------------------------
@@ -119,19 +139,7 @@ class _NestRenderer:
     # positions and flat offsets
     def position(self, m: IndexMap) -> str:
         """An affine map as an expression: `2 * h + u - 1`."""
-        text = ""
-        for index, coefficient in m.terms:
-            name = self.variables[index]
-            term = name if abs(coefficient) == 1 else f"{abs(coefficient)} * {name}"
-            if not text:
-                text = term if coefficient > 0 else f"-{term}"
-            else:
-                text += f" + {term}" if coefficient > 0 else f" - {term}"
-        if not text:
-            return str(m.offset)
-        if m.offset:
-            text += f" + {m.offset}" if m.offset > 0 else f" - {-m.offset}"
-        return text
+        return affine_text(m, self.variables.__getitem__)
 
     def can_leave(self, m: IndexMap, size: int) -> bool:
         low, high = m.extent(self.ranges)

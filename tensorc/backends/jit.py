@@ -34,7 +34,7 @@ from typing import Any, Callable
 from ..ir import Expr, IndexMap, Read, Reduce, walk
 from ..loopnest import LoopNest
 from ..plan import mode_from_environment
-from .cuda import _PythonSyntax, nest_name
+from .cuda import _PythonSyntax, affine_text, nest_name
 
 __all__ = ["numba_available", "render_numba", "render_pack", "render_scatter", "load",
            "jit_mode", "pack_mode", "cpu_modes"]
@@ -359,11 +359,8 @@ def render_numba(nests: list[LoopNest], dtype: str, copies: tuple[str, ...] = ()
 # LLVM turns into strided loads and stores without per-row overhead.
 
 def _position(m: IndexMap, shift: int) -> str:
-    """A map's position in Python: `2 * i_h + i_u - 1`."""
-    parts = [f"i_{name}" if c == 1 else f"{c} * i_{name}" for name, c in m.terms]
-    text = " + ".join(parts).replace("+ -", "- ") or "0"
-    offset = m.offset + shift
-    return text if not offset else f"{text} {'+' if offset > 0 else '-'} {abs(offset)}"
+    """A map's position in a packing copy: `2 * i_h + i_u - 1`."""
+    return affine_text(m, lambda index: f"i_{index}", shift)
 
 
 class _CopyWriter:
