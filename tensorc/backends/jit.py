@@ -301,11 +301,8 @@ class _NumbaRenderer(_PythonSyntax):
         rows = self.row_indices()
         sizes = [self.ranges[i] for i in rows]
         self.indent = self.indent_unit * 2
-        for position, index in enumerate(rows):
-            inner = math.prod(sizes[position + 1:])
-            value = "row" if inner == 1 else f"row // {inner}"
-            self.emit(f"{nest_name(index)} = {value}" if position == 0
-                      else f"{nest_name(index)} = {value} % {sizes[position]}")
+        for index, value in zip(rows, _row_decoding(sizes)):
+            self.emit(f"{nest_name(index)} = {value}")
         inner = nest.parallel[len(rows):]
         splits = {i: self.interior(i) for i in rows} if self.disjoint else {}
         splits = {i: r for i, r in splits.items() if r is not None}
@@ -339,6 +336,28 @@ class _NumbaRenderer(_PythonSyntax):
             *prologue,
             f"    for row in {loop}({row_count}):",
             *body])
+
+
+def _product(sizes: list[int | str]) -> str:
+    """The product of sizes, integers folded, names (`stop - start`) kept as expressions."""
+    number = math.prod(s for s in sizes if isinstance(s, int))
+    names = [f"({s})" for s in sizes if isinstance(s, str)]
+    return " * ".join(names + ([str(number)] if number != 1 or not names else []))
+
+
+def _row_decoding(sizes: list[int | str]) -> list[str]:
+    """Per row index (the first varies slowest), its value computed from `row`:
+    `row // 384`, `row // 24 % 16`, `row % 24`."""
+    values = []
+    for position, size in enumerate(sizes):
+        later = sizes[position + 1:]
+        inner = _product(later)
+        value = "row" if inner == "1" else \
+            f"row // {inner if len(later) == 1 or ' * ' not in inner else f'({inner})'}"
+        if position:
+            value += f" % {size if isinstance(size, int) else f'({size})'}"
+        values.append(value)
+    return values
 
 
 def render_numba(nests: list[LoopNest], dtype: str, copies: tuple[str, ...] = ()) -> str:
@@ -378,17 +397,10 @@ class _CopyWriter:
     def rows(self, rows: tuple[str, ...]) -> str:
         """Decode `row` into the row indices (the first varies slowest); the row count."""
         sizes = [self.sizes[r] for r in rows]
-        atom = lambda size: f"({size})" if isinstance(size, str) else str(size)  # noqa: E731
-        for position, index in enumerate(rows):
-            later = sizes[position + 1:]
-            inner = " * ".join(atom(s) for s in later)
-            value = "row" if not later else \
-                f"row // {inner if len(later) == 1 else f'({inner})'}"
-            if position:
-                value = f"{value} % {atom(sizes[position])}"
+        for index, value in zip(rows, _row_decoding(sizes)):
             start = self.starts.get(index)
             self.emit(f"i_{index} = {value}" + (f" + {start}" if start else ""))
-        return " * ".join(atom(s) for s in sizes) or "1"
+        return _product(sizes)
 
     def loops(self, indices: tuple[str, ...], guards: list[tuple[IndexMap, int, int]],
               bound: set[str], body: Callable[[str | None], None]) -> None:
