@@ -1007,12 +1007,7 @@ class _StatementRenderer:
         pad = boundary_pad(maps, shape, self.sizes) if mode is not None else \
             ((0, 0),) * len(maps)
         if mode is not None and any(p != (0, 0) for p in pad):
-            destination = self.fresh(f"{target}_padded")
-            padded_shape = tuple(s + a + b for s, (a, b) in zip(shape, pad))
-            why = ("out-of-range contributions land in the margin and are dropped"
-                   if mode == "zero" else
-                   f"the margin is folded back onto the samples a '{mode}' read takes")
-            self.emit(f"{destination} = np.zeros({_tuple(padded_shape)}, dtype=DTYPE)  # {why}")
+            destination = self.padded_destination(target, shape, pad, mode)
         # Each dimension is sliced along one index that only it uses; the rest are looped.
         slice_index = scatter_slices(maps, self.sizes)
         loops = [a for a in order if a not in slice_index]
@@ -1057,20 +1052,42 @@ class _StatementRenderer:
                   else f"{destination} {update} {contribution}")
         if loops:
             self.indent = self.indent[:-4]
-        if not per_offset and value.owned and value.code not in self.module.tensor_of:
-            # Freed now rather than at return: a large array still held while the next
-            # statement allocates its own makes malloc map fresh pages (page faults cost
-            # LeNet-1's backward 2x).
-            self.emit(f"del {value.code}")
+        if not per_offset:
+            self.release(value)
         if self.sp.target_order is not None:
             # back to the target's own layout: whatever reads it next (an elementwise
             # gradient, say) would otherwise iterate against the grain
             self.emit(f"{target} = np.ascontiguousarray({target})")
-        if destination != target and mode != "zero":
+        if destination != target:
+            self.fold_back(target, destination, shape, pad, mode)
+
+    def release(self, contribution: _Value) -> None:
+        """Free a contribution once added: a large array still held while the next
+        statement allocates its own makes malloc map fresh pages (page faults cost LeNet-1's
+        backward 2x)."""
+        if contribution.owned and contribution.code not in self.module.tensor_of:
+            self.emit(f"del {contribution.code}")
+
+    def padded_destination(self, target: str, shape: tuple[int, ...],
+                           pad: tuple[tuple[int, int], ...], mode: str) -> str:
+        """A zeroed buffer `target` padded by `pad`, for adds that reach past its edges."""
+        destination = self.fresh(f"{target}_padded")
+        padded_shape = tuple(s + a + b for s, (a, b) in zip(shape, pad))
+        why = ("out-of-range contributions land in the margin and are dropped"
+               if mode == "zero" else
+               f"the margin is folded back onto the samples a '{mode}' read takes")
+        self.emit(f"{destination} = np.zeros({_tuple(padded_shape)}, dtype=DTYPE)  # {why}")
+        return destination
+
+    def fold_back(self, target: str, destination: str, shape: tuple[int, ...],
+                  pad: tuple[tuple[int, int], ...], mode: str) -> None:
+        """Add the padded buffer into `target`: its margins folded back onto the samples a
+        `mode` read takes, or, for 'zero', dropped."""
+        if mode != "zero":
             self.module.needs_fold = True
             self.emit(f"{target} += _fold_margins({destination}, {_tuple(tuple(pad))}, "
                       f"{NUMPY_PAD_MODES[mode]!r})")
-        elif destination != target:
+        else:
             crop = ", ".join(f"{a}:{a + s}" if (a, b) != (0, 0) else ":"
                              for (a, b), s in zip(pad, shape))
             self.emit(f"{target} += {destination}[{crop}]")
@@ -1097,22 +1114,16 @@ class _StatementRenderer:
         if mode == "zero":
             guarded = tuple(d for d, p in enumerate(pad) if p != (0, 0))
         elif mode is not None and any(p != (0, 0) for p in pad):
-            destination = self.fresh(f"{target}_padded")
+            destination = self.padded_destination(target, shape, pad, mode)
             shifts = tuple(before for before, _ in pad)
-            padded_shape = tuple(s + a + b for s, (a, b) in zip(shape, pad))
-            self.emit(f"{destination} = np.zeros({_tuple(padded_shape)}, dtype=DTYPE)  # the "
-                      f"margin is folded back onto the samples a '{mode}' read takes")
         name = self.module.jit_name(f"scatter_{statement.target}")
         self.module.jit_copies.append(render_scatter(
             name, statement.text, maps, shifts, shape, guarded, tuple(layout),
             {a: self.sizes[a] for m in maps for a in m.indices()}))
         self.emit(f"_jit.{name}({array}, {destination})")
-        if value.owned and value.code not in self.module.tensor_of:
-            self.emit(f"del {value.code}")
+        self.release(value)
         if destination != target:
-            self.module.needs_fold = True
-            self.emit(f"{target} += _fold_margins({destination}, {_tuple(tuple(pad))}, "
-                      f"{NUMPY_PAD_MODES[mode]!r})")
+            self.fold_back(target, destination, shape, pad, mode)
 
     def sliced_contribution(self, value: _Value, order: list[str], loop_names: dict[str, str],
                             dims_order: list[str]) -> str:
