@@ -409,7 +409,8 @@ def block_kernel(statement: Statement, tensors: dict[str, TensorInfo], inputs: t
         found = _SOURCES.get(key)
         if found is None:
             program = CheckedProgram((statement,), tensors, inputs, (statement.target,))
-            plan = plan_for_backend(plan_program(program, dtype, itemsize, pack=pack),
+            plan = plan_for_backend(plan_program(program, dtype, itemsize, pack=pack,
+                                                 gemv_sums=not device),
                                     "cupy" if device else "numpy", jit, memory_budget())
             if device:
                 from .cupy import lanes_source, render_module as render_cupy_module
