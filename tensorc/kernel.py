@@ -14,11 +14,12 @@ from .errors import (
     BackendError, CallError, DtypeError, RankError, ShapeError, TensorcError, did_you_mean,
 )
 from .ir import CheckedProgram
+from .backends.blas import available as blas_available
 from .backends.jit import cpu_modes
 from .backends.numpy import execute_module
 from .loopnest import plan_for_backend
 from .parser import parse, recursion_headroom
-from .plan import ProgramPlan, fft_mode, plan_program
+from .plan import ProgramPlan, fft_mode, plan_program, shift_mode
 
 __all__ = ["Kernel", "compile", "compile_grad", "BACKENDS"]
 
@@ -85,8 +86,10 @@ def _specialize(program: S.Program, program_text: str, backend: str,
     budget = memory_budget()  # plans (im2col chunks) depend on it
     jit, pack = cpu_modes(backend == "numpy")  # (Dask's blocks decide their own)
     fft = fft_mode()
+    # shifted GEMMs call NumPy's BLAS directly (backends/blas.py), where it can be
+    shift = shift_mode() if backend == "numpy" and blas_available(dtype) else "off"
     key = (program_text, backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
-           dtype, outputs, budget, jit, pack, fft)
+           dtype, outputs, budget, jit, pack, fft, shift)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
@@ -101,7 +104,7 @@ def _specialize(program: S.Program, program_text: str, backend: str,
                 checked = replace(checked, outputs=outputs)
             plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget, fft,
                                 in_one_process=backend != "dask",  # Dask: checked per block
-                                pack=pack, gemv_sums=backend != "cupy")
+                                pack=pack, gemv_sums=backend != "cupy", shift=shift)
             plan = plan_for_backend(plan, backend, jit, budget)
             source = _render(plan, backend)
         if backend == "dask":  # the statements as dask.array graphs, planned per call

@@ -210,8 +210,10 @@ def _work(sp: StatementPlan, program: CheckedProgram, dtype: str
             direct_cost(sp.statement.value, sp.statement.ranges))
 
 
-def _by_fft(sp: StatementPlan) -> bool:
-    return any(c.fft is not None for c in contractions_in(sp.root))
+def _by_fft_or_shifts(sp: StatementPlan) -> bool:
+    """Whether a contraction of the statement was planned by FFT or as shifted GEMMs (which
+    the cost model chose over GEMM steps)."""
+    return any(c.fft is not None or c.shifted is not None for c in contractions_in(sp.root))
 
 
 def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple[bool, str]:
@@ -219,7 +221,7 @@ def _gpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str) -> tuple
     reason = ineligible(sp.statement, program, dtype)
     if reason is not None:
         return False, f"array-level code ({reason})"
-    if _by_fft(sp):  # chosen over GEMMs for a large window: cuFFT
+    if _by_fft_or_shifts(sp):  # chosen over GEMMs for a large window: cuFFT
         return False, "array-level code: an FFT convolution"
     steps, size, threads, per_thread = _work(sp, program, dtype)
     if threads < FEW_THREADS and per_thread > LONG_LOOP:
@@ -279,7 +281,7 @@ def _cpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str,
         return None
     if mode == "always":
         return "TENSORC_JIT=always"
-    if _by_fft(sp):  # chosen over GEMMs for a large window
+    if _by_fft_or_shifts(sp):  # chosen over GEMMs by the cost model
         return None
     steps, size, threads, per_thread = _work(sp, program, dtype)
     direct = threads * per_thread
@@ -396,7 +398,7 @@ def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
     GEMM statement's elementwise epilogue (bias, activation) is split off into a loop kernel
     of its own, one pass over the GEMM's result instead of one per operation."""
     split = {sp.number for sp in plan.statements
-             if _contraction_with_epilogue(sp.statement) is not None and not _by_fft(sp)
+             if _contraction_with_epilogue(sp.statement) is not None and not _by_fft_or_shifts(sp)
              and not _gpu_choice(sp, plan.program, plan.dtype)[0]}
     if split:
         program, moved = _split_epilogues(plan.program, split, {})

@@ -96,6 +96,16 @@ COMPLEX_FLOP_FACTOR = 4  # real FLOPs per complex multiply-add, over a real one'
 # FFT choice is the costlier mistake (the model's transforms err by up to 1.5x).
 FFT_MARGIN = 1.25
 
+# Shifted GEMMs: each GEMM is a Python-level call into BLAS through ctypes (about 10 us with
+# its views); the padded copy of the signal and the crop of the wide result move each
+# element once, at about the speed of a strided NumPy copy.
+SHIFTED_GEMM_CALL_NS = 10_000.0
+SHIFTED_COPY_NS = 0.3
+# "Offsets kept" GEMMs (a weight gradient: [64x3248]@[3248x64] per image and offset, the
+# long side contracted) ran at about half of OpenBLAS's usual speed: 3.8 GFLOP in 42 ms for
+# ResNet's 64-channel layer, where im2col + one GEMM took 36 ms.
+SHIFTED_KEPT_EFFICIENCY = 0.5
+
 # im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
 IM2COL_CHUNK_BYTES = 8 << 20
 
@@ -212,6 +222,43 @@ class FFTPlan:
 
 
 @dataclass
+class ShiftedPlan:
+    """A windowed contraction (stride 1) as one GEMM per window offset, with no im2col copy.
+
+    The signal is copied once into a zero-padded buffer, its windowed dimensions innermost
+    and flattened: a position (h, w) is h*Wp + w, with Wp the padded width. A window offset
+    (u, v) then only shifts where a GEMM operand starts (by u*Wp + v), so each offset is a
+    GEMM on a view of the same buffer, rows one image plane apart. Positions past a row's
+    last output (w >= W) are computed too and cut off ("wide" rows).
+
+    `mode` "offsets summed" (a convolution, its input gradient in gather form): for each
+    entry of `looped` and each offset, out[rows, positions] += kernel[offset][rows, channels]
+    @ signal shifted[channels, positions]; BLAS adds into the output (beta=1).
+    "offsets kept" (a weight gradient): out[offset][rows, channels] (+)= kernel[rows,
+    positions] @ signal shifted[channels, positions]^T, added over `accumulated` entries; the
+    kernel operand (dy) is first copied into wide rows whose extra columns are zero.
+    """
+
+    signal: int  # operand positions
+    kernel: int
+    mode: str  # "offsets summed" | "offsets kept"
+    dims: tuple[int, ...]  # the signal's windowed dimensions
+    offsets: tuple[str, ...]  # per windowed dimension: the index looped over (u, v)
+    positions: tuple[str, ...]  # per windowed dimension: the index flattened (h, w)
+    shifts: tuple[tuple[int, int], ...]  # per windowed dimension: padded position of the
+    #                                      signal read at position 0 and offset 0, and the
+    #                                      offset's coefficient (+1, or -1 for a flipped read)
+    padded: tuple[int, ...]  # the signal's padded sizes of the windowed dimensions
+    looped: tuple[str, ...]  # looped in Python around the GEMMs (images, groups)
+    accumulated: tuple[str, ...]  # looped and summed ("offsets kept": the batch)
+    rows: tuple[str, ...]  # the GEMM's rows: the kernel operand's own kept axes
+    channels: tuple[str, ...]  # the signal's GEMM axes: contracted, or its kept ones
+    tail: int  # elements read past the padded buffer's end by the last plane's shifts
+    gemms: int  # how many GEMM calls
+    gemm_shape: tuple[int, int, int]  # (m, n, k) of each
+
+
+@dataclass
 class ContractNode:
     """A sum over a product of factors, contracted pairwise in opt_einsum's order."""
 
@@ -226,6 +273,7 @@ class ContractNode:
     mean_count: int = 1
     estimated_ns: float = 0.0  # the steps and any channels-last copies
     fft: FFTPlan | None = None  # computed by FFT; `steps` then multiply the transforms
+    shifted: ShiftedPlan | None = None  # computed by shifted GEMMs; `steps` are then empty
 
 
 @dataclass
@@ -313,11 +361,13 @@ class ProgramPlan:
 class _StatementPlanner:
     def __init__(self, program: CheckedProgram, statement: Statement, itemsize: int,
                  fresh_target: bool = False, chunk_bytes: int = IM2COL_CHUNK_BYTES,
-                 fft_mode: str = "auto", pack: str = "off", blas: bool = True) -> None:
+                 fft_mode: str = "auto", pack: str = "off", blas: bool = True,
+                 shift_mode: str = "off") -> None:
         self.program = program
         self.blas = blas  # sums may be GEMVs with ones: a float dtype, on the CPU
         self.pack = pack  # TENSORC_PACK's mode where threaded copies are available, else "off"
         self.fft_mode = fft_mode  # "auto" (by cost), "off" or "always" (where it applies)
+        self.shift_mode = shift_mode  # the same for shifted GEMMs ("off" without BLAS access)
         self.chunk_bytes = chunk_bytes
         self.statement = statement
         self.sizes = dict(statement.ranges)  # plus frequency axes of FFT plans
@@ -531,9 +581,19 @@ class _StatementPlanner:
         estimated = sum(s.estimated_ns for s in steps) + sum(
             RELAYOUT_NS * math.prod(self.padded_shape(o)) for o in operands
             if isinstance(o, ViewNode) and o.memory_order is not None)
+        # A stride-1 window may skip the im2col copy: one GEMM per window offset on shifted
+        # views of one padded copy. Chosen by cost.
+        shifted = self.shifted_candidate(operands, expr.indices, out_axes) \
+            if self.shift_mode != "off" else None
+        if shifted is not None and not (self.shift_mode == "always"
+                                        or shifted.estimated_ns < estimated):
+            shifted = None
+        if shifted is not None:
+            estimated = shifted.estimated_ns
         # A large window may be cheaper as a product of Fourier transforms. Chosen by cost.
         fft = self.fft_candidate(operands, expr.indices, out_axes) \
-            if self.fft_mode != "off" else None
+            if self.fft_mode != "off" and not (shifted and self.shift_mode == "always") \
+            else None
         if fft is not None and (self.fft_mode == "always"
                                 or fft.estimated_ns * FFT_MARGIN < estimated):
             for operand in operands:
@@ -546,6 +606,17 @@ class _StatementPlanner:
             return ContractNode(operands, scale, expr.indices, [fft.step], out_axes,
                                 self.shape_of(out_axes), naive, fft.flops, mean_count,
                                 fft.estimated_ns, fft.plan)
+        if shifted is not None:
+            for operand in operands:
+                if isinstance(operand, ViewNode):
+                    operand.memory_order = None
+            self.temporaries[:], self.largest = before
+            for elements in shifted.temporaries:
+                self.allocate(elements)
+            self.strategies.append(shifted.description)
+            return ContractNode(operands, scale, expr.indices, [], out_axes,
+                                self.shape_of(out_axes), naive, shifted.flops, mean_count,
+                                shifted.estimated_ns, shifted=shifted.plan)
         flops = sum(s.flops for s in steps)
         windowed = [o for o in operands if isinstance(o, ViewNode) and o.kind == "strided"
                     and any(not m.is_plain for m in o.read.maps)]
@@ -639,6 +710,108 @@ class _StatementPlanner:
         plan = FFTPlan(signal, kernel, tuple(dims), sizes, signal_axes, kernel_axes,
                        product_axes)
         return _FFTCandidate(plan, step, estimated, flops, temporaries, description)
+
+    def shifted_candidate(self, operands: list[Node], reduced: tuple[str, ...],
+                          out_axes: tuple[str, ...]) -> _Candidate | None:
+        """The contraction as shifted GEMMs (see ShiftedPlan), or None when it is not a
+        stride-1 windowed contraction of two operands with GEMM-shaped plain axes."""
+        if len(operands) != 2:
+            return None
+        for signal, kernel in ((0, 1), (1, 0)):
+            dims = self.fft_dims(operands[signal], operands[kernel], reduced, out_axes)
+            if dims:
+                break
+        else:
+            return None
+        x, k = operands[signal], operands[kernel]
+        if x.read.boundary not in (None, "zero"):
+            return None  # other modes' margins are not zeros: a padded copy per mode
+        size = self.sizes.__getitem__
+        # Loop over the shorter index of each windowed dimension, flatten the longer one.
+        if all(size(d.window) <= size(d.output) for d in dims):
+            mode, offsets, positions = "offsets summed", [d.window for d in dims], \
+                [d.output for d in dims]
+        elif all(size(d.output) < size(d.window) and d.sign > 0 for d in dims):
+            mode, offsets, positions = "offsets kept", [d.output for d in dims], \
+                [d.window for d in dims]
+        else:
+            return None
+        out, windowed = set(out_axes), {d.dim for d in dims}
+        x_axes = [m.terms[0][0] for i, m in enumerate(x.read.maps) if i not in windowed]
+        k_axes = [m.terms[0][0] for m in k.read.maps
+                  if m.terms[0][0] not in offsets + positions]
+        if any(not m.is_plain for i, m in enumerate(x.read.maps) if i not in windowed) \
+                or len(set(x_axes)) != len(x_axes) or len(set(k_axes)) != len(k_axes):
+            return None
+        shared = [a for a in x_axes if a in k_axes and a in out]  # groups: looped
+        rows = [a for a in k_axes if a in out and a not in x_axes]
+        if mode == "offsets summed":
+            channels = [a for a in x_axes if a in k_axes and a not in out]
+            looped = shared + [a for a in x_axes if a in out and a not in k_axes]
+            accumulated: list[str] = []
+        else:
+            channels = [a for a in x_axes if a in out and a not in k_axes]
+            accumulated = [a for a in x_axes if a in k_axes and a not in out]
+            looped = shared + accumulated
+        shapes = [(o.read.maps, self.program.tensors[o.read.tensor].shape) for o in (x, k)]
+        if any(m.is_plain and n != size(m.terms[0][0]) for maps, shape in shapes
+               for m, n in zip(maps, shape)):
+            return None  # a plain read of part of a dimension
+        if set(x_axes) != set(looped + channels) \
+                or set(k_axes) != set(shared + rows + (channels if mode == "offsets summed"
+                                                      else accumulated)):
+            return None  # an axis summed within one operand: not a GEMM per offset
+        pad = x.pad or tuple((0, 0) for _ in x.read.maps)
+        padded = self.padded_shape(x)
+        shifts, extents = [], []
+        for d in dims:
+            m = x.read.maps[d.dim]
+            coefficient = dict(m.terms)[d.window if mode == "offsets summed" else d.output]
+            start = m.offset + pad[d.dim][0]
+            lowest = start + min(0, coefficient * (size(offsets[len(shifts)]) - 1))
+            if lowest < 0:
+                return None
+            shifts.append((start, coefficient))
+            extents.append(padded[d.dim])
+        # position p (flat, wide rows) reads p + shift; the last plane's garbage positions
+        # read up to `tail` elements past its end
+        steps = [math.prod(extents[i + 1:]) for i in range(len(dims))]
+        wide = size(positions[0]) * steps[0]
+        plane = math.prod(extents)
+        farthest = (wide - 1) + sum(
+            (start + max(0, coefficient * (size(o) - 1))) * step
+            for (start, coefficient), o, step in zip(shifts, offsets, steps))
+        tail = max(0, farthest + 1 - plane)
+        count = lambda axes: math.prod(size(a) for a in axes)  # noqa: E731
+        m_, c_ = count(rows), count(channels)
+        gemms = count(looped) * count(offsets)
+        gemm_shape = (m_, wide, c_) if mode == "offsets summed" else (m_, c_, wide)
+        flops = 2 * gemms * math.prod(gemm_shape)
+        signal_elements = count(looped + channels) * plane + tail
+        if mode == "offsets summed":
+            wide_elements = count(looped + rows) * wide  # the result in wide rows
+            copied = signal_elements + count(out_axes)  # the padded copy and the crop
+        else:
+            wide_elements = count(shared + accumulated + rows) * wide  # dy in wide rows
+            copied = signal_elements + wide_elements
+        efficiency = _gemm_efficiency(*gemm_shape) * (
+            1.0 if mode == "offsets summed" else SHIFTED_KEPT_EFFICIENCY)
+        estimated = (gemms * SHIFTED_GEMM_CALL_NS + SHIFTED_COPY_NS * copied
+                     + flops / (GEMM_FLOPS_PER_NS * efficiency))
+        plan = ShiftedPlan(signal, kernel, mode, tuple(d.dim for d in dims), tuple(offsets),
+                           tuple(positions), tuple(shifts), tuple(extents), tuple(looped),
+                           tuple(accumulated), tuple(rows), tuple(channels), tail, gemms,
+                           gemm_shape)
+        shape = "x".join(map(str, extents))
+        how = ("added into the output by BLAS (beta=1)" if mode == "offsets summed"
+               else "each into its own slice of the result, summed over "
+                    f"{','.join(accumulated)} by BLAS (beta=1)" if accumulated
+               else "each into its own slice of the result")
+        description = (f"windowed contraction by shifted GEMMs: {x.read} copied once, "
+                       f"{'zero-' if x.pad else ''}padded to {shape} and flattened; one GEMM "
+                       f"per {','.join(offsets)} on that copy shifted, {how}; no im2col copy")
+        temporaries = [signal_elements, wide_elements, count(out_axes)]
+        return _Candidate(plan, estimated, flops, temporaries, description)
 
     def fft_dims(self, x: Node, k: Node, reduced: tuple[str, ...],
                  out_axes: tuple[str, ...]) -> list[FFTDim]:
@@ -948,6 +1121,15 @@ class _FFTCandidate:
     description: str
 
 
+@dataclass
+class _Candidate:
+    plan: ShiftedPlan
+    estimated_ns: float
+    flops: int
+    temporaries: list[int]  # elements
+    description: str
+
+
 GEMM_NARROW_ROWS = 32  # a result narrower than this is written in short rows: slower
 
 
@@ -1175,7 +1357,7 @@ def _estimated_ns(node: Node) -> float:
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8,
                  budget: int | None = None, fft: str = "auto",
                  in_one_process: bool = True, pack: str = "off",
-                 gemv_sums: bool = True) -> ProgramPlan:
+                 gemv_sums: bool = True, shift: str = "off") -> ProgramPlan:
     """Plan every statement. `budget` bounds each statement's temporaries in bytes (default:
     tensorc.budget.memory_budget()); im2col copies are chunked to fit a quarter of it.
     `fft`: "auto" lets the cost model choose FFT convolutions, "off" never uses them,
@@ -1184,7 +1366,9 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
     `pack` (for the NumPy backend with Numba): "auto" threads the copies around GEMMs that
     are large enough to pay (PACK_MIN_BYTES, SCATTER_MIN_BYTES), "always" every one,
     "off" none. `gemv_sums`: large sums may run as GEMVs with ones (ONES_GEMV_MIN; the
-    CPU's BLAS; on a GPU, CuPy's tree reductions serve them)."""
+    CPU's BLAS; on a GPU, CuPy's tree reductions serve them). `shift`: shifted GEMMs by
+    cost ("auto"), never ("off": where NumPy's BLAS cannot be called directly) or wherever
+    they apply ("always")."""
     budget = memory_budget() if budget is None else budget
     chunk_bytes = max(64 << 10, min(IM2COL_CHUNK_BYTES, budget // 4))
     if in_one_process:
@@ -1197,7 +1381,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         defined.add(statement.target)
         blas = gemv_sums and dtype in ("float32", "float64")
         planner = _StatementPlanner(program, statement, itemsize, fresh, chunk_bytes, fft, pack,
-                                    blas)
+                                    blas, shift)
         root = planner.plan(statement.value)
         # An accumulation through windows either adds each window's contribution back
         # (col2im) or reads back through the windows (gather form): planned both ways, the
@@ -1205,7 +1389,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         gathered = gather_form(statement, program.tensors[statement.target].shape)
         if gathered is not None:
             gather_planner = _StatementPlanner(program, gathered, itemsize, False, chunk_bytes,
-                                               fft, pack, blas)
+                                               fft, pack, blas, shift)
             gather_root = gather_planner.plan(gathered.value)
             fits = (planner.peak_bytes() <= budget, gather_planner.peak_bytes() <= budget)
             cheaper = _estimated_ns(gather_root) < _estimated_ns(root) + planner.scatter_ns()
@@ -1277,6 +1461,12 @@ def fft_mode() -> str:
     """TENSORC_FFT: 'auto' (default: FFT convolutions where the cost model prefers them),
     'off', or 'always' (wherever a contraction has their shape: for tests)."""
     return mode_from_environment("TENSORC_FFT")
+
+
+def shift_mode() -> str:
+    """TENSORC_SHIFT: 'auto' (default: shifted GEMMs where the cost model prefers them),
+    'off', or 'always' (wherever a contraction has their shape: for tests)."""
+    return mode_from_environment("TENSORC_SHIFT")
 
 
 def _epilogue_ops(node: Node) -> list[str]:
@@ -1355,9 +1545,26 @@ def format_plan(plan: ProgramPlan) -> str:
                 elif step.copy_bytes:
                     how += f", copies {_si(step.copy_bytes, 'B')} into GEMM layout"
                 lines.append(f"  {number:<5} {text:<40} {step.flops:>14,}  {how}")
+        for contraction in contractions_in(sp.root):
+            if contraction.shifted is not None and sp.loop_nest is None:
+                lines.append(f"  GEMMs: {shifted_text(contraction.shifted, sizes)}")
     if plan.appendix is not None:
         lines.append(str(plan.appendix))
     return "\n".join(lines)
+
+
+def shifted_text(shifted: ShiftedPlan, sizes: dict[str, int]) -> str:
+    """'16 x 9 = 144 BLAS calls [64x64]@[64x3248], 3.84 GFLOP (rows 58 wide for 56
+    outputs)'"""
+    m, n, k = shifted.gemm_shape
+    loops = [sizes[a] for a in shifted.looped] + [sizes[a] for a in shifted.offsets]
+    calls = " x ".join(map(str, loops)) + f" = {shifted.gemms:,}" if len(loops) > 1 else \
+        f"{shifted.gemms:,}"
+    shape = f"[{m}x{k}]@[{k}x{n}]"
+    last, width = shifted.positions[-1], shifted.padded[-1]
+    wide = f" (rows {width} wide for {sizes[last]} positions)" if len(shifted.padded) > 1 \
+        and width != sizes[last] else ""
+    return f"{calls} BLAS calls {shape}, {_si(2 * m * n * k * shifted.gemms, 'FLOP')}{wide}"
 
 
 def axis_sizes(sp: StatementPlan) -> dict[str, int]:

@@ -61,8 +61,10 @@ CASES = {
 
 @pytest.fixture(autouse=True)
 def numpy_path(monkeypatch):
-    """The NumPy backend's own code, whether or not Numba (loop kernels) is installed."""
+    """The NumPy backend's own code, whether or not Numba (loop kernels) is installed; im2col
+    rather than shifted GEMMs (tests/test_shifted.py pins those)."""
     monkeypatch.setenv("TENSORC_JIT", "off")
+    monkeypatch.setenv("TENSORC_SHIFT", "off")
 
 
 def check_snapshot(name: str, generated: str) -> None:

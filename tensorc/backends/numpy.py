@@ -24,7 +24,7 @@ from ..ir import Read, walk
 from ..plan import (
     ConstNode, ContractNode, ElementwiseNode, IndexNode, Node, PairStep, ProgramPlan,
     ReduceNode, StatementPlan, ViewNode, boundary_pad, format_plan, ones_gemv_split, reads_in,
-    scatter_slices, step_text,
+    scatter_slices, shifted_text, step_text,
 )
 
 __all__ = ["render_module", "execute_module", "python_name", "NUMPY_PAD_MODES"]
@@ -469,6 +469,8 @@ class _StatementRenderer:
     def render_contraction(self, node: ContractNode, name_hint: str) -> _Value:
         if node.fft is not None:
             value = self.render_fft(node, name_hint)
+        elif node.shifted is not None:
+            value = self.render_shifted(node, name_hint)
         else:
             working = [self.operand(o) for o in node.operands]
             total = len(node.steps)
@@ -540,6 +542,140 @@ class _StatementRenderer:
         self.emit(f"{result} = np.fft.irfftn({product.code}, s={lengths}, axes={positions})"
                   f"[{cut}].astype(DTYPE, copy=False)")
         return _Value(result, node.axes, node.shape, True, contiguous=False)
+
+    def render_shifted(self, node: ContractNode, name_hint: str) -> _Value:
+        """One padded, flattened copy of the signal; the kernel operand arranged per offset
+        (or dy in wide rows); then one BLAS GEMM per looped entry and window offset, on
+        views of the copy shifted by the offset (see plan.ShiftedPlan)."""
+        shifted = node.shifted
+        self.module.needs_scratch = self.module.needs_gemm = True
+        x, k = node.operands[shifted.signal], node.operands[shifted.kernel]
+        size = lambda axes: [self.sizes[a] for a in axes]  # noqa: E731
+        summed = shifted.mode == "offsets summed"
+        windowed = shifted.dims
+        # the signal, padded and flattened: [looped..., channels..., plane], plus a tail
+        x_name = self.module.variable(x.read.tensor)
+        x_shape = self.module.plan.program.tensors[x.read.tensor].shape
+        x_dim = {m.terms[0][0]: i for i, m in enumerate(x.read.maps) if i not in windowed}
+        outer = [a for a in shifted.looped] + list(shifted.channels)
+        order = [x_dim[a] for a in outer] + list(windowed)
+        source = x_name if order == sorted(order) else f"{x_name}.transpose{_arguments(order)}"
+        pad = x.pad or tuple((0, 0) for _ in x_shape)
+        stored = size(outer) + list(shifted.padded)
+        interior = [":"] * len(outer) + [
+            ":" if pad[d] == (0, 0) else f"{pad[d][0]}:{pad[d][0] + x_shape[d]}" for d in windowed]
+        while interior and interior[-1] == ":":
+            interior.pop()
+        plane = math.prod(shifted.padded)
+        total = math.prod(stored)
+        flat = self.fresh(f"{x_name}_flat")
+        padded = "x".join(map(str, shifted.padded))
+        tail = f", and {shifted.tail} more read by the last shifts" if shifted.tail else ""
+        self.emit(f"{flat} = _scratch({flat!r}, ({total + shifted.tail},), zeroed=True)  "
+                  f"# {x.read.tensor} {'zero-padded to ' if x.pad else 'as '}{padded} planes"
+                  f"{tail}")
+        whole = f"{flat}[:{total}]" if shifted.tail else flat
+        self.emit(f"{whole}.reshape{_arguments(stored)}"
+                  f"{'[' + ', '.join(interior) + ']' if interior else '[...]'} = {source}")
+        # the signal shifted by each offset: [offsets..., looped..., channels, positions]
+        steps = [math.prod(shifted.padded[i + 1:]) for i in range(len(windowed))]
+        base = sum(start * step for (start, _), step in zip(shifted.shifts, steps))
+        wide = shifted.gemm_shape[1] if summed else shifted.gemm_shape[2]
+        looped_steps = [math.prod(stored[i + 1:]) for i in range(len(shifted.looped))]
+        view_shape = size(shifted.offsets) + size(shifted.looped) + [
+            math.prod(size(shifted.channels)), wide]
+        view_steps = [c * step for (_, c), step in zip(shifted.shifts, steps)] \
+            + looped_steps + [plane, 1]
+        x_shifted = self.fresh(f"{x_name}_shifted")
+        positions = " + ".join(f"{p}*{step}" if step > 1 else p
+                               for p, step in zip(shifted.positions, steps))
+        axes_text = ", ".join(list(shifted.offsets) + list(shifted.looped)
+                              + [",".join(shifted.channels) or "1", positions])
+        start = f"{flat}[{base}:]" if base else flat
+        self.emit(f"{x_shifted} = as_strided({start}, shape={_tuple(view_shape)}, "
+                  f"strides=tuple({flat}.itemsize * step for step in {_tuple(view_steps)}), "
+                  f"writeable=False)  # [{axes_text}]")
+        # the kernel operand, and where the products go
+        k_name = self.module.variable(k.read.tensor)
+        k_dim = {m.terms[0][0]: i for i, m in enumerate(k.read.maps)}
+        shared = [a for a in shifted.looped if a in k_dim and a not in shifted.accumulated]
+        result = self.fresh(name_hint)
+        if summed:  # kernel[offset..., shared..., rows, channels]
+            k_order = [k_dim[a] for a in [*shifted.offsets, *shared, *shifted.rows,
+                                          *shifted.channels]]
+            k_arranged = self.fresh(f"{k_name}_offsets")
+            arranged_shape = size(shifted.offsets) + size(shared) + [
+                math.prod(size(shifted.rows)), math.prod(size(shifted.channels))]
+            self.emit(f"{k_arranged} = np.ascontiguousarray({k_name}.transpose"
+                      f"{_arguments(k_order)}).reshape{_arguments(arranged_shape)}")
+            out_shape = size(shifted.looped) + size(shifted.rows) \
+                + size(shifted.positions[:1]) + list(shifted.padded[1:])
+            wide_result = self.fresh(f"{name_hint}_wide") if len(windowed) > 1 else result
+            out_rows = self.fresh(f"{name_hint}_rows")
+            rows_shape = size(shifted.looped) + [math.prod(size(shifted.rows)), wide]
+            self.emit(f"{wide_result} = np.empty({_tuple(out_shape)}, dtype=DTYPE)"
+                      + ("  # wide rows: the columns past each row's outputs are cut off"
+                         if len(windowed) > 1 else ""))
+            self.emit(f"{out_rows} = {wide_result}.reshape{_arguments(rows_shape)}")
+        else:  # dy in wide rows: [shared..., accumulated..., rows, positions], zeros between
+            k_order = [k_dim[a] for a in [*shifted.looped, *shifted.rows, *shifted.positions]]
+            k_source = k_name if k_order == sorted(k_order) else \
+                f"{k_name}.transpose{_arguments(k_order)}"
+            k_arranged = self.fresh(f"{k_name}_wide")
+            wide_shape = size(shifted.looped) + size(shifted.rows) \
+                + size(shifted.positions[:1]) + list(shifted.padded[1:])
+            cut = [":"] * (len(shifted.looped) + len(shifted.rows) + 1) + [
+                f":{n}" if n != p else ":" for n, p in zip(size(shifted.positions[1:]),
+                                                         shifted.padded[1:])]
+            while cut and cut[-1] == ":":
+                cut.pop()
+            self.emit(f"{k_arranged} = _scratch({k_arranged!r}, {_tuple(wide_shape)}, "
+                      f"zeroed=True)" + ("  # wide rows: their extra columns stay zero"
+                                         if len(windowed) > 1 else ""))
+            self.emit(f"{k_arranged}[{', '.join(cut) or '...'}] = {k_source}")
+            rows_view = size(shifted.looped) + [math.prod(size(shifted.rows)), wide]
+            k_arranged_rows = self.fresh(f"{k_name}_rows")
+            self.emit(f"{k_arranged_rows} = {k_arranged}.reshape{_arguments(rows_view)}")
+            out_shape = size(shared) + size(shifted.offsets) + [
+                math.prod(size(shifted.rows)), math.prod(size(shifted.channels))]
+            self.emit(f"{result} = np.empty({_tuple(out_shape)}, dtype=DTYPE)")
+        # the GEMMs
+        self.emit(f"# {shifted_text(shifted, self.sizes)}")
+        loop_vars = {a: self.module.index_variable(a) for a in (*shifted.looped, *shifted.offsets)}
+        indent = self.indent
+        for a in (*shifted.looped, *shifted.offsets):
+            self.emit(f"for {loop_vars[a]} in range({self.sizes[a]}):")
+            self.indent += "    "
+        at = lambda axes: ", ".join(loop_vars[a] for a in axes)  # noqa: E731
+        if summed:
+            first = " + ".join(loop_vars[a] for a in shifted.offsets)
+            self.emit(f"_gemm({k_arranged}[{at([*shifted.offsets, *shared])}], "
+                      f"{x_shifted}[{at([*shifted.offsets, *shifted.looped])}], "
+                      f"{out_rows}{'[' + at(shifted.looped) + ']' if shifted.looped else ''}, "
+                      f"accumulate={first} > 0)")
+        else:
+            first = " + ".join(loop_vars[a] for a in shifted.accumulated)
+            self.emit(f"_gemm({k_arranged_rows}{'[' + at(shifted.looped) + ']' if shifted.looped else ''}, "
+                      f"{x_shifted}[{at([*shifted.offsets, *shifted.looped])}].T, "
+                      f"{result}[{at([*shared, *shifted.offsets])}], "
+                      f"accumulate={first + ' > 0' if first else 'False'})")
+        self.indent = indent
+        if summed:
+            cut = [":"] * (len(shifted.looped) + len(shifted.rows) + 1) + [
+                f":{n}" if n != p else ":" for n, p in zip(size(shifted.positions[1:]),
+                                                         shifted.padded[1:])]
+            while cut and cut[-1] == ":":
+                cut.pop()
+            axes = (*shifted.looped, *shifted.rows, *shifted.positions)
+            code = f"{wide_result}[{', '.join(cut)}]" if cut else wide_result
+        else:
+            axes = (*shared, *shifted.offsets, *shifted.rows, *shifted.channels)
+            code = f"{result}.reshape{_arguments(size(axes))}"
+        permutation = [axes.index(a) for a in node.axes]
+        if permutation != sorted(permutation):
+            code += f".transpose{_arguments(permutation)}"
+        return _Value(code, node.axes, node.shape, True,
+                      contiguous=code == wide_result if summed else False)
 
     def describe(self, step: PairStep) -> str:
         if step.kind == "multiply":
@@ -1164,6 +1300,7 @@ class _ModuleRenderer:
         self.needs_sigmoid = False
         self.needs_scratch = False
         self.needs_fold = False
+        self.needs_gemm = False  # shifted GEMMs call BLAS directly
         self.defined: set[str] = set()
         self.jit_copies: list[str] = []  # Numba functions of threaded packing copies
 
@@ -1266,6 +1403,9 @@ class _ModuleRenderer:
             parts.append(_SIGMOID_HELPER.rstrip())
         if self.needs_erf:
             parts.append(_ERF_HELPER.rstrip())
+        if self.needs_gemm:
+            parts += ["", "# NumPy's BLAS called directly: GEMMs on strided views that add into "
+                      "their output", "from tensorc.backends.blas import gemm as _gemm  # noqa: E402"]
         nests = [sp.loop_nest for sp in self.plan.statements if sp.loop_nest is not None]
         if nests or self.jit_copies:
             from .jit import render_numba
