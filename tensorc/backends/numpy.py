@@ -23,8 +23,8 @@ from typing import Any
 from ..ir import Read, walk
 from ..plan import (
     ConstNode, ContractNode, ElementwiseNode, IndexNode, Node, PairStep, ProgramPlan,
-    ReduceNode, StatementPlan, ViewNode, boundary_pad, format_plan, ones_gemv_split, reads_in,
-    scatter_slices, shifted_text, step_text,
+    ReduceNode, ShiftedPlan, StatementPlan, ViewNode, boundary_pad, format_plan,
+    ones_gemv_split, reads_in, scatter_slices, shifted_text, step_text,
 )
 
 __all__ = ["render_module", "execute_module", "python_name", "NUMPY_PAD_MODES"]
@@ -185,6 +185,17 @@ class _Value:
     @property
     def is_name(self) -> bool:
         return _IDENTIFIER.match(self.code) is not None
+
+
+def _wide_cut(shifted: ShiftedPlan, sizes: dict[str, int]) -> list[str]:
+    """Subscripts of an array in wide rows ([looped..., rows..., positions]) that select its
+    positions in range: every column past a row's last output (or dy's last column) cut."""
+    cut = [":"] * (len(shifted.looped) + len(shifted.rows) + 1) + [
+        f":{sizes[p]}" if sizes[p] != width else ":"
+        for p, width in zip(shifted.positions[1:], shifted.padded[1:])]
+    while cut and cut[-1] == ":":
+        cut.pop()
+    return cut
 
 
 def _tuple(items) -> str:
@@ -624,11 +635,7 @@ class _StatementRenderer:
             k_arranged = self.fresh(f"{k_name}_wide")
             wide_shape = size(shifted.looped) + size(shifted.rows) \
                 + size(shifted.positions[:1]) + list(shifted.padded[1:])
-            cut = [":"] * (len(shifted.looped) + len(shifted.rows) + 1) + [
-                f":{n}" if n != p else ":" for n, p in zip(size(shifted.positions[1:]),
-                                                         shifted.padded[1:])]
-            while cut and cut[-1] == ":":
-                cut.pop()
+            cut = _wide_cut(shifted, self.sizes)
             self.emit(f"{k_arranged} = _scratch({k_arranged!r}, {_tuple(wide_shape)}, "
                       f"zeroed=True)" + ("  # wide rows: their extra columns stay zero"
                                          if len(windowed) > 1 else ""))
@@ -655,17 +662,14 @@ class _StatementRenderer:
                       f"accumulate={first} > 0)")
         else:
             first = " + ".join(loop_vars[a] for a in shifted.accumulated)
-            self.emit(f"_gemm({k_arranged_rows}{'[' + at(shifted.looped) + ']' if shifted.looped else ''}, "
+            rows = f"[{at(shifted.looped)}]" if shifted.looped else ""
+            self.emit(f"_gemm({k_arranged_rows}{rows}, "
                       f"{x_shifted}[{at([*shifted.offsets, *shifted.looped])}].T, "
                       f"{result}[{at([*shared, *shifted.offsets])}], "
                       f"accumulate={first + ' > 0' if first else 'False'})")
         self.indent = indent
         if summed:
-            cut = [":"] * (len(shifted.looped) + len(shifted.rows) + 1) + [
-                f":{n}" if n != p else ":" for n, p in zip(size(shifted.positions[1:]),
-                                                         shifted.padded[1:])]
-            while cut and cut[-1] == ":":
-                cut.pop()
+            cut = _wide_cut(shifted, self.sizes)
             axes = (*shifted.looped, *shifted.rows, *shifted.positions)
             code = f"{wide_result}[{', '.join(cut)}]" if cut else wide_result
         else:
@@ -1404,8 +1408,9 @@ class _ModuleRenderer:
         if self.needs_erf:
             parts.append(_ERF_HELPER.rstrip())
         if self.needs_gemm:
-            parts += ["", "# NumPy's BLAS called directly: GEMMs on strided views that add into "
-                      "their output", "from tensorc.backends.blas import gemm as _gemm  # noqa: E402"]
+            parts += ["", "# NumPy's BLAS called directly: GEMMs on strided views that add "
+                      "into their output",
+                      "from tensorc.backends.blas import gemm as _gemm  # noqa: E402"]
         nests = [sp.loop_nest for sp in self.plan.statements if sp.loop_nest is not None]
         if nests or self.jit_copies:
             from .jit import render_numba
