@@ -913,8 +913,8 @@ class _StatementRenderer:
         sp = self.sp
         statement = sp.statement
         target = self.module.variable(statement.target)
-        self.emit(f"# statement {sp.number + 1} (line {statement.line}): {statement.text}")
-        self.emit(f"#   {sp.strategy}")
+        for line in _heading(sp):
+            self.emit(line)
         if statement.accumulate:
             self.render_accumulation(target)
         else:
@@ -1150,6 +1150,13 @@ class _StatementRenderer:
         return contribution
 
 
+def _heading(sp: StatementPlan) -> list[str]:
+    """The comment above a statement's code: the statement, then its strategy."""
+    statement = sp.statement
+    return [f"# statement {sp.number + 1} (line {statement.line}): {statement.text}",
+            f"#   {sp.strategy}"]
+
+
 class _ModuleRenderer:
     def __init__(self, plan: ProgramPlan) -> None:
         self.plan = plan
@@ -1206,8 +1213,7 @@ class _ModuleRenderer:
         statement = sp.statement
         target = self.variable(statement.target)
         shape = self.plan.program.tensors[statement.target].shape
-        lines = [f"# statement {sp.number + 1} (line {statement.line}): {statement.text}",
-                 f"#   {sp.strategy}"]
+        lines = _heading(sp)
         if not nest.atomic:  # (a '+=' into a fresh target it covers assigns it)
             lines.append(f"{target} = {namespace}.empty({_tuple(shape)}, dtype=DTYPE)")
         elif statement.target in self.defined:
