@@ -1199,6 +1199,8 @@ class _ModuleRenderer:
         raise AssertionError("unreachable")
 
     def render_statement(self, sp: StatementPlan) -> list[str]:
+        if sp.computed_in is not None:  # by the loop kernel of the next statement
+            return _heading(sp)
         if sp.loop_nest is not None:
             return self.render_loop_kernel(sp, "_jit.{name}({arguments})", "np",
                                            "np.ascontiguousarray({0})")
