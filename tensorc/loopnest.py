@@ -59,7 +59,7 @@ from .plan import (
     plan_program, tiles_exactly,
 )
 
-__all__ = ["LoopNest", "loop_nest", "producer_indices", "computing", "plan_for_backend", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
+__all__ = ["LoopNest", "loop_nest", "producer_indices", "with_producer", "plan_for_backend", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
            "POOR_GEMM_DEPTH", "POOR_GEMM_WIDTH", "DIRECT_FLOPS_SLACK"]
 
 FEW_THREADS = 4096
@@ -238,15 +238,16 @@ def producer_indices(producer: LoopNest, nest: LoopNest, number: int,
                      program: CheckedProgram) -> tuple[str, ...] | None:
     """Where the loop nest of statement `number` reads the target of `producer`, the loop
     nest of the statement just before it, when that target can be computed inside the
-    nest's loops instead of stored (`computing`): the nest's indices at which it reads
-    it, one per dimension; else None. The rule (each clause keeps the results, and the
-    work, what they were):
+    nest's loops instead of stored (`with_producer`): the nest's indices at which it
+    reads it, one per dimension; else None. The rule (each clause keeps the results, and
+    the work done, what they are with two kernels):
 
-    - the producer assigns ('=') a target that no other statement writes, that is no input
-      or output of the program, and that no statement but this one reads;
+    - the producer assigns ('=', or '+=' into a fresh target, which its nest assigns) a
+      target that no other statement writes, that is no input or output of the program,
+      and that no statement but this one reads;
     - that target is not a scalar (its indices are where the nest's rows run in
-      parallel), and the producer computes no producer of its own (in a chain, the first
-      two are fused, the rest stay kernels);
+      parallel), and the producer computes no producer of its own (a chain of such
+      statements fuses in pairs, from its start);
     - every read of it here is at one tuple of distinct indices of the nest's target
       (plain maps: `ties[n,c,h,w]`), without a boundary mode, that no reduction inside
       binds: one value per point of those parallel loops, computed once there;
@@ -278,8 +279,8 @@ def producer_indices(producer: LoopNest, nest: LoopNest, number: int,
     return at
 
 
-def computing(nest: LoopNest, producer: LoopNest, at: tuple[str, ...],
-              program: CheckedProgram) -> LoopNest:
+def with_producer(nest: LoopNest, producer: LoopNest, at: tuple[str, ...],
+                  program: CheckedProgram) -> LoopNest:
     """`nest` computing `producer` inside its loops, where `producer_indices` found it reads
     the producer's target (`at`): those parallel loops outermost (in the nest's order), the
     others inside them, and the producer's statement renamed into the nest's indices."""
@@ -463,9 +464,10 @@ def plan_for_cpu_jit(plan: ProgramPlan, mode: str) -> ProgramPlan:
         why = _cpu_choice(sp, plan.program, plan.dtype, mode)
         if why is not None:  # ("always", for tests, also runs every one on all threads)
             before = statements[-1] if statements else None
+            producer = before.loop_nest if before is not None else None
             sp = replace(_as_loop_kernel(sp, plan, fresh, "numba", why,
-                                         threaded=mode == "always",
-                                         producer=before and before.loop_nest), packing=())
+                                         threaded=mode == "always", producer=producer),
+                         packing=())
             if sp.loop_nest.producer is not None:
                 statements[-1] = _computed_inside(before, sp.loop_nest)
         statements.append(sp)
@@ -494,9 +496,10 @@ def _as_loop_kernel(sp: StatementPlan, plan: ProgramPlan, fresh: bool, device: s
     on one thread when it visits few points, unless `threaded`; computing `producer`, the
     previous statement's nest, inside its loops where `producer_indices` allows."""
     nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp), fresh)
-    at = producer and producer_indices(producer, nest, sp.number, plan.program)
-    if at:
-        nest = computing(nest, producer, at, plan.program)
+    at = None if producer is None else producer_indices(producer, nest, sp.number,
+                                                        plan.program)
+    if at is not None:
+        nest = with_producer(nest, producer, at, plan.program)
     if device == "numba" and not threaded and nest.visits < PARALLEL_MIN_VISITS:
         nest = replace(nest, one_thread=True)
     strategy = f"{nest.describe(device)} ({why})"

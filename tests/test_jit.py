@@ -239,10 +239,10 @@ def test_small_loop_kernels_run_on_one_thread_large_ones_on_all(monkeypatch):
 
 # ---- a loop kernel computing the statement before it (loopnest.producer_indices) --------
 
-def _pool_gradient(size, window, stride, **compile_options):
+def _pool_gradient(size, window, stride):
     out = (size - window) // stride + 1
     return tc.compile(tc.grad(tc.parse(POOL_GRAD.format(s=stride, k=window)), wrt=["y"]),
-                      y=(2, 3, size, size), dp=(2, 3, out, out), **compile_options)
+                      y=(2, 3, size, size), dp=(2, 3, out, out))
 
 
 POOL_GEOMETRIES = [(8, 2, 2), (9, 2, 2), (9, 3, 2)]  # tiling, a border no window reaches,
@@ -292,6 +292,7 @@ def test_ties_split_the_gradient_equally_as_on_the_numpy_path(size, window, stri
 
 def test_a_window_of_equal_values_shares_its_gradient_equally(jit):
     grad = _pool_gradient(4, 2, 2)
+    assert grad.plan.statements[1].computed_in == "compute_dy_3"
     y = np.array([[1, 1, 2, 0],
                   [1, 1, 0, 2],
                   [5, 4, 3, 3],
