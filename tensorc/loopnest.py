@@ -31,6 +31,17 @@ available to measure a cost model on, so the rule is stated plainly instead:
 A GEMM statement with an elementwise epilogue (`relu(conv + b)`) is split in two: the GEMM
 into a new tensor, laid out in the order the GEMM produces it, and the epilogue, which then
 becomes a loop kernel (bias, activation and the transpose back in one pass).
+
+On the CPU (Numba, `plan_for_cpu_jit`), a loop kernel whose target only the next loop kernel
+reads, at that kernel's parallel indices (a max-pool gradient's tie counts, read per window
+by the routing), is computed inside the next kernel instead (`producer_indices` states the
+rule): its loops over those indices outermost, the producer's value computed once per point
+of them into a local variable, the consumer's other loops inside; the target is never
+stored. On the GPU each stays a kernel of its own: there the parallel loops are the threads,
+so the consumer's other parallel indices would become a loop in each thread (a quarter of
+the threads for a 2x2 max-pool's gradient, one thread per row for a softmax), or every
+thread would compute the producer again; with no GPU to measure that against the write and
+read of the target it saves, the rule is not stated for the GPU.
 """
 
 from __future__ import annotations
@@ -40,14 +51,15 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .ir import (
-    Apply, CheckedProgram, Expr, IndexMap, Read, Reduce, Statement, TensorInfo, free_indices, walk,
+    Apply, CheckedProgram, Expr, IndexMap, IndexValue, Read, Reduce, Statement, TensorInfo,
+    free_indices, walk,
 )
 from .plan import (
     GATHER_FORM, PairStep, ProgramPlan, StatementPlan, axis_sizes, contractions_in,
     plan_program, tiles_exactly,
 )
 
-__all__ = ["LoopNest", "loop_nest", "plan_for_backend", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
+__all__ = ["LoopNest", "loop_nest", "producer_indices", "with_producer", "plan_for_backend", "plan_for_gpu", "plan_for_cpu_jit", "direct_cost", "FEW_THREADS", "LONG_LOOP",
            "POOR_GEMM_DEPTH", "POOR_GEMM_WIDTH", "DIRECT_FLOPS_SLACK"]
 
 FEW_THREADS = 4096
@@ -73,10 +85,32 @@ class LoopNest:
     # is reached exactly once, so each point stores its value, into memory never zeroed
     tiled: bool = False
     one_thread: bool = False  # on the CPU: too little work to wake other threads for
+    # On the CPU: the statement before this one, computed inside these loops where this one
+    # reads its target (see `producer_indices`), its indices renamed into this nest's. Its
+    # target's indices are the outer parallel loops (`outer`); at each of their points the
+    # producer's value goes into a local variable, which the statement reads instead of
+    # the target: that tensor is never stored.
+    producer: Statement | None = None
 
     @property
     def ranges(self) -> dict[str, int]:
-        return self.statement.ranges
+        if self.producer is None:
+            return self.statement.ranges
+        return {**self.producer.ranges, **self.statement.ranges}
+
+    @property
+    def outer(self) -> tuple[str, ...]:
+        """The parallel indices the producer is computed at (the first ones); without a
+        producer, all of them."""
+        if self.producer is None:
+            return self.parallel
+        return self.parallel[:len(self.producer.target_maps)]
+
+    @property
+    def values(self) -> tuple[Expr, ...]:
+        """What the loops evaluate: the producer's value (if any), then the statement's."""
+        value = self.statement.value
+        return (value,) if self.producer is None else (self.producer.value, value)
 
     @property
     def threads(self) -> int:
@@ -89,9 +123,16 @@ class LoopNest:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        """The tensors read, in order of first appearance: the kernel's first arguments."""
-        return tuple(dict.fromkeys(n.tensor for n in walk(self.statement.value)
-                                   if isinstance(n, Read)))
+        """The tensors read, in order of first appearance (the producer's reads where the
+        statement reads its target): the kernel's first arguments."""
+        computed = self.producer.target if self.producer is not None else None
+        reads: list[str] = []
+        for node in walk(self.statement.value):
+            if isinstance(node, Read) and node.tensor == computed:
+                reads += [n.tensor for n in walk(self.producer.value) if isinstance(n, Read)]
+            elif isinstance(node, Read):
+                reads.append(node.tensor)
+        return tuple(dict.fromkeys(reads))
 
     @property
     def target(self) -> str:
@@ -130,26 +171,47 @@ class LoopNest:
     @property
     def visits(self) -> int:
         """How many points the loops visit: the parallel points, each times the iterations
-        of every reduction inside."""
-        return self.threads * math.prod(self.ranges[i] for node in walk(self.statement.value)
-                                        if isinstance(node, Reduce) for i in node.indices)
+        of every reduction inside; plus, per outer point, the producer's."""
+        def iterations(expr: Expr) -> int:
+            return math.prod(self.ranges[i] for node in walk(expr)
+                             if isinstance(node, Reduce) for i in node.indices)
+        visits = self.threads * iterations(self.statement.value)
+        if self.producer is not None:
+            visits += math.prod(self.ranges[i] for i in self.outer) * \
+                iterations(self.producer.value)
+        return visits
 
     def describe_for_cpu(self) -> str:
         target_shape = "x".join(map(str, self.shapes[self.target])) or "scalar"
-        loops = [node for node in walk(self.statement.value) if isinstance(node, Reduce)]
         what = f"{self.target}[{target_shape}] by a Numba loop kernel {self.name}"
         if self.tiled:
             what += f", each element stored once (its windows tile {self.target})"
         if self.one_thread:
             what += f", on one thread ({self.visits:,} points visited)"
+        loops = _reductions(self.statement.value)
         if loops:
-            what += ": " + ", ".join(f"{node.op} over {','.join(node.indices)}"
-                                     for node in loops) + " in registers"
-        modes = sorted({n.boundary for n in walk(self.statement.value)
+            what += f": {loops} in registers"
+        if self.producer is not None:
+            what += f"; {self.computed_read} computed in its loops once per point of " \
+                    f"{','.join(self.outer)}"
+            loops = _reductions(self.producer.value)
+            what += f" ({loops} in registers), never stored" if loops else ", never stored"
+        modes = sorted({n.boundary for value in self.values for n in walk(value)
                         if isinstance(n, Read) and n.boundary})
         if modes:
             what += f"; boundary {', '.join(repr(m) for m in modes)} by index arithmetic"
         return what
+
+    @property
+    def computed_read(self) -> str:
+        """The producer's target as this nest reads it: `ties[n,c,h,w]`."""
+        return str(Read(self.producer.target, self.producer.target_maps))
+
+
+def _reductions(expr: Expr) -> str:
+    """The reductions of an expression in words: 'sum over u,v', or ''."""
+    return ", ".join(f"{node.op} over {','.join(node.indices)}" for node in walk(expr)
+                     if isinstance(node, Reduce))
 
 
 def loop_nest(statement: Statement, program: CheckedProgram, dtype: str, name: str,
@@ -170,6 +232,102 @@ def loop_nest(statement: Statement, program: CheckedProgram, dtype: str, name: s
     tensors = {statement.target} | {n.tensor for n in walk(statement.value) if isinstance(n, Read)}
     shapes = {t: program.tensors[t].shape for t in sorted(tensors)}
     return LoopNest(name, statement, parallel, shapes, dtype, tiled)
+
+
+def producer_indices(producer: LoopNest, nest: LoopNest, number: int,
+                     program: CheckedProgram) -> tuple[str, ...] | None:
+    """Where the loop nest of statement `number` reads the target of `producer`, the loop
+    nest of the statement just before it, when that target can be computed inside the
+    nest's loops instead of stored (`with_producer`): the nest's indices at which it
+    reads it, one per dimension; else None. The rule (each clause keeps the results, and
+    the work done, what they are with two kernels):
+
+    - the producer assigns ('=', or '+=' into a fresh target, which its nest assigns) a
+      target that no other statement writes, that is no input or output of the program,
+      and that no statement but this one reads;
+    - that target is not a scalar (its indices are where the nest's rows run in
+      parallel), and the producer computes no producer of its own (a chain of such
+      statements fuses in pairs, from its start);
+    - every read of it here is at one tuple of distinct indices of the nest's target
+      (plain maps: `ties[n,c,h,w]`), without a boundary mode, that no reduction inside
+      binds: one value per point of those parallel loops, computed once there;
+    - the producer does not read the nest's target (which these loops write)."""
+    tensor, statement = producer.target, nest.statement
+    if producer.producer is not None or producer.statement.accumulate \
+            or not producer.statement.target_maps \
+            or tensor in program.inputs or tensor in program.outputs:
+        return None
+    writers = [k for k, s in enumerate(program.statements) if s.target == tensor]
+    readers = [k for k, s in enumerate(program.statements)
+               if any(isinstance(n, Read) and n.tensor == tensor for n in walk(s.value))]
+    if writers != [number - 1] or readers != [number]:
+        return None
+    reads = {node for node in walk(statement.value)
+             if isinstance(node, Read) and node.tensor == tensor}
+    sites = {tuple(m.terms[0][0] if m.is_plain else None for m in read.maps) for read in reads}
+    if len(sites) != 1 or any(read.boundary is not None for read in reads):
+        return None
+    (at,) = sites
+    if None in at or len(set(at)) != len(at) or not set(at) <= set(nest.parallel):
+        return None
+    if any(isinstance(node, Reduce) and set(node.indices) & set(at)
+           for node in walk(statement.value)):
+        return None
+    if any(isinstance(node, Read) and node.tensor == statement.target
+           for node in walk(producer.statement.value)):
+        return None
+    return at
+
+
+def with_producer(nest: LoopNest, producer: LoopNest, at: tuple[str, ...],
+                  program: CheckedProgram) -> LoopNest:
+    """`nest` computing `producer` inside its loops, where `producer_indices` found it reads
+    the producer's target (`at`): those parallel loops outermost (in the nest's order), the
+    others inside them, and the producer's statement renamed into the nest's indices."""
+    outer = tuple(i for i in nest.parallel if i in at)
+    nest = replace(nest, parallel=outer + tuple(i for i in nest.parallel if i not in at),
+                   producer=_renamed_into(producer.statement, at, nest.statement, program))
+    tensors = {nest.target, *nest.inputs}
+    return replace(nest, shapes={t: program.tensors[t].shape for t in sorted(tensors)})
+
+
+def _renamed_into(producer: Statement, at: tuple[str, ...], consumer: Statement,
+                  program: CheckedProgram) -> Statement:
+    """The producer with its target's indices renamed to `at` (the consumer's, where it
+    reads it) and each of its other indices renamed when the consumer uses that name for
+    another range or at an outer loop (bound where the producer is computed)."""
+    names = {m.terms[0][0]: index for m, index in zip(producer.target_maps, at)}
+    taken = set(consumer.ranges) | set(producer.ranges) | set(program.tensors)
+    for index, size in producer.ranges.items():
+        if index in names:
+            continue
+        if index in at or consumer.ranges.get(index, size) != size:
+            number = 2
+            while f"{index}_{number}" in taken:
+                number += 1
+            names[index] = f"{index}_{number}"
+            taken.add(names[index])
+        else:
+            names[index] = index
+    return replace(producer, target_maps=tuple(IndexMap(((names[m.terms[0][0]], 1),))
+                                               for m in producer.target_maps),
+                   value=_renamed(producer.value, names),
+                   ranges={names[i]: size for i, size in producer.ranges.items()})
+
+
+def _renamed(expr: Expr, names: dict[str, str]) -> Expr:
+    """`expr` with every index renamed by `names`, bound ones included."""
+    if isinstance(expr, Read):
+        return replace(expr, maps=tuple(IndexMap(tuple((names[i], c) for i, c in m.terms),
+                                                 m.offset) for m in expr.maps))
+    if isinstance(expr, IndexValue):
+        return replace(expr, index=names[expr.index])
+    if isinstance(expr, Apply):
+        return replace(expr, args=tuple(_renamed(arg, names) for arg in expr.args))
+    if isinstance(expr, Reduce):
+        return replace(expr, indices=tuple(names[i] for i in expr.indices),
+                       body=_renamed(expr.body, names))
+    return expr
 
 
 def ineligible(statement: Statement, program: CheckedProgram, dtype: str) -> str | None:
@@ -248,8 +406,9 @@ def _kernel_name(sp: StatementPlan) -> str:
 JIT_MIN_FLOPS = 200_000  # below this a statement is too quick for a loop kernel to matter
 # Below this many visited points a loop kernel runs on one thread: waking Numba's workqueue
 # threads costs about 0.2 ms. A 64x16x24x24 max-pool (590k visits) took 0.30-0.34 ms on one
-# thread, 0.35-0.50 on two; its gradient's routing (590k) 0.62-0.79 against 0.85-0.99; a
-# 16x64x56x56 max-pool (3.2M) 1.6-2.2 ms against 0.9-1.4.
+# thread, 0.35-0.50 on two; its gradient's routing (590k) 0.62-0.79 against 0.85-0.99, and
+# the routing computing the tie counts (1.2M) 0.55 against 0.61; a 16x64x56x56 max-pool
+# (3.2M) 1.6-2.2 ms against 0.9-1.4.
 PARALLEL_MIN_VISITS = 2_000_000
 
 
@@ -296,15 +455,32 @@ def _cpu_choice(sp: StatementPlan, program: CheckedProgram, dtype: str,
 
 def plan_for_cpu_jit(plan: ProgramPlan, mode: str) -> ProgramPlan:
     """The NumPy plan with Numba loop kernels where `_cpu_choice` says they pay (they make
-    no copies around GEMMs: a statement's packing goes with it)."""
-    statements = []
+    no copies around GEMMs: a statement's packing goes with it). A loop kernel whose
+    target only the next one reads, at that one's parallel indices, is computed inside the
+    next one's loops instead (`producer_indices` has the rule): one pass instead of two,
+    and that target never stored. A max-pool gradient, whose tie counts the routing reads
+    per window (float32, one thread): 64x16x24x24 0.84 ms as two kernels, 0.55 ms as one;
+    64x32x8x8 0.17 ms against 0.13."""
+    statements: list[StatementPlan] = []
     for sp, fresh in _with_freshness(plan):
         why = _cpu_choice(sp, plan.program, plan.dtype, mode)
         if why is not None:  # ("always", for tests, also runs every one on all threads)
+            before = statements[-1] if statements else None
+            producer = before.loop_nest if before is not None else None
             sp = replace(_as_loop_kernel(sp, plan, fresh, "numba", why,
-                                         threaded=mode == "always"), packing=())
+                                         threaded=mode == "always", producer=producer),
+                         packing=())
+            if sp.loop_nest.producer is not None:
+                statements[-1] = _computed_inside(before, sp.loop_nest)
         statements.append(sp)
     return replace(plan, statements=statements)
+
+
+def _computed_inside(sp: StatementPlan, consumer: LoopNest) -> StatementPlan:
+    """The plan of a statement that `consumer` computes inside its loops: no code of its own."""
+    return replace(sp, loop_nest=None, computed_in=consumer.name, strategy=(
+        f"{consumer.computed_read} computed inside {consumer.name}'s loops (statement "
+        f"{sp.number + 2}), once per point of {','.join(consumer.outer)}, never stored"))
 
 
 def _with_freshness(plan: ProgramPlan):
@@ -316,10 +492,16 @@ def _with_freshness(plan: ProgramPlan):
 
 
 def _as_loop_kernel(sp: StatementPlan, plan: ProgramPlan, fresh: bool, device: str,
-                    why: str, threaded: bool = False) -> StatementPlan:
+                    why: str, threaded: bool = False,
+                    producer: LoopNest | None = None) -> StatementPlan:
     """The statement plan run as a loop kernel on `device` ('cuda' or 'numba'); on the CPU,
-    on one thread when it visits few points, unless `threaded`."""
+    on one thread when it visits few points, unless `threaded`; computing `producer`, the
+    previous statement's nest, inside its loops where `producer_indices` allows."""
     nest = loop_nest(sp.statement, plan.program, plan.dtype, _kernel_name(sp), fresh)
+    at = None if producer is None else producer_indices(producer, nest, sp.number,
+                                                        plan.program)
+    if at is not None:
+        nest = with_producer(nest, producer, at, plan.program)
     if device == "numba" and not threaded and nest.visits < PARALLEL_MIN_VISITS:
         nest = replace(nest, one_thread=True)
     strategy = f"{nest.describe(device)} ({why})"
@@ -396,7 +578,8 @@ def plan_for_backend(plan: ProgramPlan, backend: str, jit: str, budget: int) -> 
 def plan_for_gpu(plan: ProgramPlan, budget: int | None = None) -> ProgramPlan:
     """The plan for the CuPy backend: each statement a loop kernel or array-level code. A
     GEMM statement's elementwise epilogue (bias, activation) is split off into a loop kernel
-    of its own, one pass over the GEMM's result instead of one per operation."""
+    of its own, one pass over the GEMM's result instead of one per operation. No kernel
+    computes its producer (see this module's docstring for why: unlike on the CPU)."""
     split = {sp.number for sp in plan.statements
              if _contraction_with_epilogue(sp.statement) is not None and not _by_fft_or_shifts(sp)
              and not _gpu_choice(sp, plan.program, plan.dtype)[0]}

@@ -330,6 +330,10 @@ class StatementPlan:
     # On the GPU: the statement as one custom kernel (tensorc.loopnest), or None for the
     # array-level code above.
     loop_nest: Any = None
+    # On the CPU with Numba: the loop kernel (of the next statement) that computes this
+    # statement's value inside its own loops, where it reads it; this one then runs no code
+    # and its target is never stored (tensorc.loopnest's LoopNest.producer).
+    computed_in: str | None = None
     # On the CPU with Numba: the copies around the GEMMs done by threaded loops instead of
     # NumPy's ("im2col": windows into GEMM order; "col2im": a '+=' through windows).
     packing: tuple[str, ...] = ()
@@ -1530,7 +1534,7 @@ def format_plan(plan: ProgramPlan) -> str:
                      f"peak temporary: {_si(sp.peak_temporary_bytes, 'B')} (estimated)")
         sizes = axis_sizes(sp)
         steps = [(c, st) for c in contractions_in(sp.root) for st in c.steps]
-        if steps and sp.loop_nest is None:
+        if steps and sp.loop_nest is None and sp.computed_in is None:
             lines.append(f"  {'step':<5} {'contraction':<40} {'FLOPs':>14}  how")
             for number, (_, step) in enumerate(steps, 1):
                 text = (f"{_axes_text(step.left_axes)},{_axes_text(step.right_axes)}"

@@ -4,6 +4,7 @@ compiled by Numba, checked against the NumPy path they replace."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -93,7 +94,8 @@ def test_the_planner_picks_a_loop_kernel_for_a_large_depthwise_convolution(monke
     pool = "p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"
     grad = tc.compile(tc.grad(tc.parse(pool), wrt=["y"]), y=(64, 16, 24, 24),
                       dp=(64, 16, 12, 12), dtype="float32")
-    assert [sp.loop_nest is not None for sp in grad.plan.statements] == [True, True, True]
+    assert [sp.loop_nest is not None for sp in grad.plan.statements] == [True, False, True]
+    assert grad.plan.statements[1].computed_in == "compute_dy_3"  # the tie counts: inside
     assert "through windows, without a GEMM" in grad.plan.statements[2].strategy
     # plain elementwise work stays NumPy's
     relu = tc.compile("z[n,c] = relu(a[n,c] + b[c])", a=(1000, 1000), b=(1000,))
@@ -233,3 +235,124 @@ def test_small_loop_kernels_run_on_one_thread_large_ones_on_all(monkeypatch):
     monkeypatch.setenv("TENSORC_JIT", "always")
     threaded = tc.compile(pool, y=(64, 16, 24, 24), dtype="float32")
     assert "@njit(parallel=True" in threaded.source
+
+
+# ---- a loop kernel computing the statement before it (loopnest.producer_indices) --------
+
+def _pool_gradient(size, window, stride):
+    out = (size - window) // stride + 1
+    return tc.compile(tc.grad(tc.parse(POOL_GRAD.format(s=stride, k=window)), wrt=["y"]),
+                      y=(2, 3, size, size), dp=(2, 3, out, out))
+
+
+POOL_GEOMETRIES = [(8, 2, 2), (9, 2, 2), (9, 3, 2)]  # tiling, a border no window reaches,
+POOL_IDS = ["tiling", "bordered", "overlapping"]     # overlapping windows
+
+
+@pytest.mark.parametrize("size, window, stride", POOL_GEOMETRIES, ids=POOL_IDS)
+def test_a_max_pool_gradient_counts_ties_inside_its_routing_kernel(size, window, stride, jit):
+    """The tie counts are computed per window inside the routing kernel, never stored;
+    gradients as PyTorch's (distinct values: PyTorch routes ties differently)."""
+    torch = pytest.importorskip("torch")
+    grad = _pool_gradient(size, window, stride)
+    ties, routing = grad.plan.statements[1:]
+    name = "compute_dy_3" if routing.loop_nest.tiled else "accumulate_dy_3"
+    assert ties.loop_nest is None and ties.computed_in == routing.loop_nest.name == name
+    assert ties.strategy == (f"ties[n,c,h,w] computed inside {name}'s loops (statement 3), "
+                             "once per point of n,c,h,w, never stored")
+    assert "ties[n,c,h,w] computed in its loops once per point of n,c,h,w (sum over u,v in " \
+           "registers), never stored" in routing.strategy
+    assert routing.loop_nest.parallel[:4] == ("n", "c", "h", "w")  # windows outermost
+    assert f"def {name}(dp, y, p, dy):" in grad.source  # no ties argument
+    assert "ties = sum_u_v" in grad.source and "ties = np.empty" not in grad.source
+    assert "ties_flat" not in grad.source and "compute_ties" not in grad.source
+    out = (size - window) // stride + 1
+    rng = np.random.default_rng(8)
+    y = rng.permutation(2 * 3 * size * size).reshape(2, 3, size, size).astype(np.float64)
+    dp = rng.standard_normal((2, 3, out, out))
+    yt = torch.from_numpy(y).requires_grad_()
+    torch.nn.functional.max_pool2d(yt, window, stride).backward(torch.from_numpy(dp))
+    np.testing.assert_allclose(grad(y=y, dp=dp), yt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size, window, stride", POOL_GEOMETRIES, ids=POOL_IDS)
+def test_ties_split_the_gradient_equally_as_on_the_numpy_path(size, window, stride, jit,
+                                                              monkeypatch):
+    grad = _pool_gradient(size, window, stride)
+    assert grad.plan.statements[1].computed_in == grad.plan.statements[2].loop_nest.name
+    out = (size - window) // stride + 1
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 3, (2, 3, size, size)).astype(np.float64)  # most windows have ties
+    dp = rng.standard_normal((2, 3, out, out))
+    numpy_path = _numpy_path(monkeypatch, lambda: _pool_gradient(size, window, stride))
+    assert all(sp.computed_in is None for sp in numpy_path.plan.statements)
+    np.testing.assert_allclose(grad(y=y, dp=dp), numpy_path(y=y, dp=dp), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_a_window_of_equal_values_shares_its_gradient_equally(jit):
+    grad = _pool_gradient(4, 2, 2)
+    assert grad.plan.statements[1].computed_in == "compute_dy_3"
+    y = np.array([[1, 1, 2, 0],
+                  [1, 1, 0, 2],
+                  [5, 4, 3, 3],
+                  [4, 5, 3, 3]], dtype=np.float64)[None, None].repeat(3, 1).repeat(2, 0)
+    dp = np.array([[8.0, 6.0], [4.0, 2.0]])[None, None].repeat(3, 1).repeat(2, 0)
+    want = np.array([[2, 2, 3, 0],  # four ties share 8; two share 6
+                     [2, 2, 0, 3],
+                     [2, 0, .5, .5],  # two share 4; four share 2
+                     [0, 2, .5, .5]])
+    np.testing.assert_array_equal(grad(y=y, dp=dp), np.broadcast_to(want, y.shape))
+
+
+TIES = "ties[n,c,h,w] = sum[u,v](y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2\n"
+ROUTE = ("dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/{ties}*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   "
+         "where u < 2, v < 2\n")
+POOL = dict(y=(2, 3, 8, 8), p=(2, 3, 4, 4), dp=(2, 3, 4, 4), dy=(2, 3, 8, 8))
+# (program, shapes, outputs requested or None, the kernel computing t or ties, or None)
+PRODUCERS = {
+    "read once, at the routing's indices": (TIES + ROUTE.format(ties="ties[n,c,h,w]"), POOL,
+                                            None, "compute_dy_2"),
+    "read transposed: indices renamed": (TIES + ROUTE.format(ties="ties[n,c,w,h]"), POOL, None,
+                                         "compute_dy_2"),
+    # the producer's u (3 values) is not the consumer's u (2): renamed u_2
+    "an index named as the consumer's, with another range": (
+        "t[a,b] = sum[u](x[a,2*b+u])   where u < 3\nz[a,2*b+u] += t[a,b] * x[a,2*b+u]   "
+        "where u < 2", dict(x=(3, 13), z=(3, 13)), None, "accumulate_z_2"),
+    # the producer sums over b, the consumer reads it at b: its own b renamed b_2
+    "a reduction index named as the consumer's outer index": (
+        "t[a] = sum[b](x[a,b])\nz[b,c] = t[b] * w[b,c]", dict(x=(5, 7), w=(5, 4)), None,
+        "compute_z_2"),
+    "also read by a later statement": (TIES + ROUTE.format(ties="ties[n,c,h,w]")
+                                       + "most[n,c] = max[h,w](ties[n,c,h,w])", POOL, None, None),
+    "a program output": (TIES + ROUTE.format(ties="ties[n,c,h,w]"), POOL, ("ties", "dy"), None),
+    "read at two index tuples": (TIES + ROUTE.format(ties="ties[n,c,h,w]*ties[n,c,w,h]"), POOL,
+                                 None, None),
+    "read inside a reduction over its indices": (
+        TIES + "s[n,c] = sum[h,w](ties[n,c,h,w] * p[n,c,h,w])", POOL, None, None),
+    # the routing's '+=' into s would change what t reads (the windows overlap)
+    "reading what the next statement writes": (
+        "s[n,i] = a[n,i]\nt[n,h] = sum[u](s[n,2*h+u])   where u < 3\n"
+        "s[n,2*h+u] += t[n,h]   where u < 3", dict(a=(2, 9)), None, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRODUCERS))
+def test_a_producer_is_computed_inside_the_next_kernel_only_where_the_rule_allows(
+        name, jit, monkeypatch):
+    source, shapes, outputs, inside = PRODUCERS[name]
+    shapes = {n: shape for n, shape in shapes.items() if re.search(rf"\b{n}\[", source)}
+    build = lambda: tc.Kernel(tc.parse(source), shapes=shapes, outputs=outputs)  # noqa: E731
+    kern = build()
+    statements = kern.plan.statements
+    first = next(sp for sp in statements if sp.statement.target in ("t", "ties"))
+    second = statements[first.number + 1]  # (the producer and the statement after it)
+    assert (first.computed_in, second.computed_in) == (inside, None), kern.plan
+    assert second.loop_nest is not None and (first.loop_nest is None) is (inside is not None)
+    assert (f"{first.statement.target} = np.empty" in kern.source) is (inside is None)
+    rng = np.random.default_rng(10)
+    arrays = {n: rng.integers(0, 3, shapes[n]).astype(np.float64) for n in kern.inputs}
+    if "p" in arrays:  # the window maxima, as the adjoint receives them
+        arrays["p"] = arrays["y"].reshape(2, 3, 4, 2, 4, 2).max(axis=(3, 5))
+    want = _numpy_path(monkeypatch, lambda: build()(**arrays))
+    _close(kern(**arrays), want, 1e-12)

@@ -229,6 +229,7 @@ class _NestRenderer:
     def body(self) -> list[str]:
         """The per-thread code: index decomposition, the expression, the store."""
         nest = self.nest
+        assert nest.producer is None, "the GPU plan keeps a producer as a kernel of its own"
         sizes = [self.ranges[i] for i in nest.parallel]
         for position, index in enumerate(nest.parallel):
             inner = math.prod(sizes[position + 1:])

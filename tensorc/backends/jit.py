@@ -7,7 +7,10 @@ backend can call a compiled loop kernel instead, when Numba is installed
 rendered as scalar Python that Numba compiles: `prange` over the rows of the parallel
 indices (all but the innermost; for '+=', only leading indices that address the target
 directly, so that no two rows write the same element), the innermost index and the
-reductions as plain loops.
+reductions as plain loops. A nest with a producer (tensorc.loopnest's LoopNest.producer)
+computes the producer's value once per point of its outer parallel loops into a local
+variable, which its statement reads instead of the producer's target; its rows are then
+outer indices, and its other parallel loops run inside, after that value.
 
 The same module holds the threaded packing copies the NumPy code calls around its GEMMs
 (`render_pack`: im2col, `render_scatter`: col2im), where the planner chose them
@@ -149,6 +152,9 @@ class _NumbaRenderer(_PythonSyntax):
         self.flat_names = {t: self.fresh(f"{nest_name(t)}_flat") for t in nest.shapes}
         # indices whose current values keep every read that uses them in bounds
         self.interior_indices: set[str] = set()
+        # the local variable holding the producer's value at the current outer point
+        self.computed = None if nest.producer is None else \
+            self.fresh(nest_name(nest.producer.target))
 
     def can_leave(self, m: IndexMap, size: int) -> bool:
         if self.interior_indices & set(m.indices()):
@@ -156,12 +162,13 @@ class _NumbaRenderer(_PythonSyntax):
         return super().can_leave(m, size)
 
     def interior(self, index: str, expr: Expr | None = None) -> tuple[int, int] | None:
-        """The range of `index` over which every boundary-mode read of `expr` (default: the
-        statement's value) that uses it stays in bounds, whatever the other indices are;
-        None when there is no such read, or no such range. Looping there without checks
-        lets LLVM vectorize the loop."""
+        """The range of `index` over which every boundary-mode read of `expr` (default:
+        every value the loops evaluate) that uses it stays in bounds, whatever the other
+        indices are; None when there is no such read, or no such range. Looping there
+        without checks lets LLVM vectorize the loop."""
         low, high, constrained = 0, self.ranges[index], False
-        for node in walk(self.nest.statement.value if expr is None else expr):
+        values = self.nest.values if expr is None else (expr,)
+        for node in (node for value in values for node in walk(value)):
             if not isinstance(node, Read) or node.boundary is None:
                 continue
             for m, size in zip(node.maps, self.nest.shapes[node.tensor]):
@@ -196,6 +203,8 @@ class _NumbaRenderer(_PythonSyntax):
         return _SCALAR_OPS[op].format(*args)
 
     def read(self, e: Read) -> str:
+        if self.computed is not None and e.tensor == self.nest.producer.target:
+            return self.computed  # (read where the producer's loops computed it)
         flat, inside = self.placed(e.tensor, e.maps, e.boundary)
         value = f"{self.flat_names[e.tensor]}[{flat}]"
         return f"({value} if {' and '.join(inside)} else REAL(0))" if inside else value
@@ -235,13 +244,32 @@ class _NumbaRenderer(_PythonSyntax):
             self.indent = self.indent[:level]
         self.interior_indices = outside
 
+    def row_loops(self, rows: tuple[str, ...]) -> None:
+        """The loops of one row: the parallel loops after `rows`. With a producer, the outer
+        ones come first, then the producer's value at their point, then the others."""
+        nest = self.nest
+        if nest.producer is None:
+            self.inner_loops(nest.parallel[len(rows):])
+            return
+        depth = len(self.indent)
+        for index in nest.outer[len(rows):]:
+            self.open_loop(nest_name(index), self.ranges[index])
+        self.emit(f"# {nest.computed_read}, computed here (never stored):")
+        bound = self.variables  # (only the outer indices are, so far)
+        self.variables = {i: nest_name(i) for i in nest.outer}
+        self.declare(self.computed, self.expr(nest.producer.value))
+        self.variables = bound
+        self.inner_loops(nest.parallel[len(nest.outer):])
+        self.indent = self.indent[:depth]
+
     def inner_loops(self, inner: tuple[str, ...]) -> None:
         """The sequential parallel loops of a row; an innermost one with an interior runs as
         border, interior (no bounds checks: LLVM can vectorize it), border."""
         if not inner:
             self.point()
             return
-        split = self.interior(inner[-1]) if len(inner) == 1 and self.disjoint else None
+        split = self.interior(inner[-1], self.nest.statement.value) \
+            if len(inner) == 1 and self.disjoint else None
         if split is None:
             depth = len(self.indent)
             for index in inner:
@@ -278,18 +306,19 @@ class _NumbaRenderer(_PythonSyntax):
     def row_indices(self) -> tuple[str, ...]:
         """The parallel indices `prange` runs over: all but those of the target's last
         dimension (one, or a window's two when they tile it); for '+=' through windows, the
-        leading ones that are whole dimensions of the target (rows write disjoint parts)."""
+        leading ones that are whole dimensions of the target (rows write disjoint parts).
+        With a producer, only outer ones: each row computes the producer where it reads it."""
         nest = self.nest
         if self.disjoint:
             maps = nest.statement.target_maps
             last = set(maps[-1].indices()) if maps else set()
-            rows = nest.parallel
+            rows = nest.outer
             while len(rows) > 1 and rows[-1] in last:
                 rows = rows[:-1]
             return rows
         direct = {m.terms[0][0] for m in nest.statement.target_maps if m.is_plain}
         rows = []
-        for index in nest.parallel:
+        for index in nest.outer:
             if index not in direct:
                 break
             rows.append(index)
@@ -303,7 +332,6 @@ class _NumbaRenderer(_PythonSyntax):
         self.indent = self.indent_unit * 2
         for index, value in zip(rows, _row_decoding(sizes)):
             self.emit(f"{nest_name(index)} = {value}")
-        inner = nest.parallel[len(rows):]
         splits = {i: self.interior(i) for i in rows} if self.disjoint else {}
         splits = {i: r for i, r in splits.items() if r is not None}
         if splits:  # rows whose reads all stay in bounds skip those checks
@@ -312,15 +340,15 @@ class _NumbaRenderer(_PythonSyntax):
             self.emit(f"if {condition}:  # an interior row")
             self.indent += self.indent_unit
             self.interior_indices = set(splits)
-            self.inner_loops(inner)
+            self.row_loops(rows)
             self.indent = self.indent[:-len(self.indent_unit)]
             self.interior_indices = set()
             self.emit("else:")
             self.indent += self.indent_unit
-            self.inner_loops(inner)
+            self.row_loops(rows)
             self.indent = self.indent[:-len(self.indent_unit)]
         else:
-            self.inner_loops(inner)
+            self.row_loops(rows)
         body = self.lines
         params = [nest_name(t) for t in nest.inputs] + [nest_name(nest.target)]
         prologue = [f"    {self.flat_names[t]} = {nest_name(t)}.reshape(-1)"
@@ -329,10 +357,14 @@ class _NumbaRenderer(_PythonSyntax):
         # no rows: every point may add to every other
         parallel = bool(rows) and not nest.one_thread
         loop = "prange" if parallel else "range"
+        docstring = statement.text
+        if nest.producer is not None:
+            docstring += (f"\n\n    with {nest.producer.text}\n    computed in its loops, "
+                          f"once per point of {','.join(nest.outer)}, never stored")
         return "\n".join([
             f"@njit(parallel={parallel}, cache=True, error_model='numpy', fastmath={{'reassoc', 'contract'}})",
             f"def {nest.name}({', '.join(params)}):",
-            f'    """{statement.text}"""',
+            f'    """{docstring}"""',
             *prologue,
             f"    for row in {loop}({row_count}):",
             *body])

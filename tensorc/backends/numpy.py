@@ -1053,8 +1053,8 @@ class _StatementRenderer:
         sp = self.sp
         statement = sp.statement
         target = self.module.variable(statement.target)
-        self.emit(f"# statement {sp.number + 1} (line {statement.line}): {statement.text}")
-        self.emit(f"#   {sp.strategy}")
+        for line in _heading(sp):
+            self.emit(line)
         if statement.accumulate:
             self.render_accumulation(target)
         else:
@@ -1290,6 +1290,13 @@ class _StatementRenderer:
         return contribution
 
 
+def _heading(sp: StatementPlan) -> list[str]:
+    """The comment above a statement's code: the statement, then its strategy."""
+    statement = sp.statement
+    return [f"# statement {sp.number + 1} (line {statement.line}): {statement.text}",
+            f"#   {sp.strategy}"]
+
+
 class _ModuleRenderer:
     def __init__(self, plan: ProgramPlan) -> None:
         self.plan = plan
@@ -1333,6 +1340,8 @@ class _ModuleRenderer:
         raise AssertionError("unreachable")
 
     def render_statement(self, sp: StatementPlan) -> list[str]:
+        if sp.computed_in is not None:  # by the loop kernel of the next statement
+            return _heading(sp)
         if sp.loop_nest is not None:
             return self.render_loop_kernel(sp, "_jit.{name}({arguments})", "np",
                                            "np.ascontiguousarray({0})")
@@ -1347,8 +1356,7 @@ class _ModuleRenderer:
         statement = sp.statement
         target = self.variable(statement.target)
         shape = self.plan.program.tensors[statement.target].shape
-        lines = [f"# statement {sp.number + 1} (line {statement.line}): {statement.text}",
-                 f"#   {sp.strategy}"]
+        lines = _heading(sp)
         if not nest.atomic:  # (a '+=' into a fresh target it covers assigns it)
             lines.append(f"{target} = {namespace}.empty({_tuple(shape)}, dtype=DTYPE)")
         elif statement.target in self.defined:

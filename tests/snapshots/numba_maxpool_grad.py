@@ -19,13 +19,13 @@ Plan:
 
     statement 2 (line 4): ties[n,c,h,w] = sum[u,v](y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
       ranges: n=64 c=16 h=12 w=12 u=2 v=2
-      strategy: ties[64x16x12x12] by a Numba loop kernel compute_ties_2, on one thread (589,824 points visited): sum over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
+      strategy: ties[n,c,h,w] computed inside compute_dy_3's loops (statement 3), once per point of n,c,h,w, never stored
       naive FLOPs: 1,179,648   planned FLOPs: 1,179,648   speedup: 1x
       largest intermediate: 0 elements   peak temporary: 0 B (estimated)
 
     statement 3 (line 5): dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
       ranges: n=64 c=16 h=12 u=2 w=12 v=2
-      strategy: dy[64x16x24x24] by a Numba loop kernel compute_dy_3, each element stored once (its windows tile dy), on one thread (589,824 points visited) (through windows, without a GEMM: one pass instead of one per window offset)
+      strategy: dy[64x16x24x24] by a Numba loop kernel compute_dy_3, each element stored once (its windows tile dy), on one thread (1,179,648 points visited); ties[n,c,h,w] computed in its loops once per point of n,c,h,w (sum over u,v in registers), never stored (through windows, without a GEMM: one pass instead of one per window offset)
       naive FLOPs: 1,327,104   planned FLOPs: 1,769,472   speedup: 0.75x
       largest intermediate: 0 elements   peak temporary: 0 B (estimated)
 """
@@ -144,39 +144,29 @@ def compute_p_1(y, p):
 
 
 @njit(parallel=False, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
-def compute_ties_2(y, p, ties):
-    """ties[n,c,h,w] = sum[u,v](y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2"""
+def compute_dy_3(dp, y, p, dy):
+    """dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
+
+    with ties[n,c,h,w] = sum[u,v](y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
+    computed in its loops, once per point of n,c,h,w, never stored"""
+    dp_flat = dp.reshape(-1)
     y_flat = y.reshape(-1)
     p_flat = p.reshape(-1)
-    ties_flat = ties.reshape(-1)
+    dy_flat = dy.reshape(-1)
     for row in range(12288):
         n = row // 192
         c = row // 12 % 16
         h = row % 12
         for w in range(12):
+            # ties[n,c,h,w], computed here (never stored):
             sum_u_v = REAL(0)
             for u in range(2):
                 for v in range(2):
                     sum_u_v += REAL(y_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] == p_flat[((n * 16 + c) * 12 + h) * 12 + w])
-            ties_flat[((n * 16 + c) * 12 + h) * 12 + w] = sum_u_v
-
-
-@njit(parallel=False, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
-def compute_dy_3(dp, ties, y, p, dy):
-    """dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2"""
-    dp_flat = dp.reshape(-1)
-    ties_flat = ties.reshape(-1)
-    y_flat = y.reshape(-1)
-    p_flat = p.reshape(-1)
-    dy_flat = dy.reshape(-1)
-    for row in range(24576):
-        n = row // 384
-        c = row // 24 % 16
-        h = row // 2 % 12
-        u = row % 2
-        for w in range(12):
-            for v in range(2):
-                dy_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] = ((dp_flat[((n * 16 + c) * 12 + h) * 12 + w] / ties_flat[((n * 16 + c) * 12 + h) * 12 + w]) * REAL(y_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] == p_flat[((n * 16 + c) * 12 + h) * 12 + w]))
+            ties = sum_u_v
+            for u in range(2):
+                for v in range(2):
+                    dy_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] = ((dp_flat[((n * 16 + c) * 12 + h) * 12 + w] / ties) * REAL(y_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] == p_flat[((n * 16 + c) * 12 + h) * 12 + w]))
 '''
 _jit = _load_jit(JIT_SOURCE)
 
@@ -188,13 +178,11 @@ def kernel(y, dp):
     _jit.compute_p_1(np.ascontiguousarray(y), p)
 
     # statement 2 (line 4): ties[n,c,h,w] = sum[u,v](y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
-    #   ties[64x16x12x12] by a Numba loop kernel compute_ties_2, on one thread (589,824 points visited): sum over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
-    ties = np.empty((64, 16, 12, 12), dtype=DTYPE)
-    _jit.compute_ties_2(np.ascontiguousarray(y), np.ascontiguousarray(p), ties)
+    #   ties[n,c,h,w] computed inside compute_dy_3's loops (statement 3), once per point of n,c,h,w, never stored
 
     # statement 3 (line 5): dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
-    #   dy[64x16x24x24] by a Numba loop kernel compute_dy_3, each element stored once (its windows tile dy), on one thread (589,824 points visited) (through windows, without a GEMM: one pass instead of one per window offset)
+    #   dy[64x16x24x24] by a Numba loop kernel compute_dy_3, each element stored once (its windows tile dy), on one thread (1,179,648 points visited); ties[n,c,h,w] computed in its loops once per point of n,c,h,w (sum over u,v in registers), never stored (through windows, without a GEMM: one pass instead of one per window offset)
     dy = np.empty((64, 16, 24, 24), dtype=DTYPE)
-    _jit.compute_dy_3(np.ascontiguousarray(dp), np.ascontiguousarray(ties), np.ascontiguousarray(y), np.ascontiguousarray(p), dy)
+    _jit.compute_dy_3(np.ascontiguousarray(dp), np.ascontiguousarray(y), np.ascontiguousarray(p), dy)
 
     return dy
