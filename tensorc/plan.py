@@ -105,6 +105,12 @@ SHIFTED_COPY_NS = 0.3
 # long side contracted) ran at about half of OpenBLAS's usual speed: 3.8 GFLOP in 42 ms for
 # ResNet's 64-channel layer, where im2col + one GEMM took 36 ms.
 SHIFTED_KEPT_EFFICIENCY = 0.5
+# Shifted GEMMs are chosen only when the model expects them this much faster than im2col:
+# where it expected a tie (ResNet's 128-channel layer at 28x28, 28.9 against 29.2 ms
+# estimated), they measured a tie too (forward 31.1 against 29.0 ms, input gradient 29.5
+# against 29.2), while the 64-channel layer at 56x56 (29.0 against 33.9 estimated) gained
+# 20% (28.4 against 35.5 ms).
+SHIFTED_MARGIN = 1.1
 
 # im2col copies larger than this run in chunks of the first batch axis into a reused buffer.
 IM2COL_CHUNK_BYTES = 8 << 20
@@ -590,7 +596,7 @@ class _StatementPlanner:
         shifted = self.shifted_candidate(operands, expr.indices, out_axes) \
             if self.shift_mode != "off" else None
         if shifted is not None and not (self.shift_mode == "always"
-                                        or shifted.estimated_ns < estimated):
+                                        or shifted.estimated_ns * SHIFTED_MARGIN < estimated):
             shifted = None
         if shifted is not None:
             estimated = shifted.estimated_ns
