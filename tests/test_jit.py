@@ -105,6 +105,16 @@ def test_the_planner_picks_a_loop_kernel_for_a_large_depthwise_convolution(monke
     assert small.plan.statements[0].loop_nest is None
 
 
+def test_a_sum_over_no_indices_is_its_body(jit):
+    """The adjoint of `y[i] = x[i] * 2 where i in 1:3` sums over no indices (each dx[i]
+    gets one term): its loop kernel evaluates the body once (it crashed the renderer)."""
+    kern = tc.compile(tc.grad("y[i] = x[i] * 2   where i in 1:3", wrt=["x"]),
+                      x=(4,), dy=(2,))
+    assert kern.plan.statements[0].loop_nest is not None
+    np.testing.assert_allclose(kern(x=np.arange(4.0), dy=np.array([1.0, 10.0])),
+                               [0.0, 2.0, 20.0, 0.0])
+
+
 def test_off_means_numpy_and_the_kernel_module_is_cached_on_disk(jit, monkeypatch):
     source = DEPTHWISE.format(H=6, W=6)
     kern = tc.compile(source, x=(2, 3, 6, 6), k=(3, 3, 3))

@@ -212,6 +212,9 @@ class _NumbaRenderer(_PythonSyntax):
     def reduction_loops(self, e: Reduce, accumulator: str) -> None:
         """As in CUDA C, except that the innermost loop, when it has an interior, runs as
         border, interior without bounds checks, border."""
+        if not e.indices:  # a sum over nothing (an adjoint's, say): the body, once
+            super().reduction_loops(e, accumulator)
+            return
         last, saved, depth = e.indices[-1], set(self.interior_indices), len(self.indent)
         self.interior_indices -= set(e.indices)  # these loops cover their whole ranges
         split = self.interior(last, e.body)
