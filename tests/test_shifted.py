@@ -81,6 +81,9 @@ def test_gemm_rejects_what_blas_cannot_read():
     a = np.ones((4, 6))[:, ::2]  # no unit step along either axis
     with pytest.raises(ValueError, match="unit steps"):
         blas.gemm(a, np.ones((3, 2)), np.ones((4, 2)))
+    overlapping = np.lib.stride_tricks.as_strided(np.ones(10), shape=(4, 3), strides=(8, 8))
+    with pytest.raises(ValueError, match="do not overlap"):
+        blas.gemm(overlapping, np.ones((3, 2)), np.ones((4, 2)))
     with pytest.raises(ValueError, match=r"\[4x3\] @ \[2x2\]"):
         blas.gemm(np.ones((4, 3)), np.ones((2, 2)), np.ones((4, 2)))
 

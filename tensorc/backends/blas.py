@@ -90,11 +90,13 @@ def _matrix(view: np.ndarray) -> tuple[int, int]:
     """(transpose flag, leading dimension) of a 2-D view as a row-major BLAS operand."""
     rows, columns = view.shape
     row_step, column_step = (s // view.itemsize for s in view.strides)
-    if column_step == 1 or columns == 1:
+    # BLAS reads row r at r * ld: rows must not overlap (ld at least the row's length)
+    if (column_step == 1 or columns == 1) and (rows == 1 or row_step >= columns):
         return _NO_TRANS, max(row_step if rows > 1 else columns, columns, 1)
-    if row_step == 1 or rows == 1:
+    if (row_step == 1 or rows == 1) and (columns == 1 or column_step >= rows):
         return _TRANS, max(column_step if columns > 1 else rows, rows, 1)
-    raise ValueError(f"a GEMM operand needs unit steps along one axis (steps {view.strides})")
+    raise ValueError(f"a GEMM operand needs unit steps along one axis and rows that do not "
+                     f"overlap (steps {view.strides}, shape {view.shape})")
 
 
 def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool = False) -> None:
