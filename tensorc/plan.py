@@ -606,24 +606,12 @@ class _StatementPlanner:
             else None
         if fft is not None and (self.fft_mode == "always"
                                 or fft.estimated_ns * FFT_MARGIN < estimated):
-            for operand in operands:
-                if isinstance(operand, ViewNode):
-                    operand.memory_order = None
-            self.temporaries[:], self.largest = before
-            for elements in fft.temporaries:
-                self.allocate(elements)
-            self.strategies.append(fft.description)
+            self.instead_of_steps(operands, before, fft.temporaries, fft.description)
             return ContractNode(operands, scale, expr.indices, [fft.step], out_axes,
                                 self.shape_of(out_axes), naive, fft.flops, mean_count,
                                 fft.estimated_ns, fft.plan)
         if shifted is not None:
-            for operand in operands:
-                if isinstance(operand, ViewNode):
-                    operand.memory_order = None
-            self.temporaries[:], self.largest = before
-            for elements in shifted.temporaries:
-                self.allocate(elements)
-            self.strategies.append(shifted.description)
+            self.instead_of_steps(operands, before, shifted.temporaries, shifted.description)
             return ContractNode(operands, scale, expr.indices, [], out_axes,
                                 self.shape_of(out_axes), naive, shifted.flops, mean_count,
                                 shifted.estimated_ns, shifted=shifted.plan)
@@ -720,6 +708,19 @@ class _StatementPlanner:
         plan = FFTPlan(signal, kernel, tuple(dims), sizes, signal_axes, kernel_axes,
                        product_axes)
         return _FFTCandidate(plan, step, estimated, flops, temporaries, description)
+
+    def instead_of_steps(self, operands: list[Node], before: tuple[list[int], int],
+                         temporaries: list[int], description: str) -> None:
+        """Adopt another lowering (FFT, shifted GEMMs) over the planned GEMM steps: their
+        channels-last copies and temporaries are dropped (`before` is what the statement
+        had allocated until then), the lowering's own are counted and its strategy stated."""
+        for operand in operands:
+            if isinstance(operand, ViewNode):
+                operand.memory_order = None
+        self.temporaries[:], self.largest = before
+        for elements in temporaries:
+            self.allocate(elements)
+        self.strategies.append(description)
 
     def shifted_candidate(self, operands: list[Node], reduced: tuple[str, ...],
                           out_axes: tuple[str, ...]) -> _Candidate | None:
