@@ -196,7 +196,25 @@ def test_an_unwritable_cache_directory_compiles_in_memory(monkeypatch, tmp_path)
     assert not list(tmp_path.glob("**/tensorc_jit_*.py"))
 
 
+def _assert_pool_gradient_as_torch(grad, torch, size, window, stride, seed):
+    """The max-pool gradient kernel `grad` (of POOL_GRAD) against PyTorch's autograd, on
+    distinct values (PyTorch routes ties differently)."""
+    out = (size - window) // stride + 1
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(2 * 3 * size * size).reshape(2, 3, size, size).astype(np.float64)
+    dp = rng.standard_normal((2, 3, out, out))
+    yt = torch.from_numpy(y).requires_grad_()
+    torch.nn.functional.max_pool2d(yt, window, stride).backward(torch.from_numpy(dp))
+    np.testing.assert_allclose(grad(y=y, dp=dp), yt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
 POOL_GRAD = "p[n,c,h,w] = max[u,v](y[n,c,{s}*h+u,{s}*w+v])   where u < {k}, v < {k}"
+
+
+def _pool_gradient(size, window, stride):
+    out = (size - window) // stride + 1
+    return tc.compile(tc.grad(tc.parse(POOL_GRAD.format(s=stride, k=window)), wrt=["y"]),
+                      y=(2, 3, size, size), dp=(2, 3, out, out))
 
 
 @pytest.mark.parametrize("size, window, stride, tiles", [
@@ -207,19 +225,12 @@ POOL_GRAD = "p[n,c,h,w] = max[u,v](y[n,c,{s}*h+u,{s}*w+v])   where u < {k}, v < 
 def test_a_max_pool_gradient_stores_each_element_once_where_its_windows_tile(
         size, window, stride, tiles, jit):
     torch = pytest.importorskip("torch")
-    out = (size - window) // stride + 1
-    grad = tc.compile(tc.grad(tc.parse(POOL_GRAD.format(s=stride, k=window)), wrt=["y"]),
-                      y=(2, 3, size, size), dp=(2, 3, out, out))
+    grad = _pool_gradient(size, window, stride)
     routing = grad.plan.statements[-1]
     assert routing.loop_nest.tiled is tiles
     assert ("dy = np.empty" in grad.source) is tiles
     assert ("each element stored once (its windows tile dy)" in routing.strategy) is tiles
-    rng = np.random.default_rng(6)
-    y = rng.permutation(2 * 3 * size * size).reshape(2, 3, size, size).astype(np.float64)
-    dp = rng.standard_normal((2, 3, out, out))
-    yt = torch.from_numpy(y).requires_grad_()
-    torch.nn.functional.max_pool2d(yt, window, stride).backward(torch.from_numpy(dp))
-    np.testing.assert_allclose(grad(y=y, dp=dp), yt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    _assert_pool_gradient_as_torch(grad, torch, size, window, stride, seed=6)
 
 
 def test_small_loop_kernels_run_on_one_thread_large_ones_on_all(monkeypatch):
@@ -249,12 +260,6 @@ def test_small_loop_kernels_run_on_one_thread_large_ones_on_all(monkeypatch):
 
 # ---- a loop kernel computing the statement before it (loopnest.producer_indices) --------
 
-def _pool_gradient(size, window, stride):
-    out = (size - window) // stride + 1
-    return tc.compile(tc.grad(tc.parse(POOL_GRAD.format(s=stride, k=window)), wrt=["y"]),
-                      y=(2, 3, size, size), dp=(2, 3, out, out))
-
-
 POOL_GEOMETRIES = [(8, 2, 2), (9, 2, 2), (9, 3, 2)]  # tiling, a border no window reaches,
 POOL_IDS = ["tiling", "bordered", "overlapping"]     # overlapping windows
 
@@ -276,13 +281,7 @@ def test_a_max_pool_gradient_counts_ties_inside_its_routing_kernel(size, window,
     assert f"def {name}(dp, y, p, dy):" in grad.source  # no ties argument
     assert "ties = sum_u_v" in grad.source and "ties = np.empty" not in grad.source
     assert "ties_flat" not in grad.source and "compute_ties" not in grad.source
-    out = (size - window) // stride + 1
-    rng = np.random.default_rng(8)
-    y = rng.permutation(2 * 3 * size * size).reshape(2, 3, size, size).astype(np.float64)
-    dp = rng.standard_normal((2, 3, out, out))
-    yt = torch.from_numpy(y).requires_grad_()
-    torch.nn.functional.max_pool2d(yt, window, stride).backward(torch.from_numpy(dp))
-    np.testing.assert_allclose(grad(y=y, dp=dp), yt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    _assert_pool_gradient_as_torch(grad, torch, size, window, stride, seed=8)
 
 
 @pytest.mark.parametrize("size, window, stride", POOL_GEOMETRIES, ids=POOL_IDS)
