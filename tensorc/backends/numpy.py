@@ -187,6 +187,11 @@ class _Value:
         return _IDENTIFIER.match(self.code) is not None
 
 
+def _transposed(code: str, order: list[int]) -> str:
+    """`code` (an array) with its axes in `order`: itself when that is their order."""
+    return code if order == sorted(order) else f"{code}.transpose{_arguments(order)}"
+
+
 def _wide_cut(shifted: ShiftedPlan, sizes: dict[str, int]) -> list[str]:
     """Subscripts of an array in wide rows ([looped..., rows..., positions]) that select its
     positions in range: every column past a row's last output (or dy's last column) cut."""
@@ -357,9 +362,7 @@ class _StatementRenderer:
             return self.views[key]
         if node.kind == "whole":
             dims = [m.terms[0][0] for m in read.maps]
-            permutation = [dims.index(a) for a in node.axes]
-            code = tensor if permutation == sorted(permutation) else \
-                f"{tensor}.transpose{_arguments(permutation)}"
+            code = _transposed(tensor, [dims.index(a) for a in node.axes])
             value = _Value(code, node.axes, node.shape, contiguous=code == tensor)
             self.views[key] = value
             return value
@@ -568,9 +571,8 @@ class _StatementRenderer:
         x_name = self.module.variable(x.read.tensor)
         x_shape = self.module.plan.program.tensors[x.read.tensor].shape
         x_dim = {m.terms[0][0]: i for i, m in enumerate(x.read.maps) if i not in windowed}
-        outer = [a for a in shifted.looped] + list(shifted.channels)
-        order = [x_dim[a] for a in outer] + list(windowed)
-        source = x_name if order == sorted(order) else f"{x_name}.transpose{_arguments(order)}"
+        outer = [*shifted.looped, *shifted.channels]
+        source = _transposed(x_name, [x_dim[a] for a in outer] + list(windowed))
         pad = x.pad or tuple((0, 0) for _ in x_shape)
         stored = size(outer) + list(shifted.padded)
         interior = [":"] * len(outer) + [
@@ -611,38 +613,35 @@ class _StatementRenderer:
         k_dim = {m.terms[0][0]: i for i, m in enumerate(k.read.maps)}
         shared = [a for a in shifted.looped if a in k_dim and a not in shifted.accumulated]
         result = self.fresh(name_hint)
+        # the result (summed) or dy (kept) in wide rows, and the same as GEMM rows
+        wide_shape = size(shifted.looped) + size(shifted.rows) \
+            + size(shifted.positions[:1]) + list(shifted.padded[1:])
+        rows_shape = size(shifted.looped) + [math.prod(size(shifted.rows)), wide]
         if summed:  # kernel[offset..., shared..., rows, channels]
             k_order = [k_dim[a] for a in [*shifted.offsets, *shared, *shifted.rows,
                                           *shifted.channels]]
             k_arranged = self.fresh(f"{k_name}_offsets")
             arranged_shape = size(shifted.offsets) + size(shared) + [
                 math.prod(size(shifted.rows)), math.prod(size(shifted.channels))]
-            self.emit(f"{k_arranged} = np.ascontiguousarray({k_name}.transpose"
-                      f"{_arguments(k_order)}).reshape{_arguments(arranged_shape)}")
-            out_shape = size(shifted.looped) + size(shifted.rows) \
-                + size(shifted.positions[:1]) + list(shifted.padded[1:])
+            self.emit(f"{k_arranged} = np.ascontiguousarray({_transposed(k_name, k_order)})"
+                      f".reshape{_arguments(arranged_shape)}")
             wide_result = self.fresh(f"{name_hint}_wide") if len(windowed) > 1 else result
             out_rows = self.fresh(f"{name_hint}_rows")
-            rows_shape = size(shifted.looped) + [math.prod(size(shifted.rows)), wide]
-            self.emit(f"{wide_result} = np.empty({_tuple(out_shape)}, dtype=DTYPE)"
+            self.emit(f"{wide_result} = np.empty({_tuple(wide_shape)}, dtype=DTYPE)"
                       + ("  # wide rows: the columns past each row's outputs are cut off"
                          if len(windowed) > 1 else ""))
             self.emit(f"{out_rows} = {wide_result}.reshape{_arguments(rows_shape)}")
         else:  # dy in wide rows: [shared..., accumulated..., rows, positions], zeros between
             k_order = [k_dim[a] for a in [*shifted.looped, *shifted.rows, *shifted.positions]]
-            k_source = k_name if k_order == sorted(k_order) else \
-                f"{k_name}.transpose{_arguments(k_order)}"
             k_arranged = self.fresh(f"{k_name}_wide")
-            wide_shape = size(shifted.looped) + size(shifted.rows) \
-                + size(shifted.positions[:1]) + list(shifted.padded[1:])
             cut = _wide_cut(shifted, self.sizes)
             self.emit(f"{k_arranged} = _scratch({k_arranged!r}, {_tuple(wide_shape)}, "
                       f"zeroed=True)" + ("  # wide rows: their extra columns stay zero"
                                          if len(windowed) > 1 else ""))
-            self.emit(f"{k_arranged}[{', '.join(cut) or '...'}] = {k_source}")
-            rows_view = size(shifted.looped) + [math.prod(size(shifted.rows)), wide]
+            self.emit(f"{k_arranged}[{', '.join(cut) or '...'}] = "
+                      f"{_transposed(k_name, k_order)}")
             k_arranged_rows = self.fresh(f"{k_name}_rows")
-            self.emit(f"{k_arranged_rows} = {k_arranged}.reshape{_arguments(rows_view)}")
+            self.emit(f"{k_arranged_rows} = {k_arranged}.reshape{_arguments(rows_shape)}")
             out_shape = size(shared) + size(shifted.offsets) + [
                 math.prod(size(shifted.rows)), math.prod(size(shifted.channels))]
             self.emit(f"{result} = np.empty({_tuple(out_shape)}, dtype=DTYPE)")
@@ -675,9 +674,7 @@ class _StatementRenderer:
         else:
             axes = (*shared, *shifted.offsets, *shifted.rows, *shifted.channels)
             code = f"{result}.reshape{_arguments(size(axes))}"
-        permutation = [axes.index(a) for a in node.axes]
-        if permutation != sorted(permutation):
-            code += f".transpose{_arguments(permutation)}"
+        code = _transposed(code, [axes.index(a) for a in node.axes])
         return _Value(code, node.axes, node.shape, True,
                       contiguous=code == wide_result if summed else False)
 
