@@ -972,6 +972,12 @@ class _StatementPlanner:
             b_kept = [x for x in b_kept if x not in inner] + [x for x in b_kept if x in inner]
         candidates = [(tuple(batch), tuple(a_kept), tuple(b_kept), False, ()),
                       (tuple(batch), tuple(b_kept), tuple(a_kept), True, ())]
+        # ... and with each side's kept axes in its own order, then a transpose of the result:
+        # a weight gradient from a kept im2col copy x_cols[n,h,w,u,v,c] reads it as stored.
+        own_a, own_b = tuple(x for x in a if x in a_kept), tuple(x for x in b if x in b_kept)
+        if (own_a, own_b) != (tuple(a_kept), tuple(b_kept)):
+            candidates += [(tuple(batch), own_a, own_b, False, ()),
+                           (tuple(batch), own_b, own_a, True, ())]
         for p in range(len(result) + 1):
             group = result[:p]
             if not set(batch) <= set(group):
