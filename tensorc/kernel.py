@@ -19,7 +19,7 @@ from .backends.jit import cpu_modes
 from .backends.numpy import execute_module
 from .loopnest import plan_for_backend
 from .parser import parse, recursion_headroom
-from .plan import ProgramPlan, fft_mode, plan_program, shift_mode
+from .plan import KeptWindow, ProgramPlan, fft_mode, keep_windows, plan_program, shift_mode
 
 __all__ = ["Kernel", "compile", "compile_grad", "BACKENDS"]
 
@@ -82,14 +82,15 @@ def _load(source: str, backend: str, plan: ProgramPlan) -> Callable[..., Any]:
 
 def _specialize(program: S.Program, program_text: str, backend: str,
                 shapes: dict[str, tuple[int, ...]], sizes: dict[str, int], dtype: str,
-                dtypes: dict[str, str], outputs: tuple[str, ...] | None = None) -> Specialization:
+                dtypes: dict[str, str], outputs: tuple[str, ...] | None = None,
+                keep: bool = False, windows: tuple[KeptWindow, ...] = ()) -> Specialization:
     budget = memory_budget()  # plans (im2col chunks) depend on it
     jit, pack = cpu_modes(backend == "numpy")  # (Dask's blocks decide their own)
     fft = fft_mode()
     # shifted GEMMs call NumPy's BLAS directly (backends/blas.py), where it can be
     shift = shift_mode() if backend == "numpy" and blas_available(dtype) else "off"
     key = (program_text, backend, tuple(sorted(shapes.items())), tuple(sorted(sizes.items())),
-           dtype, outputs, budget, jit, pack, fft, shift)
+           dtype, outputs, budget, jit, pack, fft, shift, keep, windows)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
@@ -98,14 +99,25 @@ def _specialize(program: S.Program, program_text: str, backend: str,
         if cached is not None:
             return cached
         import numpy as np
+        given = tuple(w for w in windows if backend == "numpy" and w.name in shapes)
+        for window in given:
+            if shapes[window.name] != window.shape:
+                raise ShapeError(f"'{window.name}' has shape {shapes[window.name]}, but the "
+                                 f"window it keeps, {window}, has shape {window.shape}")
+        names = {w.name for w in windows}
         with recursion_headroom():
-            checked = check(program, shapes, sizes, dtypes)
+            checked = check(program, {n: v for n, v in shapes.items() if n not in names},
+                            sizes, {n: v for n, v in dtypes.items() if n not in names})
             if outputs is not None:  # results that later statements also read
                 checked = replace(checked, outputs=outputs)
             plan = plan_program(checked, dtype, np.dtype(dtype).itemsize, budget, fft,
                                 in_one_process=backend != "dask",  # Dask: checked per block
-                                pack=pack, gemv_sums=backend != "cupy", shift=shift)
+                                pack=pack, gemv_sums=backend != "cupy", shift=shift,
+                                given_windows=given)
             plan = plan_for_backend(plan, backend, jit, budget)
+            if keep and backend == "numpy":
+                plan = keep_windows(plan)
+            checked = plan.program  # (reads of given windows replaced)
             source = _render(plan, backend)
         if backend == "dask":  # the statements as dask.array graphs, planned per call
             from .backends.dask import DaskPlanText, DaskProgram
@@ -218,12 +230,17 @@ class Kernel:
     def __init__(self, program: S.Program, backend: str = "numpy",
                  shapes: Mapping[str, Any] | None = None, sizes: Mapping[str, int] | None = None,
                  dtype: str | None = None, keep_integers: bool = False,
-                 outputs: tuple[str, ...] | None = None) -> None:
+                 outputs: tuple[str, ...] | None = None, keep_windows: bool = False,
+                 windows: tuple[KeptWindow, ...] = ()) -> None:
         if backend not in BACKENDS:
             raise BackendError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
         self.program = program
         self.backend = backend
-        self.inputs = tuple(program_inputs(program))
+        # keep_windows: also return the im2col copies of windows of inputs (kept_windows);
+        # windows: such copies another kernel kept, passed by name and read instead
+        self.keep_windows = keep_windows
+        self.windows = tuple(windows)
+        self.inputs = tuple(program_inputs(program)) + tuple(w.name for w in self.windows)
         self.fixed_shapes = {name: _shape(v, f"'{name}'") for name, v in (shapes or {}).items()}
         self.sizes = {name: _size(name, v) for name, v in (sizes or {}).items()}
         self.dtype = _float_dtype(dtype)
@@ -263,6 +280,11 @@ class Kernel:
     def outputs(self) -> tuple[str, ...]:
         return self._current().program.outputs
 
+    @property
+    def kept_windows(self) -> tuple[KeptWindow, ...]:
+        """The im2col copies the kernel also returns (keep_windows=True), by name."""
+        return self._current().plan.kept_windows
+
     def __repr__(self) -> str:
         return f"<tensorc.Kernel backend={self.backend!r} inputs={list(self.inputs)}:\n{self.program}>"
 
@@ -301,7 +323,8 @@ class Kernel:
                         dtypes: dict[str, str] | None = None) -> Specialization:
         try:
             return _specialize(self.program, self._program_text, self.backend, shapes,
-                               self.sizes, dtype, dtypes or {}, self.requested_outputs)
+                               self.sizes, dtype, dtypes or {}, self.requested_outputs,
+                               self.keep_windows, self.windows)
         except TensorcError as error:
             raise error.attach_source(self.program.source, self.program.filename) from None
 

@@ -17,12 +17,13 @@ import opt_einsum
 from .budget import format_size, memory_budget, physical_memory
 from .errors import MemoryBudgetError
 from .ir import (
-    Apply, CheckedProgram, Constant, Expr, IndexMap, IndexValue, Read, Reduce, Statement, walk,
+    Apply, CheckedProgram, Constant, Expr, IndexMap, IndexValue, Read, Reduce, Statement,
+    TensorInfo, walk,
 )
 
 __all__ = ["IM2COL_CHUNK_BYTES", "ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
            "ReduceNode", "Node", "StatementPlan", "ProgramPlan", "plan_program",
-           "WINDOW_LOOP_LIMIT", "GATHER_FORM", "contractions_in"]
+           "WINDOW_LOOP_LIMIT", "GATHER_FORM", "contractions_in", "KeptWindow", "keep_windows"]
 
 # Window reductions with at most this many offsets run as a loop of strided-slice updates
 # (np.maximum(out, slice, out=out)); larger ones reduce a window view along its axes.
@@ -188,6 +189,9 @@ class PairStep:
     # weight gradient GEMMs each image's dy with its window instead of copying dy whole).
     summed: tuple[str, ...] = ()
     short_runs: bool = False  # a window's im2col copy moves runs under PACK_SHORT_RUN or gaps
+    # (matmul left, right): the name under which the kernel returns that operand's im2col
+    # copy (keep_windows), or None
+    kept: tuple[str | None, str | None] = (None, None)
 
     @property
     def natural_axes(self) -> tuple[str, ...]:
@@ -345,6 +349,21 @@ class StatementPlan:
     packing: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class KeptWindow:
+    """A window of an input copied into GEMM order (im2col) that a kernel also returns:
+    `name[axes] = read` over `shape`. A kernel given it (the adjoint's, whose weight
+    gradient reads the same window) reads the copy instead of copying the window again."""
+
+    name: str
+    read: Read
+    axes: tuple[str, ...]
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}[{','.join(self.axes)}] = {self.read}"
+
+
 @dataclass
 class ProgramPlan:
     program: CheckedProgram
@@ -353,6 +372,7 @@ class ProgramPlan:
     statements: list[StatementPlan]
     fft: str = "auto"  # the FFT mode it was planned with
     appendix: Any = None  # printed after the statements (the Dask backend's chunking)
+    kept_windows: tuple[KeptWindow, ...] = ()  # also returned (keep_windows)
 
     @property
     def flops(self) -> int:
@@ -1374,7 +1394,8 @@ def _estimated_ns(node: Node) -> float:
 def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int = 8,
                  budget: int | None = None, fft: str = "auto",
                  in_one_process: bool = True, pack: str = "off",
-                 gemv_sums: bool = True, shift: str = "off") -> ProgramPlan:
+                 gemv_sums: bool = True, shift: str = "off",
+                 given_windows: tuple[KeptWindow, ...] = ()) -> ProgramPlan:
     """Plan every statement. `budget` bounds each statement's temporaries in bytes (default:
     tensorc.budget.memory_budget()); im2col copies are chunked to fit a quarter of it.
     `fft`: "auto" lets the cost model choose FFT convolutions, "off" never uses them,
@@ -1385,7 +1406,9 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
     "off" none. `gemv_sums`: large sums may run as GEMVs with ones (ONES_GEMV_MIN; the
     CPU's BLAS; on a GPU, CuPy's tree reductions serve them). `shift`: shifted GEMMs by
     cost ("auto"), never ("off": where NumPy's BLAS cannot be called directly) or wherever
-    they apply ("always")."""
+    they apply ("always"). `given_windows`: im2col copies another kernel kept
+    (keep_windows), read instead of the windows they hold."""
+    program, readers = reading_kept_windows(program, given_windows)
     budget = memory_budget() if budget is None else budget
     chunk_bytes = max(64 << 10, min(IM2COL_CHUNK_BYTES, budget // 4))
     if in_one_process:
@@ -1422,6 +1445,9 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
                 "TENSORC_MEMORY_BUDGET", statement.span)
         elementwise = _epilogue_ops(root)
         strategy = "; ".join(planner.strategies) or "elementwise"
+        for window in readers.get(number, ()):
+            strategy = (f"{window.read} read from {window.name}, the copy in GEMM order its "
+                        f"forward kept (no im2col); {strategy}")
         if elementwise and planner.strategies:
             strategy += f"; then elementwise {', '.join(elementwise)}"
         offset_loop: tuple[str, ...] = ()
@@ -1455,6 +1481,94 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
                                    offset_loop=offset_loop, target_order=planner.target_order,
                                    tiles_target=tiles, packing=packing))
     return ProgramPlan(program, dtype, itemsize, plans, fft)
+
+
+def reading_kept_windows(program: CheckedProgram, windows: tuple[KeptWindow, ...]
+                         ) -> tuple[CheckedProgram, dict[int, list[KeptWindow]]]:
+    """`program` with each read of a kept window (the same tensor, maps and boundary, in a
+    statement whose ranges of the window's indices are the copy's sizes, so that it reads
+    exactly what the copy holds) replaced by a plain read of the copy; and, per statement
+    number, the windows it now reads. Inputs read only through such windows are dropped."""
+    if not windows:
+        return program, {}
+    readers: dict[int, list[KeptWindow]] = {}
+    statements = []
+    for number, statement in enumerate(program.statements):
+        value = statement.value
+        for window in windows:
+            if all(statement.ranges.get(a) == size for a, size in zip(window.axes, window.shape)):
+                copy = Read(window.name, tuple(IndexMap(((a, 1),)) for a in window.axes))
+                replaced = _replace_read(value, window.read, copy)
+                if replaced != value:
+                    value = replaced
+                    readers.setdefault(number, []).append(window)
+        statements.append(replace(statement, value=value))
+    if not readers:
+        return program, {}
+    def reads(statements) -> set[str]:
+        return {n.tensor for s in statements for n in walk(s.value) if isinstance(n, Read)}
+    now = reads(statements)
+    unread = reads(program.statements) - now
+    used = [w for w in windows if w.name in now]
+    tensors = {**program.tensors, **{w.name: TensorInfo(w.name, w.shape) for w in used}}
+    inputs = tuple(n for n in program.inputs if n not in unread) + tuple(w.name for w in used)
+    return replace(program, statements=tuple(statements), tensors=tensors,
+                   inputs=inputs), readers
+
+
+def _replace_read(expr: Expr, old: Read, new: Read) -> Expr:
+    if isinstance(expr, Read):
+        return new if expr == old else expr
+    if isinstance(expr, Apply):
+        return replace(expr, args=tuple(_replace_read(a, old, new) for a in expr.args))
+    if isinstance(expr, Reduce):
+        return replace(expr, body=_replace_read(expr.body, old, new))
+    return expr
+
+
+def keep_windows(plan: ProgramPlan) -> ProgramPlan:
+    """`plan` with the im2col copies of its inputs' windows kept: each GEMM operand that is
+    a window of an input, copied into GEMM order in full (not in chunks, not by FFT or
+    shifted GEMMs, not inside a loop kernel), is copied into a fresh array that the kernel
+    also returns, named in `kept_windows` (`x_cols`). An adjoint kernel given them
+    (plan_program's given_windows) reads them instead of copying those windows again: a
+    convolution's weight gradient then needs no im2col of its own."""
+    program = plan.program
+    taken = set(program.tensors) | {i for s in program.statements for i in s.ranges}
+    kept: list[KeptWindow] = []
+    for sp in plan.statements:
+        if sp.loop_nest is not None or sp.computed_in is not None:
+            continue
+        sizes = sp.statement.ranges
+        for contraction in contractions_in(sp.root):
+            if contraction.fft is not None or contraction.shifted is not None:
+                continue
+            working: list[Node | None] = list(contraction.operands)
+            for step in contraction.steps:
+                chunked = step.chunk is not None and step.chunk < sizes[step.chunk_axis]
+                if step.kind == "gemm" and not chunked:
+                    pairs = [(working[step.left], step.presum_left),
+                             (working[step.right], step.presum_right)]
+                    if step.swap:
+                        pairs.reverse()
+                    sides = ((step.kept_left, step.contracted), (step.contracted, step.kept_right))
+                    names: list[str | None] = [None, None]
+                    for side, ((node, presum), (first, second)) in enumerate(zip(pairs, sides)):
+                        if isinstance(node, ViewNode) and node.kind == "strided" and not presum \
+                                and node.read.tensor in program.inputs:
+                            axes = tuple(g for g in step.batch if g in node.axes) + first + second
+                            name = next(n for n in (f"{node.read.tensor}_cols{i or ''}"
+                                                    for i in range(len(taken) + 1))
+                                        if n not in taken and n.isidentifier())
+                            taken.add(name)
+                            kept.append(KeptWindow(name, node.read, axes,
+                                                   tuple(sizes[a] for a in axes)))
+                            names[side] = name
+                    step.kept = (names[0], names[1])
+                for position in sorted({step.left, step.right}, reverse=True):
+                    working.pop(position)
+                working.append(None)  # a temporary
+    return replace(plan, kept_windows=tuple(kept)) if kept else plan
 
 
 def boundary_pad(maps: tuple[IndexMap, ...], shape: tuple[int, ...],
@@ -1532,6 +1646,9 @@ def format_plan(plan: ProgramPlan) -> str:
                                            for n in program.inputs))
     lines.append("  outputs: " + ", ".join(f"{n}{list(program.tensors[n].shape)}"
                                            for n in program.outputs))
+    if plan.kept_windows:
+        lines.append("  kept:    " + ", ".join(map(str, plan.kept_windows))
+                     + " (im2col copies, also returned for the adjoint)")
     lines.append(f"  total: {_si(plan.flops, 'FLOP')}, peak temporary "
                  f"{_si(plan.peak_temporary_bytes, 'B')} (estimated)")
     for sp in plan.statements:
@@ -1561,6 +1678,7 @@ def format_plan(plan: ProgramPlan) -> str:
                             f"({_si(chunk_bytes, 'B')} reused buffer)")
                 elif step.copy_bytes:
                     how += f", copies {_si(step.copy_bytes, 'B')} into GEMM layout"
+                how += "".join(f", kept as {name}" for name in step.kept if name)
                 lines.append(f"  {number:<5} {text:<40} {step.flops:>14,}  {how}")
         for contraction in contractions_in(sp.root):
             if contraction.shifted is not None and sp.loop_nest is None:

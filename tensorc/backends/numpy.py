@@ -726,6 +726,9 @@ class _StatementRenderer:
             if step.chunk_axis in step.contracted:
                 return self.render_summed_chunks(step, first, second, result)
             return self.render_chunked_gemm(step, first, second, result)
+        sides = ((step.kept_left, step.contracted), (step.contracted, step.kept_right))
+        first, second = (self.kept_copy(value, name, step.batch, *axes) if name else value
+                         for value, name, axes in zip((first, second), step.kept, sides))
         if "im2col" in self.sp.packing:
             first = self.packed(first, step.windows[0], step.batch, step.kept_left,
                                 step.contracted)
@@ -765,6 +768,22 @@ class _StatementRenderer:
         self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(shape)})")
         self.emit(self.pack_window(value, buffer, order))
         return _Value(buffer, order, shape)
+
+    def kept_copy(self, value: _Value, name: str, batch: tuple[str, ...],
+                  first: tuple[str, ...], second: tuple[str, ...]) -> _Value:
+        """A window operand copied into GEMM order into a fresh array `name` that the kernel
+        also returns (plan.keep_windows): by the threaded copy where the plan packs, else
+        by NumPy."""
+        order = tuple(g for g in batch if g in value.axes) + first + second
+        shape = tuple(self.sizes[x] for x in order)
+        if "im2col" in self.sp.packing:
+            self.emit(f"{name} = np.empty({_tuple(shape)}, dtype=DTYPE)"
+                      "  # im2col copy, also returned")
+            self.emit(self.pack_window(value, name, order))
+        else:
+            self.emit(f"{name} = np.ascontiguousarray({self.reordered(value, order).code})"
+                      "  # im2col copy, also returned")
+        return _Value(name, order, shape)
 
     def pack_window(self, value: _Value, cols: str, order: tuple[str, ...],
                     chunk: tuple[str, str, str, int] | None = None) -> str:
@@ -1300,7 +1319,8 @@ class _ModuleRenderer:
         program = plan.program
         self.variables = {name: python_name(name) for name in program.tensors}
         self.tensor_of = {variable: name for name, variable in self.variables.items()}
-        self.taken = set(self.variables.values()) | _MODULE_NAMES
+        self.taken = set(self.variables.values()) | _MODULE_NAMES \
+            | {window.name for window in plan.kept_windows}
         for statement in program.statements:
             self.taken |= {python_name(index) for index in statement.ranges}
         self.claimable: str | None = None
@@ -1381,11 +1401,12 @@ class _ModuleRenderer:
             self.claimable = None if sp.statement.accumulate else self.variable(sp.statement.target)
             body.extend(self.render_statement(sp))
             body.append("")
-        outputs = [self.variable(n) for n in program.outputs]
+        outputs = [(name, self.variable(name)) for name in program.outputs]
+        outputs += [(window.name, window.name) for window in self.plan.kept_windows]
         if len(outputs) == 1:
-            body.append(f"return {outputs[0]}")
+            body.append(f"return {outputs[0][1]}")
         else:
-            pairs = ", ".join(f"{name!r}: {self.variable(name)}" for name in program.outputs)
+            pairs = ", ".join(f"{name!r}: {variable}" for name, variable in outputs)
             body.append(f"return {{{pairs}}}")
         return body
 

@@ -1,0 +1,145 @@
+"""Kept windows: a forward kernel returns its im2col copies, its adjoint reads them.
+
+- `Kernel(keep_windows=True)` returns, beside the outputs, each window of an input that its
+  plan copies into GEMM order in full (`x_cols`), laid out as the plan states; the values
+  are the window's, the outputs unchanged.
+- `Kernel(adjoint, windows=...)` reads those copies instead of the windows: a convolution's
+  weight gradient needs no im2col of its own. Gradients match PyTorch autograd and the
+  adjoint compiled without them; reads whose ranges differ from the copy's are left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tensorc as tc
+from tensorc.errors import ShapeError
+from tensorc.plan import KeptWindow, keep_windows, reading_kept_windows
+
+CONV = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v] + b[o]"
+PADDED_STRIDED = "y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   where h < 4, w < 4, x: zero"
+
+
+def arrays(x_shape, k_shape, dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(k_shape).astype(dtype),
+            rng.standard_normal(k_shape[0]).astype(dtype))
+
+
+def window_values(x, window: KeptWindow, stride=1, pad=0):
+    """x[n,c,stride*h+u-pad,stride*w+v-pad] gathered by NumPy, in the window's axis order."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    sizes = dict(zip(window.axes, window.shape))
+    n, c, h, w, u, v = np.ogrid[tuple(slice(0, sizes[a]) for a in "nchwuv")]
+    gathered = xp[n, c, stride * h + u, stride * w + v]  # axes n,c,h,w,u,v
+    return gathered.transpose(["nchwuv".index(a) for a in window.axes])
+
+
+@pytest.mark.parametrize("x_shape, k_shape", [((6, 3, 10, 11), (4, 3, 3, 3)),  # channels-last
+                                              ((6, 1, 12, 12), (5, 1, 5, 5))])  # batched GEMM
+def test_forward_returns_the_window_copy_it_multiplies(x_shape, k_shape):
+    x, k, b = arrays(x_shape, k_shape)
+    kernel = tc.Kernel(tc.parse(CONV), keep_windows=True)
+    results = kernel(x=x, k=k, b=b)
+    (window,) = kernel.kept_windows
+    assert str(window.read) == "x[n,c,h+u,w+v]" and window.name == "x_cols"
+    assert set(results) == {"y", "x_cols"}
+    np.testing.assert_array_equal(results["x_cols"], window_values(x, window))
+    expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(k), torch.from_numpy(b)).numpy()
+    np.testing.assert_allclose(results["y"], expected, rtol=1e-10, atol=1e-10)
+    plan = str(kernel.plan)
+    assert f"kept:    {window} (im2col copies" in plan and "kept as x_cols" in plan
+    assert "return {'y': y, 'x_cols': x_cols}" in kernel.source
+
+
+def test_without_keep_windows_nothing_more_is_returned():
+    x, k, b = arrays((6, 3, 10, 11), (4, 3, 3, 3))
+    kernel = tc.compile(CONV)
+    assert isinstance(kernel(x=x, k=k, b=b), np.ndarray) and kernel.kept_windows == ()
+
+
+@pytest.mark.parametrize("program, stride, pad, x_shape", [
+    (CONV, 1, 0, (5, 3, 10, 11)),
+    (PADDED_STRIDED, 2, 1, (5, 3, 8, 8)),
+])
+def test_adjoint_reads_the_kept_copy_and_matches_torch(program, stride, pad, x_shape):
+    x, k, b = arrays(x_shape, (4, 3, 3, 3))
+    forward = tc.Kernel(tc.parse(program), keep_windows=True)
+    results = forward(**{"x": x, "k": k, **({"b": b} if "b[o]" in program else {})})
+    (window,) = forward.kept_windows
+    np.testing.assert_array_equal(results[window.name], window_values(x, window, stride, pad))
+
+    wrt = ["x", "k"] + (["b"] if "b[o]" in program else [])
+    adjoint = tc.grad(tc.parse(program), wrt=wrt)
+    backward = tc.Kernel(adjoint, windows=forward.kept_windows)
+    dy = np.random.default_rng(1).standard_normal(results["y"].shape)
+    feed = {"x": x, "k": k, "dy": dy, window.name: results[window.name]}
+    grads = backward(**{name: feed[name] for name in backward.inputs})
+    assert "x[n,c," in str(backward.plan) and f"read from {window.name}, the copy in GEMM " \
+        "order its forward kept (no im2col)" in str(backward.plan)
+    assert window.name in backward.plan.program.inputs
+
+    reference = tc.compile(adjoint)(**{n: feed[n] for n in ("x", "k", "dy")})
+    xt = torch.from_numpy(x).requires_grad_(True)
+    kt = torch.from_numpy(k).requires_grad_(True)
+    yt = F.conv2d(xt, kt, stride=stride, padding=pad)
+    yt.backward(torch.from_numpy(dy))
+    for name, expected in (("dx", xt.grad), ("dk", kt.grad)):
+        np.testing.assert_allclose(grads[name], expected.numpy(), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(grads[name], reference[name], rtol=1e-12, atol=1e-12)
+
+
+def test_weight_gradient_alone_needs_only_the_copy():
+    x, k, b = arrays((5, 3, 10, 11), (4, 3, 3, 3))
+    forward = tc.Kernel(tc.parse(CONV), keep_windows=True)
+    results = forward(x=x, k=k, b=b)
+    backward = tc.Kernel(tc.grad(tc.parse(CONV), wrt=["k"]), windows=forward.kept_windows)
+    dy = np.random.default_rng(2).standard_normal(results["y"].shape)
+    dk = backward(x=x, k=k, dy=dy, x_cols=results["x_cols"])
+    # x itself is no longer read (k, declared, only gives dk its shape)
+    assert backward.plan.program.inputs == ("dy", "x_cols")
+    assert "def kernel(dy, x_cols):" in backward.source
+    expected = tc.compile(tc.grad(tc.parse(CONV), wrt=["k"]))(x=x, k=k, dy=dy)
+    np.testing.assert_allclose(dk, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_reads_over_other_ranges_are_not_replaced():
+    """A copy holds the window over its own ranges: a statement whose indices range
+    differently reads the tensor itself."""
+    x, k, b = arrays((5, 3, 10, 11), (4, 3, 3, 3))
+    forward = tc.Kernel(tc.parse(CONV), keep_windows=True)
+    forward(x=x, k=k, b=b)
+    (window,) = forward.kept_windows
+    smaller = tc.parse("z[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]   where h < 5, w < 5")
+    checked = tc.compile(smaller)
+    checked(x=x, k=k)
+    program, readers = reading_kept_windows(checked.ir, (window,))
+    assert readers == {} and program is checked.ir
+
+
+def test_copy_of_the_wrong_shape_is_a_shape_error():
+    x, k, b = arrays((5, 3, 10, 11), (4, 3, 3, 3))
+    forward = tc.Kernel(tc.parse(CONV), keep_windows=True)
+    results = forward(x=x, k=k, b=b)
+    backward = tc.Kernel(tc.grad(tc.parse(CONV), wrt=["k"]), windows=forward.kept_windows)
+    dy = np.zeros(results["y"].shape)
+    with pytest.raises(ShapeError, match="'x_cols' has shape .* but the window it keeps"):
+        backward(x=x, k=k, dy=dy, x_cols=results["x_cols"][:, :-1])
+
+
+def test_chunked_copies_are_not_kept():
+    """An im2col copy made in chunks (larger than IM2COL_CHUNK_BYTES) is never whole."""
+    x, k, b = arrays((64, 16, 12, 12), (32, 16, 5, 5))  # float64: 13 MB of windows
+    kernel = tc.Kernel(tc.parse(CONV), keep_windows=True)
+    assert isinstance(kernel(x=x, k=k, b=b), np.ndarray) and kernel.kept_windows == ()
+    assert "im2col in chunks" in str(kernel.plan)
+
+
+def test_keep_windows_marks_only_input_windows():
+    """A GEMM operand computed by the program (not an input) has no window to keep."""
+    kernel = tc.compile("t[n,c,i,j] = x[n,c,i,j] * 2\ny[n,o,h,w] = t[n,c,h+u,w+v] * k[o,c,u,v]",
+                        x=(2, 3, 8, 8), k=(4, 3, 3, 3))
+    assert keep_windows(kernel.plan).kept_windows == ()
