@@ -6,6 +6,8 @@
 - `Kernel(adjoint, windows=...)` reads those copies instead of the windows: a convolution's
   weight gradient needs no im2col of its own. Gradients match PyTorch autograd and the
   adjoint compiled without them; reads whose ranges differ from the copy's are left alone.
+- `tensorc.nn` layers keep windows in training (not in eval), so the whole layer sweep of
+  test_nn_layers runs through them; here a few layers assert that they do.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import tensorc as tc
+from tensorc import nn
 from tensorc.errors import ShapeError
 from tensorc.plan import KeptWindow, keep_windows, reading_kept_windows
 
@@ -143,3 +146,36 @@ def test_keep_windows_marks_only_input_windows():
     kernel = tc.compile("t[n,c,i,j] = x[n,c,i,j] * 2\ny[n,o,h,w] = t[n,c,h+u,w+v] * k[o,c,u,v]",
                         x=(2, 3, 8, 8), k=(4, 3, 3, 3))
     assert keep_windows(kernel.plan).kept_windows == ()
+
+
+# ---- tensorc.nn --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", [dict(), dict(padding=1), dict(stride=2, padding=1),
+                                     dict(groups=2, padding=1)],
+                         ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
+def test_conv_layer_trains_through_kept_windows(options):
+    torch.manual_seed(0)
+    reference = torch.nn.Conv2d(4, 6, 3, **options).double()
+    layer = nn.Conv2d(4, 6, 3, **options).to("float64")
+    layer.load_state_dict({k: v.detach().numpy() for k, v in reference.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((3, 4, 9, 10))
+    y = layer(x)
+    forward = next(k for key, k in layer._kernels.items() if key[1] is None)
+    assert [w.read.tensor for w in forward.kept_windows] == ["x"]
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    dx = layer.backward(dy)
+    backward = next(k for key, k in layer._kernels.items() if key[1] is not None)
+    assert "read from x_cols" in str(backward.plan)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    reference(xt).backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(layer.weight.grad, reference.weight.grad.numpy(),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_eval_mode_keeps_nothing():
+    layer = nn.Conv2d(4, 6, 3).to("float64").eval()
+    y = layer(np.random.default_rng(0).standard_normal((3, 4, 9, 10)))
+    assert isinstance(y, np.ndarray)
+    (forward,) = layer._kernels.values()
+    assert forward.kept_windows == () and "x_cols" not in forward.source

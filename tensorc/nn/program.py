@@ -23,10 +23,10 @@ import numpy as np
 
 from .. import Kernel, parse
 from .. import syntax as S
-from .. import compile as compile_program
 from .. import grad as derive_gradient
 from ..check import structure
 from ..errors import TensorcError
+from ..plan import KeptWindow
 from . import init as initializers
 from .module import InputShapeError, Module, Parameter
 
@@ -87,9 +87,15 @@ class ProgramModule(Module):
         """Receives the extra outputs (running statistics are updated here)."""
 
     # ---- kernels ----
-    def kernel(self, variant: str, wrt: tuple[str, ...] | None, sizes: Mapping[str, int]) -> Kernel:
-        """The forward kernel (wrt None) or the adjoint kernel for `wrt`, built once."""
-        key = (variant, wrt, tuple(sorted(sizes.items())))
+    def kernel(self, variant: str, wrt: tuple[str, ...] | None, sizes: Mapping[str, int],
+               windows: tuple[KeptWindow, ...] = ()) -> Kernel:
+        """The forward kernel (wrt None) or the adjoint kernel for `wrt`, built once.
+
+        In training, the forward kernel also returns the im2col copies it makes of its
+        inputs' windows (Kernel keep_windows), and the adjoint kernel is given them
+        (`windows`): a convolution's weight gradient reads the copy its forward made."""
+        keep = wrt is None and self.training
+        key = (variant, wrt, tuple(sorted(sizes.items())), keep, windows)
         kernel = self._kernels.get(key)
         if kernel is None:
             program = self._parsed[variant]
@@ -97,12 +103,11 @@ class ProgramModule(Module):
             if wrt is not None:
                 adjoint = derive_gradient(program, wrt=list(wrt))
                 kept = (self.output_name(variant),) + extra
-                kernel = compile_program(without_definitions(adjoint, kept), **sizes)
-            elif extra:  # results that later statements also read
-                kernel = Kernel(program, sizes=dict(sizes),
-                                outputs=(self.output_name(variant),) + extra)
-            else:
-                kernel = compile_program(program, **sizes)
+                kernel = Kernel(without_definitions(adjoint, kept), sizes=dict(sizes),
+                                windows=windows)
+            else:  # extra: results that later statements also read
+                kernel = Kernel(program, sizes=dict(sizes), keep_windows=keep,
+                                outputs=(self.output_name(variant),) + extra if extra else None)
             self._kernels[key] = kernel
         return kernel
 
@@ -147,13 +152,13 @@ class ProgramModule(Module):
         else:
             y = results
             results = {self.output_name(variant): y}
-        self._saved = (variant, xs, feed, sizes, results)
+        self._saved = (variant, xs, feed, sizes, results, kernel.kept_windows)
         return y.reshape(self.output_shape(y, *xs))
 
     def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        variant, xs, feed, sizes, results = self._saved
+        variant, xs, feed, sizes, results, windows = self._saved
         program_shape = results[self.output_name(variant)].shape
         wrt = tuple((list(self.inputs) if input_grad else []) + self._trained_names())
         if not wrt:
@@ -165,7 +170,7 @@ class ProgramModule(Module):
                                   f"{int(np.prod(program_shape))} elements")
         arrays = {**feed, **results,
                   f"d{self.output_name(variant)}": grad_output.reshape(program_shape)}
-        kernel = self.kernel(variant, wrt, sizes)
+        kernel = self.kernel(variant, wrt, sizes, windows)
         results = kernel(**{name: arrays[name] for name in kernel.inputs})
         if not isinstance(results, dict):
             results = {f"d{wrt[0]}": results}
