@@ -1488,7 +1488,12 @@ def reading_kept_windows(program: CheckedProgram, windows: tuple[KeptWindow, ...
     """`program` with each read of a kept window (the same tensor, maps and boundary, in a
     statement whose ranges of the window's indices are the copy's sizes, so that it reads
     exactly what the copy holds) replaced by a plain read of the copy; and, per statement
-    number, the windows it now reads. Inputs read only through such windows are dropped."""
+    number, the windows it now reads. Inputs read only through such windows are dropped.
+    A window of a tensor the program writes to, or named like one of its tensors, is not
+    read."""
+    targets = {s.target for s in program.statements}
+    windows = tuple(w for w in windows if w.read.tensor not in targets
+                    and w.name not in program.tensors)
     if not windows:
         return program, {}
     readers: dict[int, list[KeptWindow]] = {}
@@ -1505,15 +1510,17 @@ def reading_kept_windows(program: CheckedProgram, windows: tuple[KeptWindow, ...
         statements.append(replace(statement, value=value))
     if not readers:
         return program, {}
-    def reads(statements) -> set[str]:
-        return {n.tensor for s in statements for n in walk(s.value) if isinstance(n, Read)}
-    now = reads(statements)
-    unread = reads(program.statements) - now
+    now = _tensors_read(statements)
+    unread = _tensors_read(program.statements) - now
     used = [w for w in windows if w.name in now]
     tensors = {**program.tensors, **{w.name: TensorInfo(w.name, w.shape) for w in used}}
     inputs = tuple(n for n in program.inputs if n not in unread) + tuple(w.name for w in used)
     return replace(program, statements=tuple(statements), tensors=tensors,
                    inputs=inputs), readers
+
+
+def _tensors_read(statements) -> set[str]:
+    return {n.tensor for s in statements for n in walk(s.value) if isinstance(n, Read)}
 
 
 def _replace_read(expr: Expr, old: Read, new: Read) -> Expr:

@@ -179,3 +179,16 @@ def test_eval_mode_keeps_nothing():
     assert isinstance(y, np.ndarray)
     (forward,) = layer._kernels.values()
     assert forward.kept_windows == () and "x_cols" not in forward.source
+
+
+def test_a_window_of_a_tensor_the_program_computes_is_not_read_from_the_copy():
+    """The copy holds the values of the forward's input x: a program that computes its own
+    x reads that x's window itself."""
+    x, k, b = arrays((5, 3, 10, 11), (4, 3, 3, 3))
+    forward = tc.Kernel(tc.parse(CONV), keep_windows=True)
+    forward(x=x, k=k, b=b)
+    later = tc.compile("x[n,c,i,j] = t[n,c,i,j] * 2\n"
+                       "z[o,c,u,v] = x[n,c,h+u,w+v] * dy[n,o,h,w]")
+    later(t=x, dy=np.ones((5, 4, 8, 9)))
+    program, readers = reading_kept_windows(later.ir, forward.kept_windows)
+    assert readers == {} and program is later.ir
