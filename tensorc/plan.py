@@ -1537,9 +1537,11 @@ def keep_windows(plan: ProgramPlan) -> ProgramPlan:
     """`plan` with the im2col copies of its inputs' windows kept: each GEMM operand that is
     a window of an input, copied into GEMM order in full (not in chunks, not by FFT or
     shifted GEMMs, not inside a loop kernel), is copied into a fresh array that the kernel
-    also returns, named in `kept_windows` (`x_cols`). An adjoint kernel given them
+    also returns, named in `kept_windows` (`x_cols`) and in its step's `kept` (steps are
+    marked in place: call it on a plan just made). An adjoint kernel given them
     (plan_program's given_windows) reads them instead of copying those windows again: a
-    convolution's weight gradient then needs no im2col of its own."""
+    convolution's weight gradient then needs no im2col of its own. The working list
+    follows the renderer's (render_contraction)."""
     program = plan.program
     taken = set(program.tensors) | {i for s in program.statements for i in s.ranges}
     kept: list[KeptWindow] = []

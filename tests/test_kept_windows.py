@@ -41,18 +41,21 @@ def window_values(x, window: KeptWindow, stride=1, pad=0):
     return gathered.transpose(["nchwuv".index(a) for a in window.axes])
 
 
-@pytest.mark.parametrize("x_shape, k_shape", [((6, 3, 10, 11), (4, 3, 3, 3)),  # channels-last
-                                              ((6, 1, 12, 12), (5, 1, 5, 5))])  # batched GEMM
-def test_forward_returns_the_window_copy_it_multiplies(x_shape, k_shape):
-    x, k, b = arrays(x_shape, k_shape)
+@pytest.mark.parametrize("x_shape, k_shape, dtype, axes", [
+    ((64, 16, 12, 12), (32, 16, 5, 5), np.float32, "nhwuvc"),  # channels-last, one GEMM
+    ((6, 1, 12, 12), (5, 1, 5, 5), np.float64, "ncuvhw"),  # a GEMM per image
+])
+def test_forward_returns_the_window_copy_it_multiplies(x_shape, k_shape, dtype, axes):
+    x, k, b = arrays(x_shape, k_shape, dtype)
     kernel = tc.Kernel(tc.parse(CONV), keep_windows=True)
     results = kernel(x=x, k=k, b=b)
     (window,) = kernel.kept_windows
     assert str(window.read) == "x[n,c,h+u,w+v]" and window.name == "x_cols"
-    assert set(results) == {"y", "x_cols"}
+    assert window.axes == tuple(axes) and set(results) == {"y", "x_cols"}
     np.testing.assert_array_equal(results["x_cols"], window_values(x, window))
     expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(k), torch.from_numpy(b)).numpy()
-    np.testing.assert_allclose(results["y"], expected, rtol=1e-10, atol=1e-10)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(results["y"], expected, rtol=tolerance, atol=tolerance)
     plan = str(kernel.plan)
     assert f"kept:    {window} (im2col copies" in plan and "kept as x_cols" in plan
     assert "return {'y': y, 'x_cols': x_cols}" in kernel.source
@@ -64,12 +67,14 @@ def test_without_keep_windows_nothing_more_is_returned():
     assert isinstance(kernel(x=x, k=k, b=b), np.ndarray) and kernel.kept_windows == ()
 
 
-@pytest.mark.parametrize("program, stride, pad, x_shape", [
-    (CONV, 1, 0, (5, 3, 10, 11)),
-    (PADDED_STRIDED, 2, 1, (5, 3, 8, 8)),
+@pytest.mark.parametrize("program, stride, pad, x_shape, k_shape, dtype", [
+    (CONV, 1, 0, (5, 3, 10, 11), (4, 3, 3, 3), np.float64),
+    (PADDED_STRIDED, 2, 1, (5, 3, 8, 8), (4, 3, 3, 3), np.float64),
+    (CONV, 1, 0, (64, 16, 12, 12), (32, 16, 5, 5), np.float32),  # copy x_cols[n,h,w,u,v,c]
 ])
-def test_adjoint_reads_the_kept_copy_and_matches_torch(program, stride, pad, x_shape):
-    x, k, b = arrays(x_shape, (4, 3, 3, 3))
+def test_adjoint_reads_the_kept_copy_and_matches_torch(program, stride, pad, x_shape, k_shape,
+                                                       dtype):
+    x, k, b = arrays(x_shape, k_shape, dtype)
     forward = tc.Kernel(tc.parse(program), keep_windows=True)
     results = forward(**{"x": x, "k": k, **({"b": b} if "b[o]" in program else {})})
     (window,) = forward.kept_windows
@@ -78,21 +83,23 @@ def test_adjoint_reads_the_kept_copy_and_matches_torch(program, stride, pad, x_s
     wrt = ["x", "k"] + (["b"] if "b[o]" in program else [])
     adjoint = tc.grad(tc.parse(program), wrt=wrt)
     backward = tc.Kernel(adjoint, windows=forward.kept_windows)
-    dy = np.random.default_rng(1).standard_normal(results["y"].shape)
+    dy = np.random.default_rng(1).standard_normal(results["y"].shape).astype(dtype)
     feed = {"x": x, "k": k, "dy": dy, window.name: results[window.name]}
     grads = backward(**{name: feed[name] for name in backward.inputs})
     assert "x[n,c," in str(backward.plan) and f"read from {window.name}, the copy in GEMM " \
         "order its forward kept (no im2col)" in str(backward.plan)
     assert window.name in backward.plan.program.inputs
+    assert f"{window.name}.transpose" not in backward.source  # read as stored, never copied
 
     reference = tc.compile(adjoint)(**{n: feed[n] for n in ("x", "k", "dy")})
     xt = torch.from_numpy(x).requires_grad_(True)
     kt = torch.from_numpy(k).requires_grad_(True)
     yt = F.conv2d(xt, kt, stride=stride, padding=pad)
     yt.backward(torch.from_numpy(dy))
+    tolerance = 1e-3 if dtype == np.float32 else 1e-10
     for name, expected in (("dx", xt.grad), ("dk", kt.grad)):
-        np.testing.assert_allclose(grads[name], expected.numpy(), rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(grads[name], reference[name], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(grads[name], expected.numpy(), rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(grads[name], reference[name], rtol=tolerance, atol=tolerance)
 
 
 def test_weight_gradient_alone_needs_only_the_copy():
