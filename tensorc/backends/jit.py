@@ -333,8 +333,9 @@ class _NumbaRenderer(_PythonSyntax):
         rows = self.row_indices()
         sizes = [self.ranges[i] for i in rows]
         self.indent = self.indent_unit * 2
-        for index, value in zip(rows, _row_decoding(sizes)):
-            self.emit(f"{nest_name(index)} = {value}")
+        names = {nest_name(index): index for index in rows}
+        for name, value in _row_decoding(list(names), sizes, self.fresh("rest")):
+            self.emit(f"{name} = {value}")
         splits = {i: self.interior(i) for i in rows} if self.disjoint else {}
         splits = {i: r for i, r in splits.items() if r is not None}
         if splits:  # rows whose reads all stay in bounds skip those checks
@@ -380,19 +381,28 @@ def _product(sizes: list[int | str]) -> str:
     return " * ".join(names + ([str(number)] if number != 1 or not names else []))
 
 
-def _row_decoding(sizes: list[int | str]) -> list[str]:
-    """Per row index (the first varies slowest), its value computed from `row`:
-    `row // 384`, `row // 24 % 16`, `row % 24`."""
-    values = []
-    for position, size in enumerate(sizes):
-        later = sizes[position + 1:]
-        inner = _product(later)
-        value = "row" if inner == "1" else \
-            f"row // {inner if len(later) == 1 or ' * ' not in inner else f'({inner})'}"
-        if position:
-            value += f" % {size if isinstance(size, int) else f'({size})'}"
-        values.append(value)
-    return values
+def _row_decoding(names: list[str], sizes: list[int | str],
+                  rest: str) -> list[tuple[str, str]]:
+    """Assignments that decode `row` into the row indices `names` (the first varies
+    slowest), the last first, each from the quotient the later ones leave in `rest`:
+    `h = row % 12`, `rest = row // 12`, `c = rest % 16`, `n = rest // 16`. LLVM sees
+    through this chain and vectorizes the loops inside a row; decoding each index from
+    `row` (`c = row // 12 % 16`) kept a 2x2 max-pool of 64x16x24x24 scalar: 0.28 ms
+    against 0.135 ms."""
+    def divisor(size: int | str) -> str:
+        return str(size) if isinstance(size, int) else f"({size})"
+    assignments: list[tuple[str, str]] = []
+    current = "row"
+    for position in range(len(names) - 1, 0, -1):
+        assignments.append((names[position], f"{current} % {divisor(sizes[position])}"))
+        if position > 1:
+            assignments.append((rest, f"{current} // {divisor(sizes[position])}"))
+            current = rest
+        else:
+            assignments.append((names[0], f"{current} // {divisor(sizes[position])}"))
+    if len(names) == 1:
+        assignments.append((names[0], "row"))
+    return assignments
 
 
 def render_numba(nests: list[LoopNest], dtype: str, copies: tuple[str, ...] = ()) -> str:
@@ -432,9 +442,10 @@ class _CopyWriter:
     def rows(self, rows: tuple[str, ...]) -> str:
         """Decode `row` into the row indices (the first varies slowest); the row count."""
         sizes = [self.sizes[r] for r in rows]
-        for index, value in zip(rows, _row_decoding(sizes)):
-            start = self.starts.get(index)
-            self.emit(f"i_{index} = {value}" + (f" + {start}" if start else ""))
+        names = {f"i_{r}": r for r in rows}
+        for name, value in _row_decoding(list(names), sizes, "rest"):
+            start = self.starts.get(names[name]) if name in names else None
+            self.emit(f"{name} = {value}" + (f" + {start}" if start else ""))
         return _product(sizes)
 
     def loops(self, indices: tuple[str, ...], guards: list[tuple[IndexMap, int, int]],

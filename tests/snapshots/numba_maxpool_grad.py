@@ -132,9 +132,10 @@ def compute_p_1(y, p):
     y_flat = y.reshape(-1)
     p_flat = p.reshape(-1)
     for row in range(12288):
-        n = row // 192
-        c = row // 12 % 16
         h = row % 12
+        rest = row // 12
+        c = rest % 16
+        n = rest // 16
         for w in range(12):
             max_u_v = REAL(-np.inf)
             for u in range(2):
@@ -154,9 +155,10 @@ def compute_dy_3(dp, y, p, dy):
     p_flat = p.reshape(-1)
     dy_flat = dy.reshape(-1)
     for row in range(12288):
-        n = row // 192
-        c = row // 12 % 16
         h = row % 12
+        rest = row // 12
+        c = rest % 16
+        n = rest // 16
         for w in range(12):
             # ties[n,c,h,w], computed here (never stored):
             sum_u_v = REAL(0)

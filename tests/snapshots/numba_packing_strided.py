@@ -149,8 +149,8 @@ def tc_reflect(p, n):
 def pack_x_1(src, dst):
     """x[n,c,2*h+u-1,2*w+v-1]: the window in GEMM order (im2col)"""
     for row in prange(64):
-        i_n = row // 16
         i_c = row % 16
+        i_n = row // 16
         for i_u in range(3):
             for i_v in range(3):
                 for i_h in range(14):
@@ -164,8 +164,8 @@ def pack_x_1(src, dst):
 def scatter_dx_2(g, dst):
     """dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w]*k[o,c,u,v]   where h < 14, w < 14, dx: zero: the contribution added through the windows (col2im)"""
     for row in prange(64):
-        i_n = row // 16
         i_c = row % 16
+        i_n = row // 16
         for i_h in range(14):
             for i_w in range(14):
                 for i_u in range(3):
@@ -180,8 +180,8 @@ def scatter_dx_2(g, dst):
 def pack_x_3(src, dst):
     """x[n,c,2*h+u-1,2*w+v-1]: the window in GEMM order (im2col)"""
     for row in prange(64):
-        i_n = row // 16
         i_c = row % 16
+        i_n = row // 16
         for i_u in range(3):
             for i_v in range(3):
                 for i_h in range(14):
