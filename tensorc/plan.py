@@ -664,12 +664,10 @@ class _StatementPlanner:
         with dy: the window index is then the output position) all have this shape."""
         if self.itemsize not in (4, 8) or len(operands) != 2:
             return None  # numpy.fft has no float16 transform
-        for signal, kernel in ((0, 1), (1, 0)):
-            dims = self.fft_dims(operands[signal], operands[kernel], reduced, out_axes)
-            if dims:
-                break
-        else:
+        pair = self.window_pair(operands, reduced, out_axes)
+        if pair is None:
             return None
+        signal, kernel, dims = pair
         x, k = operands[signal], operands[kernel]
         frequency = {d.output: d.frequency for d in dims}
         sizes = {d.frequency: d.length for d in dims}
@@ -748,12 +746,10 @@ class _StatementPlanner:
         stride-1 windowed contraction of two operands with GEMM-shaped plain axes."""
         if len(operands) != 2:
             return None
-        for signal, kernel in ((0, 1), (1, 0)):
-            dims = self.fft_dims(operands[signal], operands[kernel], reduced, out_axes)
-            if dims:
-                break
-        else:
+        pair = self.window_pair(operands, reduced, out_axes)
+        if pair is None:
             return None
+        signal, kernel, dims = pair
         x, k = operands[signal], operands[kernel]
         if x.read.boundary not in (None, "zero"):
             return None  # other modes' margins are not zeros: a padded copy per mode
@@ -843,6 +839,17 @@ class _StatementPlanner:
                        f"per {','.join(offsets)} on that copy shifted, {how}; no im2col copy")
         temporaries = [signal_elements, wide_elements, count(out_axes)]
         return _Candidate(plan, estimated, flops, temporaries, description)
+
+    def window_pair(self, operands: list[Node], reduced: tuple[str, ...],
+                    out_axes: tuple[str, ...]) -> tuple[int, int, list[FFTDim]] | None:
+        """(signal, kernel, dims) of two operands: which one is read through windows and
+        which one holds the window (fft_dims), either way round; None when neither fits.
+        FFT convolutions and shifted GEMMs both start from it."""
+        for signal, kernel in ((0, 1), (1, 0)):
+            dims = self.fft_dims(operands[signal], operands[kernel], reduced, out_axes)
+            if dims:
+                return signal, kernel, dims
+        return None
 
     def fft_dims(self, x: Node, k: Node, reduced: tuple[str, ...],
                  out_axes: tuple[str, ...]) -> list[FFTDim]:
