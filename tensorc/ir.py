@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 from .errors import Span
@@ -10,7 +10,7 @@ from .syntax import NO_SPAN
 
 __all__ = ["IndexMap", "Read", "Constant", "IndexValue", "Apply", "Reduce", "Expr",
            "TensorInfo", "Statement", "CheckedProgram", "StatementStructure", "ProgramStructure",
-           "walk", "first_appearance", "free_indices"]
+           "walk", "map_reads", "first_appearance", "free_indices"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,17 @@ def walk(expr: Expr):
             yield from walk(arg)
     elif isinstance(expr, Reduce):
         yield from walk(expr.body)
+
+
+def map_reads(expr: Expr, function) -> Expr:
+    """`expr` with every Read replaced by `function(read)`, the rest rebuilt around them."""
+    if isinstance(expr, Read):
+        return function(expr)
+    if isinstance(expr, Apply):
+        return replace(expr, args=tuple(map_reads(a, function) for a in expr.args))
+    if isinstance(expr, Reduce):
+        return replace(expr, body=map_reads(expr.body, function))
+    return expr
 
 
 def first_appearance(expr: Expr) -> list[str]:

@@ -18,7 +18,7 @@ from .budget import format_size, memory_budget, physical_memory
 from .errors import MemoryBudgetError
 from .ir import (
     Apply, CheckedProgram, Constant, Expr, IndexMap, IndexValue, Read, Reduce, Statement,
-    TensorInfo, walk,
+    TensorInfo, map_reads, walk,
 )
 
 __all__ = ["IM2COL_CHUNK_BYTES", "ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
@@ -1304,22 +1304,16 @@ def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | Non
         ranges[new] = shape[dim]
         del ranges[position]
 
-    def rewrite(node: Expr) -> Expr:
-        if isinstance(node, Read):
-            if not set(replaced) & set(node.indices()):
-                return node
-            new_maps = node.maps
-            for position, by in replaced.items():
-                new_maps = tuple(_substitute(rm, position, by) for rm in new_maps)
-            return replace(node, maps=new_maps, boundary="zero")
-        if isinstance(node, Apply):
-            return replace(node, args=tuple(rewrite(a) for a in node.args))
-        if isinstance(node, Reduce):
-            return replace(node, body=rewrite(node.body))
-        return node
+    def rewrite(node: Read) -> Read:
+        if not set(replaced) & set(node.indices()):
+            return node
+        new_maps = node.maps
+        for position, by in replaced.items():
+            new_maps = tuple(_substitute(rm, position, by) for rm in new_maps)
+        return replace(node, maps=new_maps, boundary="zero")
 
     # Window offsets were target positions; now they are summed like any other index.
-    new_value = rewrite(value)
+    new_value = map_reads(value, rewrite)
     kept = {m.terms[0][0] for m in maps}
     summed = tuple(n for n in statement.index_order() if n in ranges and n not in kept)
     inner = new_value.body if outer else new_value
@@ -1510,7 +1504,7 @@ def reading_kept_windows(program: CheckedProgram, windows: tuple[KeptWindow, ...
         for window in windows:
             if all(statement.ranges.get(a) == size for a, size in zip(window.axes, window.shape)):
                 copy = Read(window.name, tuple(IndexMap(((a, 1),)) for a in window.axes))
-                replaced = _replace_read(value, window.read, copy)
+                replaced = map_reads(value, lambda read: copy if read == window.read else read)
                 if replaced != value:
                     value = replaced
                     readers.setdefault(number, []).append(window)
@@ -1528,16 +1522,6 @@ def reading_kept_windows(program: CheckedProgram, windows: tuple[KeptWindow, ...
 
 def _tensors_read(statements) -> set[str]:
     return {n.tensor for s in statements for n in walk(s.value) if isinstance(n, Read)}
-
-
-def _replace_read(expr: Expr, old: Read, new: Read) -> Expr:
-    if isinstance(expr, Read):
-        return new if expr == old else expr
-    if isinstance(expr, Apply):
-        return replace(expr, args=tuple(_replace_read(a, old, new) for a in expr.args))
-    if isinstance(expr, Reduce):
-        return replace(expr, body=_replace_read(expr.body, old, new))
-    return expr
 
 
 def keep_windows(plan: ProgramPlan) -> ProgramPlan:
