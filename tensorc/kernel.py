@@ -103,7 +103,9 @@ def _specialize(program: S.Program, program_text: str, backend: str,
         for window in given:
             if shapes[window.name] != window.shape:
                 raise ShapeError(f"'{window.name}' has shape {shapes[window.name]}, but the "
-                                 f"window it keeps, {window}, has shape {window.shape}")
+                                 f"window it keeps, {window}, has shape {window.shape}; pass "
+                                 f"the '{window.name}' the forward kernel returned with it, or "
+                                 "build this kernel with that kernel's current kept_windows")
         names = {w.name for w in windows}
         with recursion_headroom():
             checked = check(program, {n: v for n, v in shapes.items() if n not in names},
