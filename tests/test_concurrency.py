@@ -201,6 +201,46 @@ def test_one_specialization_called_from_many_threads_keeps_scratch_buffers_apart
     _hammer(work, range(WORKERS))
 
 
+# LeNet-2's input gradient on 8 images: the GEMM's result (8 x 64 x 400 floats, 1.6 MB) is
+# written into a reused buffer, then added back through the windows (col2im).
+INPUT_GRADIENT = "dx: [N, C, H, W]\ndx[n,c,h+u,w+v] += dy[n,o,h,w] * k[o,c,u,v]"
+INPUT_GRADIENT_SHAPES = {"N": 8, "C": 16, "H": 12, "W": 12, "dy": (8, 32, 8, 8),
+                         "k": (32, 16, 5, 5)}
+
+
+def _input_gradient(dy: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """dx by NumPy: the adjoint of a valid correlation, one window offset at a time."""
+    dx = np.zeros((dy.shape[0], k.shape[1], 12, 12))
+    for u in range(5):
+        for v in range(5):
+            dx[:, :, u:u + 8, v:v + 8] += np.einsum("nohw,oc->nchw", dy, k[:, :, u, v])
+    return dx
+
+
+@pytest.mark.parametrize("jit", ["auto", "off"])  # col2im by a Numba loop, or by NumPy
+def test_a_gemm_result_in_a_reused_buffer_serves_each_call_and_each_thread(jit, monkeypatch):
+    monkeypatch.setenv("TENSORC_JIT", jit)
+    kern = tc.compile(INPUT_GRADIENT, **INPUT_GRADIENT_SHAPES)
+    assert "out=_scratch('contribution'" in kern.source
+    rng = np.random.default_rng(7)
+    k = rng.standard_normal((32, 16, 5, 5))
+    dys = [rng.standard_normal((8, 32, 8, 8)) for _ in range(2)]
+    first, second = kern(dy=dys[0], k=k), kern(dy=dys[1], k=k)  # the second reuses the buffer
+    np.testing.assert_allclose(first, _input_gradient(dys[0], k), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(second, _input_gradient(dys[1], k), rtol=1e-12, atol=1e-12)
+    barrier = threading.Barrier(WORKERS)
+
+    def work(worker):
+        rng = np.random.default_rng(200 + worker)
+        barrier.wait()
+        for _ in range(5):
+            dy = rng.standard_normal((8, 32, 8, 8)) * (worker + 1)
+            np.testing.assert_allclose(kern(dy=dy, k=k), _input_gradient(dy, k),
+                                       rtol=1e-12, atol=1e-12)
+
+    _hammer(work, range(WORKERS))
+
+
 GRAD_PROGRAM = ("y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v] + b[o]   where h < H, w < W, "
                 "x: circular\nl = sum[n,o,h,w](tanh(y[n,o,h,w])^2)")
 

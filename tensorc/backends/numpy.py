@@ -107,6 +107,10 @@ _IN_PLACE = {
 _REDUCERS = {"sum": "np.sum", "mean": "np.mean", "max": "np.max", "min": "np.min"}
 _WINDOW_UPDATE = {"sum": "np.add", "mean": "np.add", "max": "np.maximum", "min": "np.minimum"}
 
+# A GEMM result the statement drops once used goes into a reused buffer from this size on
+# (smaller ones are cheap to allocate, and their modules stay without the helper).
+SCRATCH_RESULT_MIN_BYTES = 256 << 10
+
 _SCRATCH_HELPER = '''
 _SCRATCH = threading.local()  # per-thread buffers reused across calls (fresh large ones are slow)
 
@@ -266,6 +270,8 @@ class _StatementRenderer:
         self.fixed: dict[str, str] = {}
         self.indent = ""
         self.hoisted: dict[int, _Value] = {}  # plan nodes computed before such a loop
+        # set while rendering a value the statement drops once used (`temporary`)
+        self.into_scratch = False
         # (line number, name) of each line that makes a window view or its padded copy,
         # dropped when threaded copies read the tensor instead
         self.view_lines: list[tuple[int, str]] = []
@@ -296,6 +302,19 @@ class _StatementRenderer:
         name = self.fresh(hint)
         self.emit(f"{name} = {value.code}")
         return _Value(name, value.axes, value.shape, value.owned, layout=value.layout)
+
+    def temporary(self, node: Node, hint: str) -> _Value:
+        """`node`'s value, named, for a statement that drops it once used (a contribution
+        added back through windows): a GEMM that yields it writes into a reused buffer.
+        Measured on LeNet-2's 6.5 MB input-gradient contribution: the training step took
+        0.93-0.99 of the time in six in-process A/B runs, while the kernel alone took the
+        same time either way (no page faults in either case): the gain is in the step,
+        where the kernel runs between others that allocate."""
+        self.into_scratch = True
+        try:
+            return self.materialized(self.render(node, hint), hint)
+        finally:
+            self.into_scratch = False
 
     # ---- nodes ----
     def render(self, node: Node, name_hint: str = "t") -> _Value:
@@ -486,13 +505,14 @@ class _StatementRenderer:
         elif node.shifted is not None:
             value = self.render_shifted(node, name_hint)
         else:
+            into_scratch, self.into_scratch = self.into_scratch, False  # (not its operands)
             working = [self.operand(o) for o in node.operands]
             total = len(node.steps)
             for number, step in enumerate(node.steps, 1):
                 last = number == total
                 result = self.fresh(name_hint if last else "t")
                 self.emit(f"# step {number}/{total}: {self.describe(step)}")
-                value = self.render_step(step, working, result)
+                value = self.render_step(step, working, result, into_scratch and last)
                 for i in sorted({step.left, step.right}, reverse=True):
                     working.pop(i)
                 working.append(value)
@@ -702,7 +722,10 @@ class _StatementRenderer:
         return _Value(f"{code}.transpose{_arguments(permutation)}", wanted,
                       tuple(self.sizes[a] for a in wanted), value.owned)
 
-    def render_step(self, step: PairStep, working: list[_Value], result: str) -> _Value:
+    def render_step(self, step: PairStep, working: list[_Value], result: str,
+                    into_scratch: bool = False) -> _Value:
+        """One step of a contraction, its result named `result`; with `into_scratch`, a
+        GEMM's result written into this thread's reused buffer of that name."""
         out_shape = tuple(self.sizes[a] for a in step.result_axes)
         if step.kind == "reduce":
             value = self.presummed(working[step.left], step.presum_left)
@@ -736,12 +759,17 @@ class _StatementRenderer:
                                  step.kept_right)
         left = self.gemm_operand(first, step.batch, step.kept_left, step.contracted)
         right = self.gemm_operand(second, step.batch, step.contracted, step.kept_right)
-        code = f"np.matmul({left}, {right})"
         natural = step.batch + step.kept_left + step.kept_right
         natural_shape = tuple(self.sizes[x] for x in natural)
         gemm_shape = tuple(self.sizes[x] for x in step.batch) + (
             math.prod(self.sizes[x] for x in step.kept_left),
             math.prod(self.sizes[x] for x in step.kept_right))
+        if into_scratch and not step.summed and \
+                math.prod(gemm_shape) * self.module.plan.itemsize >= SCRATCH_RESULT_MIN_BYTES:
+            self.module.needs_scratch = True
+            code = f"np.matmul({left}, {right}, out=_scratch({result!r}, {_tuple(gemm_shape)}))"
+        else:
+            code = f"np.matmul({left}, {right})"
         if step.summed:  # the leading batch axes are contracted: add up their results
             count = len(step.summed)
             code += f".sum(axis={0 if count == 1 else _tuple(range(count))})"
@@ -1157,7 +1185,7 @@ class _StatementRenderer:
         order = [a for a in self.sp.order if any(a in m.indices() for m in maps)]
         per_offset = bool(self.sp.offset_loop)  # else: computed once, sliced per offset
         if not per_offset:
-            value = self.materialized(self.render(self.sp.root, "contribution"), "contribution")
+            value = self.temporary(self.sp.root, "contribution")
         destination = target
         mode = statement.target_boundary
         pad = boundary_pad(maps, shape, self.sizes) if mode is not None else \
@@ -1255,7 +1283,7 @@ class _StatementRenderer:
         from .jit import render_scatter
         statement = self.sp.statement
         maps = statement.target_maps
-        value = self.materialized(self.render(self.sp.root, "contribution"), "contribution")
+        value = self.temporary(self.sp.root, "contribution")
         assert set(value.axes) <= {n for m in maps for n in m.indices()}, "a free index"
         if value.layout is not None:  # a transposed GEMM result: pass it as it is stored
             layout = value.layout

@@ -205,7 +205,7 @@ def kernel(x, k, dy):
     #   contraction as a BLAS GEMM (batched); col2im adds by threaded Numba loops
     dx = np.zeros((4, 16, 28, 28), dtype=DTYPE)
     # step 1/1: batched GEMM 4 x [196x16]@[16x144], sum over o, 3.61 MFLOP
-    contribution = np.matmul(dy.reshape(4, 16, 196).swapaxes(-1, -2), k.reshape(16, 144)).reshape(4, 14, 14, 16, 3, 3).transpose(0, 3, 1, 4, 2, 5)
+    contribution = np.matmul(dy.reshape(4, 16, 196).swapaxes(-1, -2), k.reshape(16, 144), out=_scratch('contribution', (4, 196, 144))).reshape(4, 14, 14, 16, 3, 3).transpose(0, 3, 1, 4, 2, 5)
     _jit.scatter_dx_2(contribution.transpose(0, 2, 4, 1, 3, 5), dx)
     del contribution
 
