@@ -346,6 +346,46 @@ PRODUCERS = {
 }
 
 
+def _pool(window: int, stride: int) -> tuple[tc.Program, dict]:
+    """A max-pool's gradient program over 10x10 images, and its shapes."""
+    out = (10 - window) // stride + 1
+    return tc.grad(tc.parse(POOL_GRAD.format(s=stride, k=window)), wrt=["y"]), \
+        dict(y=(2, 3, 10, 10), dp=(2, 3, out, out))
+
+
+# (program and shapes, the distinct elements a point reads where its loops run unrolled,
+# or None where they stay loops)
+UNROLLED = {
+    "max-pool gradient, 2x2 windows": (_pool(2, 2), 4),
+    "max-pool gradient, overlapping 3x3 windows": (_pool(3, 2), 9),
+    # index values and zero-padded reads, bound to numbers where the loops are unrolled
+    "index values and padding": ((tc.parse(
+        "t[a,b] = sum[u](x[a,2*b+u-1] * u)   where u < 3, b < 6, x: zero\n"
+        "z[a,2*b+u] += t[a,b] * x[a,2*b+u-1] * (u + 1)   where u < 2, x: zero"), dict(x=(3, 12), z=(3, 12))),
+        3),
+    "max-pool gradient, 5x5 windows: 25 points, loops": (_pool(5, 5), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNROLLED))
+def test_short_loops_inside_a_producer_kernel_run_unrolled_reading_each_element_once(
+        name, jit, monkeypatch):
+    (program, shapes), elements = UNROLLED[name]
+    kern = tc.compile(program, **shapes)
+    function = next(f for f in kern.source.split("@njit(") if "never stored\"\"\"" in f)
+    unrolled = "# unrolled: each element read once, before the stores" in function
+    assert unrolled is (elements is not None)
+    if unrolled:  # the window's elements of y (or x), each read once
+        reads = re.findall(r"\b(?:y|x)_flat\[([^\]]+)\]", function)
+        assert len(reads) == len(set(reads)) == elements
+        assert not re.search(r"for (u|v)\w* in", function)
+    rng = np.random.default_rng(11)
+    arrays = {n: rng.integers(0, 3, kern.ir.tensors[n].shape).astype(np.float64)
+              for n in kern.inputs}  # small integers: ties in most windows
+    want = _numpy_path(monkeypatch, lambda: tc.compile(program, **shapes)(**arrays))
+    _close(kern(**arrays), want, 1e-12)
+
+
 @pytest.mark.parametrize("name", sorted(PRODUCERS))
 def test_a_producer_is_computed_inside_the_next_kernel_only_where_the_rule_allows(
         name, jit, monkeypatch):

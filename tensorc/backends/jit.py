@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import itertools
 import math
 import os
 import pathlib
@@ -144,6 +145,15 @@ def tc_reflect(p, n):
 '''
 
 
+# A nest with a producer whose loops inside the outer point (the statement's own parallel
+# loops there, every reduction) cover at most this many points each runs them unrolled,
+# each element read once into a local before any store. The producer and the statement
+# read the same elements (a max-pool gradient: x and y for the tie count, then again for
+# the routing); in loops, the stores in between might alias them for LLVM, which reloads
+# every one. LeNet-1's max-pool gradient: 0.32 ms unrolled against 0.56 ms in loops.
+UNROLLED_POINTS = 16
+
+
 class _NumbaRenderer(_PythonSyntax):
     """A nest as a Numba function: `prange` over rows, the rest as plain loops."""
 
@@ -155,6 +165,41 @@ class _NumbaRenderer(_PythonSyntax):
         # the local variable holding the producer's value at the current outer point
         self.computed = None if nest.producer is None else \
             self.fresh(nest_name(nest.producer.target))
+        # while unrolled (`unrolls`): the indices bound to numbers, and each read's local
+        self.constants: dict[str, int] = {}
+        self.loaded: dict[str, str] | None = None
+
+    def unrolls(self) -> bool:
+        """Whether the loops inside an outer point run unrolled, loads first (see
+        UNROLLED_POINTS): a producer, short loops, and no read of the target."""
+        nest = self.nest
+        if nest.producer is None:
+            return False
+        inner = nest.parallel[len(nest.outer):]
+        loops = [inner] + [node.indices for value in nest.values for node in walk(value)
+                           if isinstance(node, Reduce)]
+        return all(math.prod(self.ranges[i] for i in indices) <= UNROLLED_POINTS
+                   for indices in loops) and not any(
+            isinstance(node, Read) and node.tensor == nest.target
+            for value in nest.values for node in walk(value))
+
+    def unrolled(self, indices: tuple[str, ...], body: Callable[[], None]) -> None:
+        """`body` once per point of `indices`, each bound to its number there."""
+        enclosing = dict(self.variables)
+        for point in itertools.product(*(range(self.ranges[i]) for i in indices)):
+            self.constants.update(zip(indices, point))
+            self.variables.update((i, str(v)) for i, v in zip(indices, point))
+            body()
+        for index in indices:
+            del self.constants[index]
+        self.variables = enclosing
+
+    def position(self, m: IndexMap) -> str:
+        if not self.constants.keys() & set(m.indices()):
+            return super().position(m)
+        folded = sum(c * self.constants[i] for i, c in m.terms if i in self.constants)
+        return super().position(IndexMap(
+            tuple(t for t in m.terms if t[0] not in self.constants), m.offset + folded))
 
     def can_leave(self, m: IndexMap, size: int) -> bool:
         if self.interior_indices & set(m.indices()):
@@ -207,13 +252,22 @@ class _NumbaRenderer(_PythonSyntax):
             return self.computed  # (read where the producer's loops computed it)
         flat, inside = self.placed(e.tensor, e.maps, e.boundary)
         value = f"{self.flat_names[e.tensor]}[{flat}]"
-        return f"({value} if {' and '.join(inside)} else REAL(0))" if inside else value
+        value = f"({value} if {' and '.join(inside)} else REAL(0))" if inside else value
+        if self.loaded is None:
+            return value
+        if value not in self.loaded:  # unrolled: each element read once, before any store
+            self.loaded[value] = self.fresh(f"{nest_name(e.tensor)}_{len(self.loaded)}")
+            self.declare(self.loaded[value], value)
+        return self.loaded[value]
 
     def reduction_loops(self, e: Reduce, accumulator: str) -> None:
         """As in CUDA C, except that the innermost loop, when it has an interior, runs as
         border, interior without bounds checks, border."""
         if not e.indices:  # a sum over nothing (an adjoint's, say): the body, once
             super().reduction_loops(e, accumulator)
+            return
+        if self.loaded is not None:
+            self.unrolled(e.indices, lambda: self.update(accumulator, e.op, self.expr(e.body)))
             return
         last, saved, depth = e.indices[-1], set(self.interior_indices), len(self.indent)
         self.interior_indices -= set(e.indices)  # these loops cover their whole ranges
@@ -257,12 +311,20 @@ class _NumbaRenderer(_PythonSyntax):
         depth = len(self.indent)
         for index in nest.outer[len(rows):]:
             self.open_loop(nest_name(index), self.ranges[index])
+        unrolled = self.unrolls()
+        if unrolled:
+            self.loaded = {}
+            self.emit("# unrolled: each element read once, before the stores")
         self.emit(f"# {nest.computed_read}, computed here (never stored):")
         bound = self.variables  # (only the outer indices are, so far)
         self.variables = {i: nest_name(i) for i in nest.outer}
         self.declare(self.computed, self.expr(nest.producer.value))
         self.variables = bound
-        self.inner_loops(nest.parallel[len(nest.outer):])
+        if unrolled:
+            self.unrolled(nest.parallel[len(nest.outer):], self.point)
+            self.loaded = None
+        else:
+            self.inner_loops(nest.parallel[len(nest.outer):])
         self.indent = self.indent[:depth]
 
     def inner_loops(self, inner: tuple[str, ...]) -> None:

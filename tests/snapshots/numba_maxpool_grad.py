@@ -160,15 +160,24 @@ def compute_dy_3(dp, y, p, dy):
         c = rest % 16
         n = rest // 16
         for w in range(12):
+            # unrolled: each element read once, before the stores
             # ties[n,c,h,w], computed here (never stored):
             sum_u_v = REAL(0)
-            for u in range(2):
-                for v in range(2):
-                    sum_u_v += REAL(y_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] == p_flat[((n * 16 + c) * 12 + h) * 12 + w])
+            y_0 = y_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w)]
+            p_1 = p_flat[((n * 16 + c) * 12 + h) * 12 + w]
+            sum_u_v += REAL(y_0 == p_1)
+            y_2 = y_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w + 1)]
+            sum_u_v += REAL(y_2 == p_1)
+            y_3 = y_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w)]
+            sum_u_v += REAL(y_3 == p_1)
+            y_4 = y_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w + 1)]
+            sum_u_v += REAL(y_4 == p_1)
             ties = sum_u_v
-            for u in range(2):
-                for v in range(2):
-                    dy_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] = ((dp_flat[((n * 16 + c) * 12 + h) * 12 + w] / ties) * REAL(y_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)] == p_flat[((n * 16 + c) * 12 + h) * 12 + w]))
+            dp_5 = dp_flat[((n * 16 + c) * 12 + h) * 12 + w]
+            dy_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w)] = ((dp_5 / ties) * REAL(y_0 == p_1))
+            dy_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w + 1)] = ((dp_5 / ties) * REAL(y_2 == p_1))
+            dy_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w)] = ((dp_5 / ties) * REAL(y_3 == p_1))
+            dy_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w + 1)] = ((dp_5 / ties) * REAL(y_4 == p_1))
 '''
 _jit = _load_jit(JIT_SOURCE)
 
