@@ -353,6 +353,54 @@ def _pool(window: int, stride: int) -> tuple[tc.Program, dict]:
         dict(y=(2, 3, 10, 10), dp=(2, 3, out, out))
 
 
+# ---- border points and rows bound to numbers (BORDER_POINTS) ---------------------------------
+
+DEPTHWISE_ZERO = "y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < 7, w < 9, x: zero"
+# (program, shapes, (border points bound, border rows bound, zero-padding checks left))
+BORDERS = {
+    "3x3 depthwise, zero padding": (DEPTHWISE_ZERO, dict(x=(2, 3, 7, 9), k=(3, 3, 3)),
+                                    (True, True, False)),
+    # two border columns on each side: two border points each
+    "5x5, replicate": ("y[n,h,w] = x[n,h+u-2,w+v-2] * k[u,v]   where h < 6, w < 7, "
+                       "x: replicate", dict(x=(2, 6, 7), k=(5, 5)), (True, True, False)),
+    # rows split along two indices (d and h): the border rows stay one generic branch
+    "3-D depthwise, zero padding": (
+        "y[n,c,d,h,w] = x[n,c,d+t-1,h+u-1,w+v-1] * k[c,t,u,v]   where d < 4, h < 5, w < 6, "
+        "x: zero", dict(x=(2, 2, 4, 5, 6), k=(2, 3, 3, 3)), (True, False, True)),
+    # a window wider than the input: border pieces longer than BORDER_POINTS stay loops
+    "wide window, symmetric": ("y[i] = x[i+j-5] * k[j]   where i < 6, x: symmetric",
+                               dict(x=(4,), k=(11,)), (False, False, False)),
+    "index values at the border": ("y[h,w] = x[h+u-1,w+v-1] * (u + 2*v)   where h < 5, w < 6, "
+                                   "u < 3, v < 3, x: zero", dict(x=(5, 6)), (True, True, False)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BORDERS))
+def test_border_points_bound_to_numbers_give_the_numpy_paths_values(name, jit, monkeypatch):
+    source, shapes, (points, rows, checks) = BORDERS[name]
+    kern = tc.compile(source, **shapes)
+    jit_source = kern.source[kern.source.index("@njit(parallel="):]
+    assert ("a border point: its reads settled here" in jit_source) is points
+    assert ("# a border row" in jit_source) is rows
+    assert ("tc_inside(" in jit_source) is checks
+    arrays = _inputs(kern, "float64", seed=12)
+    want = _numpy_path(monkeypatch, lambda: tc.compile(source, **shapes)(**arrays))
+    _close(kern(**arrays), want, 1e-12)
+
+
+def test_zero_padding_settled_while_rendering_still_multiplies_it(jit):
+    """A read outside the tensor is the number 0, still multiplied: 0 * inf is NaN on the
+    borders, as in the NumPy path (which multiplies the padded copy)."""
+    kern = tc.compile(DEPTHWISE_ZERO, x=(2, 3, 7, 9), k=(3, 3, 3))
+    assert "elif h == 0:  # a border row" in kern.source and "REAL(0) * k_flat" in kern.source
+    x = np.ones((2, 3, 7, 9))
+    k = np.ones((3, 3, 3))
+    k[:, 0, 0] = np.inf  # reaches outside at the first row and column only
+    y = kern(x=x, k=k)
+    assert np.isnan(y[:, :, 0, :]).all() and np.isnan(y[:, :, :, 0]).all()
+    assert np.isinf(y[:, :, 1:, 1:]).all()
+
+
 # (program and shapes, the distinct elements a point reads where its loops run unrolled,
 # or None where they stay loops)
 UNROLLED = {
