@@ -404,12 +404,18 @@ def _kernel_name(sp: StatementPlan) -> str:
 # ---- CPU loop kernels (Numba) -----------------------------------------------------------------
 
 JIT_MIN_FLOPS = 200_000  # below this a statement is too quick for a loop kernel to matter
-# Below this many visited points a loop kernel runs on one thread: waking Numba's workqueue
-# threads costs about 0.2 ms. A 64x16x24x24 max-pool (590k visits) took 0.30-0.34 ms on one
-# thread, 0.35-0.50 on two; its gradient's routing (590k) 0.62-0.79 against 0.85-0.99, and
-# the routing computing the tie counts (1.2M) 0.55 against 0.61; a 16x64x56x56 max-pool
-# (3.2M) 1.6-2.2 ms against 0.9-1.4.
-PARALLEL_MIN_VISITS = 2_000_000
+# Below this many visited points a loop kernel runs on one thread. Waking Numba's workqueue
+# threads costs about 0.2 ms, and on this machine (2 cores) two threads run the vectorized
+# kernels slower than one (as do two Python threads running half each, at 2.5-3x the time
+# of one running all). One thread / two, in ms:
+#   3x3 depthwise, 16x64x56x56 (29M visits)          4.3-4.9 / 4.9-7.7
+#   the same, 32x128x56x56 (116M visits)            23-25 / 25-40
+#   y with its input and weight gradients (29M each) 20 / 20-23
+#   2x2 max-pool, 16x64x56x56 (3.2M visits)         0.58-0.67 / 0.77-1.38
+#   2x2 max-pool, 32x128x56x56 (13M visits)         2.7-2.9 / 2.8-3.9
+# (Before its loops vectorized, that max-pool took 1.6-2.2 ms on one thread, 0.9-1.4 on
+# two.) Machines with more cores would gain from threads at smaller sizes.
+PARALLEL_MIN_VISITS = 1 << 28
 
 
 def _through_windows(statement: Statement) -> bool:
