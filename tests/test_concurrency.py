@@ -105,6 +105,20 @@ def _hammer(function, tasks):
         return list(pool.map(function, tasks))
 
 
+def _from_every_thread_at_once(check, rounds: int, seed: int) -> None:
+    """check(rng, worker) `rounds` times on each of WORKERS threads, released together,
+    each with its own generator (seed + worker)."""
+    barrier = threading.Barrier(WORKERS)
+
+    def work(worker):
+        rng = np.random.default_rng(seed + worker)
+        barrier.wait()
+        for _ in range(rounds):
+            check(rng, worker)
+
+    _hammer(work, range(WORKERS))
+
+
 def test_one_program_one_shape_from_many_threads_builds_once(references):
     text, shape_sets = PROGRAMS[1]
     shapes = shape_sets[0]
@@ -169,18 +183,14 @@ def test_clearing_the_cache_while_threads_compile(references):
 def test_a_shared_kernel_called_with_different_shapes_from_many_threads():
     kern = tc.compile(SAME_CONV)  # lazy: one Kernel, one `_by_call` memo, many shapes
     shapes = [(1 + w % 3, 2, 4 + w, 5 + (w * 3) % 4) for w in range(WORKERS)]
-    barrier = threading.Barrier(WORKERS)
 
-    def work(worker):
-        rng = np.random.default_rng(worker)
+    def check(rng, worker):
         n, c, h, w = shapes[worker]
-        barrier.wait()
-        for _ in range(15):
-            x, k = rng.standard_normal((n, c, h, w)), rng.standard_normal((3, c, 3, 3))
-            _same(kern(x=x, k=k), conv_zero_pad(x, k))
-            _same(kern(x, k), conv_zero_pad(x, k))  # positional, same memo entry
+        x, k = rng.standard_normal((n, c, h, w)), rng.standard_normal((3, c, 3, 3))
+        _same(kern(x=x, k=k), conv_zero_pad(x, k))
+        _same(kern(x, k), conv_zero_pad(x, k))  # positional, same memo entry
 
-    _hammer(work, range(WORKERS))
+    _from_every_thread_at_once(check, rounds=15, seed=0)
     assert len(kern._by_call) == len(set(shapes))
 
 
@@ -188,17 +198,13 @@ def test_one_specialization_called_from_many_threads_keeps_scratch_buffers_apart
     # the zero boundary copies x into a reused scratch buffer: it must be per thread
     kern = tc.compile(SAME_CONV, x=(4, 3, 32, 32), k=(5, 3, 3, 3))
     assert "_scratch(" in kern.source
-    barrier = threading.Barrier(WORKERS)
 
-    def work(worker):
-        rng = np.random.default_rng(100 + worker)
-        barrier.wait()
-        for _ in range(25):
-            x = rng.standard_normal((4, 3, 32, 32)) * (worker + 1)
-            k = rng.standard_normal((5, 3, 3, 3))
-            _same(kern(x=x, k=k), conv_zero_pad(x, k))
+    def check(rng, worker):
+        x = rng.standard_normal((4, 3, 32, 32)) * (worker + 1)
+        k = rng.standard_normal((5, 3, 3, 3))
+        _same(kern(x=x, k=k), conv_zero_pad(x, k))
 
-    _hammer(work, range(WORKERS))
+    _from_every_thread_at_once(check, rounds=25, seed=100)
 
 
 # LeNet-2's input gradient on 8 images: the GEMM's result (8 x 64 x 400 floats, 1.6 MB) is
@@ -228,17 +234,13 @@ def test_a_gemm_result_in_a_reused_buffer_serves_each_call_and_each_thread(jit, 
     first, second = kern(dy=dys[0], k=k), kern(dy=dys[1], k=k)  # the second reuses the buffer
     np.testing.assert_allclose(first, _input_gradient(dys[0], k), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(second, _input_gradient(dys[1], k), rtol=1e-12, atol=1e-12)
-    barrier = threading.Barrier(WORKERS)
 
-    def work(worker):
-        rng = np.random.default_rng(200 + worker)
-        barrier.wait()
-        for _ in range(5):
-            dy = rng.standard_normal((8, 32, 8, 8)) * (worker + 1)
-            np.testing.assert_allclose(kern(dy=dy, k=k), _input_gradient(dy, k),
-                                       rtol=1e-12, atol=1e-12)
+    def check(rng, worker):
+        dy = rng.standard_normal((8, 32, 8, 8)) * (worker + 1)
+        np.testing.assert_allclose(kern(dy=dy, k=k), _input_gradient(dy, k),
+                                   rtol=1e-12, atol=1e-12)
 
-    _hammer(work, range(WORKERS))
+    _from_every_thread_at_once(check, rounds=5, seed=200)
 
 
 GRAD_PROGRAM = ("y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v] + b[o]   where h < H, w < W, "

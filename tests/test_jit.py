@@ -211,10 +211,16 @@ def _assert_pool_gradient_as_torch(grad, torch, size, window, stride, seed):
 POOL_GRAD = "p[n,c,h,w] = max[u,v](y[n,c,{s}*h+u,{s}*w+v])   where u < {k}, v < {k}"
 
 
-def _pool_gradient(size, window, stride):
+def _pool_program(size, window, stride) -> tuple[tc.Program, dict]:
+    """A max-pool's gradient program over 2x3 images of size x size, and its shapes."""
     out = (size - window) // stride + 1
-    return tc.compile(tc.grad(tc.parse(POOL_GRAD.format(s=stride, k=window)), wrt=["y"]),
-                      y=(2, 3, size, size), dp=(2, 3, out, out))
+    return tc.grad(tc.parse(POOL_GRAD.format(s=stride, k=window)), wrt=["y"]), \
+        dict(y=(2, 3, size, size), dp=(2, 3, out, out))
+
+
+def _pool_gradient(size, window, stride):
+    program, shapes = _pool_program(size, window, stride)
+    return tc.compile(program, **shapes)
 
 
 @pytest.mark.parametrize("size, window, stride, tiles", [
@@ -344,13 +350,6 @@ PRODUCERS = {
 }
 
 
-def _pool(window: int, stride: int) -> tuple[tc.Program, dict]:
-    """A max-pool's gradient program over 10x10 images, and its shapes."""
-    out = (10 - window) // stride + 1
-    return tc.grad(tc.parse(POOL_GRAD.format(s=stride, k=window)), wrt=["y"]), \
-        dict(y=(2, 3, 10, 10), dp=(2, 3, out, out))
-
-
 # ---- border points and rows bound to numbers (BORDER_POINTS) ---------------------------------
 
 DEPTHWISE_ZERO = "y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < 7, w < 9, x: zero"
@@ -402,14 +401,14 @@ def test_zero_padding_settled_while_rendering_still_multiplies_it(jit):
 # (program and shapes, the distinct elements a point reads where its loops run unrolled,
 # or None where they stay loops)
 UNROLLED = {
-    "max-pool gradient, 2x2 windows": (_pool(2, 2), 4),
-    "max-pool gradient, overlapping 3x3 windows": (_pool(3, 2), 9),
+    "max-pool gradient, 2x2 windows": (_pool_program(10, 2, 2), 4),
+    "max-pool gradient, overlapping 3x3 windows": (_pool_program(10, 3, 2), 9),
     # index values and zero-padded reads, bound to numbers where the loops are unrolled
     "index values and padding": ((tc.parse(
         "t[a,b] = sum[u](x[a,2*b+u-1] * u)   where u < 3, b < 6, x: zero\n"
         "z[a,2*b+u] += t[a,b] * x[a,2*b+u-1] * (u + 1)   where u < 2, x: zero"), dict(x=(3, 12), z=(3, 12))),
         3),
-    "max-pool gradient, 5x5 windows: 25 points, loops": (_pool(5, 5), None),
+    "max-pool gradient, 5x5 windows: 25 points, loops": (_pool_program(10, 5, 5), None),
 }
 
 
