@@ -450,3 +450,60 @@ def test_a_producer_is_computed_inside_the_next_kernel_only_where_the_rule_allow
         arrays["p"] = arrays["y"].reshape(2, 3, 4, 2, 4, 2).max(axis=(3, 5))
     want = _numpy_path(monkeypatch, lambda: build()(**arrays))
     _close(kern(**arrays), want, 1e-12)
+
+
+# ---- loops of 4 to 15 iterations vectorized (jit.SHORT_LOOPS_VECTORIZED) ----------------
+
+def _jit_source(kern) -> str:
+    return re.search(r"JIT_SOURCE = r'''(.*?)'''", kern.source, re.S).group(1)
+
+
+def test_only_one_thread_kernels_storing_a_point_per_iteration_are_listed(jit, monkeypatch):
+    """A depthwise convolution's input gradient stores a point per iteration of its rows of
+    14 (its 3x3 reduction unrolls); its weight gradient reduces over n,h,w (a long
+    reduction, which lost when vectorized in short pieces). Threaded kernels are not
+    listed: their loops stayed scalar either way."""
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    program = tc.grad(tc.parse(DEPTHWISE.format(H=14, W=14)), wrt=["x", "k"])
+    shapes = dict(x=(16, 256, 14, 14), k=(256, 3, 3), dy=(16, 256, 14, 14))
+    grad = tc.compile(program, dtype="float32", **shapes)
+    assert "SHORT_LOOPS_VECTORIZED = ('compute_dx_1',)" in _jit_source(grad)
+    assert "def compute_dk_2(" in _jit_source(grad)
+    monkeypatch.setenv("TENSORC_JIT", "always")  # every kernel threaded
+    threaded = tc.compile(program, dtype="float32", **shapes)
+    assert "prange(" in _jit_source(threaded)
+    assert "SHORT_LOOPS_VECTORIZED" not in _jit_source(threaded)
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"),
+                    reason="reads x86-64 machine code")
+def test_listed_kernels_vectorize_rows_of_12_and_other_numba_functions_keep_llvm_default(
+        jit, monkeypatch):
+    """The max-pool gradient over rows of 12 compiles to packed divisions (dy / ties, several
+    at a time); the same function compiled outside tensorc's list, after it, has LLVM's
+    default and stays scalar: the threshold is lowered only while a listed kernel
+    compiles."""
+    import types
+    program, _ = _pool_program(24, 2, 2)
+    shapes = dict(y=(16, 16, 24, 24), dp=(16, 16, 12, 12))
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 3, shapes["y"]).astype(np.float64)  # ties in most windows
+    p = y.reshape(16, 16, 12, 2, 12, 2).max(axis=(3, 5))
+    dp = rng.standard_normal(shapes["dp"])
+    want = _numpy_path(monkeypatch, lambda: tc.compile(program, **shapes)(y=y, dp=dp))
+    monkeypatch.setenv("TENSORC_JIT", "auto")  # one thread (2^28 points and more: prange)
+    grad = tc.compile(program, **shapes)
+    assert "SHORT_LOOPS_VECTORIZED = ('compute_dy_3',)" in _jit_source(grad)
+    np.testing.assert_allclose(grad(y=y, dp=dp), want, rtol=1e-12, atol=1e-12)
+    from tensorc.backends.jit import load
+    (machine_code,) = load(_jit_source(grad)).module.compute_dy_3.inspect_asm().values()
+    assert re.search(r"\bv?divpd\b", machine_code), "the row of 12 stayed scalar"
+    unlisted = types.ModuleType("not_listed")  # a user's copy, compiled in memory
+    exec(_jit_source(grad).replace("SHORT_LOOPS_VECTORIZED", "NOT_LISTED")
+         .replace("cache=True", "cache=False"), unlisted.__dict__)
+    dy = np.zeros_like(y)
+    unlisted.compute_dy_3(dp, y, p, dy)
+    np.testing.assert_allclose(dy, want, rtol=1e-12, atol=1e-12)
+    (machine_code,) = unlisted.compute_dy_3.inspect_asm().values()
+    assert not re.search(r"\bv?divpd\b", machine_code)
+    assert re.search(r"\bv?divsd\b", machine_code)

@@ -48,6 +48,10 @@ from numba import njit, prange
 
 REAL = np.float32  # what the kernels compute in
 
+# compiled with loops of 4 to 15 iterations vectorized too (tensorc's loader sets LLVM's
+# minimum trip count; compiled elsewhere, they run with LLVM's default: 16)
+SHORT_LOOPS_VECTORIZED = ('compute_p_1', 'compute_dy_3')
+
 
 # NaN propagates through max and min, as in NumPy.
 @njit(cache=True)
