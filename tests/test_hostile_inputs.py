@@ -163,11 +163,11 @@ def check_generated_source(source: str, user_names: set[str], inputs: tuple[str,
             assert node.attr in _ATTRIBUTES, f"attribute {node.attr!r}"
         if isinstance(node, ast.keyword) and node.arg is not None:
             assert node.arg in {"out", "axis", "dtype", "shape", "strides", "writeable", "mode",
-                                "zeroed"}, f"keyword {node.arg!r}"
+                                "zeroed", "order"}, f"keyword {node.arg!r}"
         if isinstance(node, ast.Constant):
             value = node.value
             if isinstance(value, str):
-                assert value in PAD_MODES or _derived(value, user_names), \
+                assert value in PAD_MODES or value == "K" or _derived(value, user_names), \
                     f"string constant {value!r} in the kernel"
             else:
                 assert value is None or type(value) in (int, float, bool), repr(value)

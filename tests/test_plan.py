@@ -82,6 +82,26 @@ def test_pooling_runs_a_window_loop():
     assert "running update over strided window slices" in str(kern.plan)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "channels-last"])
+def test_a_window_loop_keeps_its_input_memory_order(layout, monkeypatch):
+    """The running update starts from a copy in the input's own memory order, so that every
+    window slice is read along its storage: a channels-last input (a convolution's result,
+    viewed NCHW) gives a channels-last result. Values as PyTorch's max_pool2d."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("TENSORC_JIT", "off")
+    kern = tc.compile("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2",
+                      y=(4, 6, 8, 8))
+    assert "p = y_win[:, :, :, :, 0, 0].copy(order='K')" in kern.source
+    y = np.random.default_rng(4).standard_normal((4, 8, 8, 6))  # stored n, h, w, c
+    y = y.transpose(0, 3, 1, 2) if layout == "channels-last" else np.ascontiguousarray(
+        y.transpose(0, 3, 1, 2))
+    p = kern(y=y)
+    want = torch.nn.functional.max_pool2d(torch.from_numpy(y), 2).numpy()
+    np.testing.assert_array_equal(p, want)
+    innermost = int(np.argmin(p.strides))
+    assert innermost == (1 if layout == "channels-last" else 3) and p.strides[innermost] == 8
+
+
 @pytest.mark.parametrize("size, stride, width", [(2, 2, 12), (3, 3, 12), (2, 2, 11), (3, 1, 12),
                                                 (3, 2, 12)])
 def test_max_pool_gradient_runs_one_window_offset_at_a_time(size, stride, width):

@@ -42,7 +42,7 @@ def kernel(y, dp):
     y_strides = y.strides
     y_win = as_strided(y, shape=(8, 16, 12, 12, 2, 2), strides=(y_strides[0], y_strides[1], 2*y_strides[2], 2*y_strides[3], y_strides[2], y_strides[3]), writeable=False)  # y[n,c,2*h+u,2*w+v] over (n, c, h, w, u, v)
     # max over u,v: running update over 4 strided window slices
-    p = y_win[:, :, :, :, 0, 0].copy()
+    p = y_win[:, :, :, :, 0, 0].copy(order='K')
     for u, v in list(np.ndindex(2, 2))[1:]:
         np.maximum(p, y_win[:, :, :, :, u, v], out=p)
 
