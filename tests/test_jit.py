@@ -452,11 +452,34 @@ def test_a_producer_is_computed_inside_the_next_kernel_only_where_the_rule_allow
     _close(kern(**arrays), want, 1e-12)
 
 
-# ---- loops of 4 to 15 iterations vectorized (jit.SHORT_LOOPS_VECTORIZED) ----------------
-
 def _jit_source(kern) -> str:
     return re.search(r"JIT_SOURCE = r'''(.*?)'''", kern.source, re.S).group(1)
 
+
+def test_every_reduction_loop_is_split_around_its_interior(jit, monkeypatch):
+    """A depthwise weight gradient: at u = 0 the read of row h - 1 leaves x only at h = 0,
+    at u = 2 row h + 1 only at h = 6. Those rows are bound to their numbers and the loops
+    over the others run without checks, as the loops over w did already: no read is checked
+    anywhere. Values as the NumPy path's, with an inf in dy's first row: the padding above
+    x multiplies it (0 * inf is NaN at u = 0, on both paths)."""
+    program = tc.grad(tc.parse(DEPTHWISE.format(H=7, W=7)), wrt=["k"])
+    shapes = dict(x=(2, 3, 7, 7), dy=(2, 3, 7, 7), k=(3, 3, 3))
+    kern = tc.compile(program, **shapes)
+    function = _jit_source(kern).split("def compute_dk_1(")[1]
+    assert "tc_inside" not in function
+    assert "# h = 0, a border point" in function and "# h = 6, a border point" in function
+    assert "for h in range(1, 7):  # interior: every read in bounds" in function
+    rng = np.random.default_rng(13)
+    arrays = {n: rng.standard_normal(shape) for n, shape in shapes.items()}
+    arrays["dy"][0, 1, 0, 3] = np.inf
+    with np.errstate(invalid="ignore"):
+        want = _numpy_path(monkeypatch, lambda: tc.compile(program, **shapes)(**arrays))
+        got = kern(**arrays)
+    assert np.isnan(want[1, 0]).all() and np.isfinite(want[[0, 2]]).all()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+# ---- loops of 4 to 15 iterations vectorized (jit.SHORT_LOOPS_VECTORIZED) ----------------
 
 def test_only_one_thread_kernels_storing_a_point_per_iteration_are_listed(jit, monkeypatch):
     """A depthwise convolution's input gradient stores a point per iteration of its rows of
