@@ -165,12 +165,12 @@ BORDER_POINTS = 4
 # trip count). The kernels listed in a module's SHORT_LOOPS_VECTORIZED are compiled with
 # that minimum at 4 instead (`load` does this): those whose loops store one point per
 # iteration, with no reduction loop longer than UNROLLED_POINTS inside (LLVM unrolls the
-# short ones), on one thread. Measured in one process: LeNet-1's max-pool gradient (rows
-# of 12) 0.49 -> 0.36 ms, a 3x3 depthwise convolution over 16x256x14x14 1.9 -> 1.1 ms and
-# its input gradient likewise; its weight gradient, a long reduction whose innermost loop
-# runs 12-14 times per row, went the other way (5.7 -> 8.5 ms), so reductions keep the
-# default. Threaded kernels' loops, outlined by Numba's prange lowering, stayed scalar
-# either way.
+# short ones), on one thread. Measured listed against unlisted in one process: LeNet-1's
+# max-pool gradient (rows of 12) 0.34-0.46 -> 0.21-0.24 ms, a 3x3 depthwise convolution
+# over 16x256x14x14 3.1 -> 1.7 ms and its input gradient 1.9 -> 1.1 ms; its weight
+# gradient, a long reduction whose innermost loop runs 12-14 times per row, went the other
+# way (5.7 -> 8.5 ms), so reductions keep the default. Threaded kernels' loops, outlined
+# by Numba's prange lowering, stayed scalar either way.
 SHORT_LOOP_TRIP_COUNT = 4
 LLVM_MIN_TRIP_COUNT = 16  # LLVM's default, restored after each listed kernel compiles
 
