@@ -456,27 +456,85 @@ def _jit_source(kern) -> str:
     return re.search(r"JIT_SOURCE = r'''(.*?)'''", kern.source, re.S).group(1)
 
 
-def test_every_reduction_loop_is_split_around_its_interior(jit, monkeypatch):
-    """A depthwise weight gradient: at u = 0 the read of row h - 1 leaves x only at h = 0,
-    at u = 2 row h + 1 only at h = 6. Those rows are bound to their numbers and the loops
-    over the others run without checks, as the loops over w did already: no read is checked
-    anywhere. Values as the NumPy path's, with an inf in dy's first row: the padding above
-    x multiplies it (0 * inf is NaN at u = 0, on both paths)."""
-    program = tc.grad(tc.parse(DEPTHWISE.format(H=7, W=7)), wrt=["k"])
-    shapes = dict(x=(2, 3, 7, 7), dy=(2, 3, 7, 7), k=(3, 3, 3))
+SPLIT = {  # program, shapes, the row loop's interior, its border rows
+    # the points (u, v) side by side, one pass of n, h, w for all nine
+    "depthwise weight gradient": (
+        tc.grad(tc.parse(DEPTHWISE.format(H=12, W=12)), wrt=["k"]),
+        dict(x=(2, 3, 12, 12), dy=(2, 3, 12, 12), k=(3, 3, 3)), "for h in range(1, 11)",
+        (0, 11)),
+    # every read depends on the point (a, b): each point loops over n, i, j on its own
+    "window sums, each point on its own": (
+        tc.parse("t[c,a,b] = sum[n,i,j](x[n,c,i+a-1,j+b-1])   where a < 3, b < 3, i < 7, "
+                 "j < 7, x: zero"), dict(x=(8, 3, 7, 7)), "for i in range(1, 7)", (0, 6)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT))
+def test_every_reduction_loop_is_split_around_its_interior(name, jit, monkeypatch):
+    """At the first row of the window (u or a = 0) the read of row h - 1 leaves x at h = 0;
+    at the last, row h + 1 leaves it at the last h. Those rows are bound to their numbers
+    and the loop over the others runs without checks, as the loops over w do: no read is
+    checked anywhere. Values as the NumPy path's, with an inf in the first row: where the
+    padding above x multiplies it, 0 * inf is NaN on both paths."""
+    program, shapes, interior, borders = SPLIT[name]
     kern = tc.compile(program, **shapes)
-    function = _jit_source(kern).split("def compute_dk_1(")[1]
+    function = _jit_source(kern).split("@njit(parallel")[1]
+    row = interior.split()[1]
     assert "tc_inside" not in function
-    assert "# h = 0, a border point" in function and "# h = 6, a border point" in function
-    assert "for h in range(1, 7):  # interior: every read in bounds" in function
+    for border in borders:
+        assert f"# {row} = {border}, a border point" in function
+    assert f"{interior}:  # interior: every read in bounds" in function
     rng = np.random.default_rng(13)
     arrays = {n: rng.standard_normal(shape) for n, shape in shapes.items()}
-    arrays["dy"][0, 1, 0, 3] = np.inf
+    arrays["dy" if "dy" in arrays else "x"][0, 1, 0, 3] = np.inf
     with np.errstate(invalid="ignore"):
         want = _numpy_path(monkeypatch, lambda: tc.compile(program, **shapes)(**arrays))
         got = kern(**arrays)
-    assert np.isnan(want[1, 0]).all() and np.isfinite(want[[0, 2]]).all()
+    assert np.isnan(want).any() or np.isinf(want).any()
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+# (program, shapes, the points side by side, or None where each point loops on its own)
+SIDE_BY_SIDE = {
+    "depthwise weight gradient: 3x3 = 9 points": (
+        tc.grad(tc.parse(DEPTHWISE.format(H=12, W=12)), wrt=["k"]),
+        dict(x=(2, 3, 12, 12), dy=(2, 3, 12, 12), k=(3, 3, 3)), 9),
+    "mean over a window, 2x2 points of a replicate boundary": (
+        tc.parse("t[c,a,b] = mean[n,i,j](x[n,c,i+a-1,j+b-1] * y[n,c,i,j])   "
+                 "where a < 2, b < 2, x: replicate"), dict(x=(8, 2, 6, 6), y=(8, 2, 6, 6)), 4),
+    "5x5 weight gradient: 25 points are too many, the 5 of v run side by side": (
+        tc.grad(tc.parse("y[n,c,h,w] = x[n,c,h+u-2,w+v-2] * k[c,u,v]   where h < 12, "
+                         "w < 12, x: zero"), wrt=["k"]),
+        dict(x=(2, 3, 12, 12), dy=(2, 3, 12, 12), k=(3, 5, 5)), 5),
+    "every read depends on the point: each point on its own": (
+        tc.parse("t[c,a] = sum[n,i](x[n,c,i+a])   where a < 3, i < 30"), dict(x=(16, 2, 32)),
+        None),
+    "a short reduction (a depthwise forward's 3x3): the points stay loops": (
+        tc.parse(DEPTHWISE.format(H=12, W=12)), dict(x=(2, 3, 12, 12), k=(3, 3, 3)), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIDE_BY_SIDE))
+def test_short_trailing_points_of_a_long_reduction_accumulate_side_by_side(
+        name, jit, monkeypatch):
+    """Up to 16 trailing points of a kernel whose value is one long reduction run side by
+    side, an accumulator each, in one pass of the reduction's loops: an element all of
+    them read (dy) is loaded once per pass point, not once per point. Values as the NumPy
+    path's."""
+    program, shapes, points = SIDE_BY_SIDE[name]
+    kern = tc.compile(program, **shapes)
+    source = _jit_source(kern)
+    side_by_side = re.search(r"# the (\d+) points of \S+ side by side", source)
+    assert (int(side_by_side.group(1)) if side_by_side else None) == points
+    if points:  # an accumulator per point; the shared element loaded into a local first
+        assert len(set(re.findall(r"\b(?:sum|mean)(?:_[a-z]\d+)+\b", source))) == points
+        shared = "dy" if "dy_flat" in source else "y"
+        assert re.search(rf"^\s+{shared}_\w+ = {shared}_flat\[", source, re.M)
+        assert not re.search(rf"(sum|mean)_\w+ \+= .*\b{shared}_flat\[", source)
+    rng = np.random.default_rng(14)
+    arrays = {n: rng.standard_normal(shape) for n, shape in shapes.items()}
+    want = _numpy_path(monkeypatch, lambda: tc.compile(program, **shapes)(**arrays))
+    _close(kern(**arrays), want, 1e-12)
 
 
 # ---- loops of 4 to 15 iterations vectorized (jit.SHORT_LOOPS_VECTORIZED) ----------------
