@@ -94,6 +94,7 @@ def affine_text(m: IndexMap, variable: Callable[[str], str], shift: int = 0) -> 
 # ---- the shared walk ------------------------------------------------------------------------
 
 MAX_NESTING = 50  # deeper expressions are split into named temporaries
+REDUCTION_START = {"sum": 0, "mean": 0, "max": -math.inf, "min": math.inf}  # accumulators' start
 
 
 def _nesting(code: str) -> int:
@@ -198,7 +199,7 @@ class _NestRenderer:
 
     def reduce(self, e: Reduce) -> str:
         accumulator = self.fresh(f"{e.op}_{'_'.join(nest_name(i) for i in e.indices)}")
-        initial = {"sum": 0, "mean": 0, "max": -math.inf, "min": math.inf}[e.op]
+        initial = REDUCTION_START[e.op]
         self.declare(accumulator, _number(initial, self.language))
         enclosing = dict(self.variables)
         self.reduction_loops(e, accumulator)

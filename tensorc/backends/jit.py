@@ -38,7 +38,7 @@ from typing import Any, Callable
 from ..ir import Expr, IndexMap, Read, Reduce, walk
 from ..loopnest import LoopNest
 from ..plan import mode_from_environment
-from .cuda import _number, _PythonSyntax, affine_text, nest_name
+from .cuda import REDUCTION_START, _number, _PythonSyntax, affine_text, nest_name
 
 __all__ = ["numba_available", "render_numba", "render_pack", "render_scatter", "load",
            "jit_mode", "pack_mode", "cpu_modes"]
@@ -221,11 +221,9 @@ class _NumbaRenderer(_PythonSyntax):
         """Whether to compile with SHORT_LOOP_TRIP_COUNT: a kernel on one thread whose
         innermost loops (as LLVM sees them) store a point per iteration, no reduction (nor
         producer) running a loop longer than UNROLLED_POINTS."""
-        values = [self.nest.statement.value] + \
-            ([self.nest.producer.value] if self.nest.producer is not None else [])
         return not self.threaded() and all(
             math.prod(self.ranges[i] for i in node.indices) <= UNROLLED_POINTS
-            for value in values for node in walk(value) if isinstance(node, Reduce))
+            for value in self.nest.values for node in walk(value) if isinstance(node, Reduce))
 
     def unrolled(self, indices: tuple[str, ...], body: Callable[[], None]) -> None:
         """`body` once per point of `indices`, each bound to its number there."""
@@ -457,7 +455,7 @@ class _NumbaRenderer(_PythonSyntax):
         values = list(itertools.product(*(range(self.ranges[i]) for i in points)))
         self.emit(f"# the {len(values)} points of {','.join(points)} side by side: each element "
                   f"read once per point of {','.join(e.indices)}")
-        initial = {"sum": 0, "mean": 0, "max": -math.inf, "min": math.inf}[e.op]
+        initial = REDUCTION_START[e.op]
         accumulators = {}
         for value in values:
             accumulators[value] = self.fresh(f"{e.op}_" + "_".join(
