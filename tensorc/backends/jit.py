@@ -225,6 +225,10 @@ class _NumbaRenderer(_PythonSyntax):
             math.prod(self.ranges[i] for i in node.indices) <= UNROLLED_POINTS
             for value in self.nest.values for node in walk(value) if isinstance(node, Reduce))
 
+    def is_long(self, e: Reduce) -> bool:
+        """Whether `e` covers LONG_REDUCTION_POINTS points or more."""
+        return math.prod(self.ranges[i] for i in e.indices) >= LONG_REDUCTION_POINTS
+
     def unrolled(self, indices: tuple[str, ...], body: Callable[[], None]) -> None:
         """`body` once per point of `indices`, each bound to its number there."""
         for point in itertools.product(*(range(self.ranges[i]) for i in indices)):
@@ -344,8 +348,7 @@ class _NumbaRenderer(_PythonSyntax):
         (index, variable), inner = loops[0], loops[1:]
         split = self.interior(index, e.body)
         if inner and split is not None and not (
-                math.prod(self.ranges[i] for i in e.indices) >= LONG_REDUCTION_POINTS
-                and split[0] + self.ranges[index] - split[1] <= 2):
+                self.is_long(e) and split[0] + self.ranges[index] - split[1] <= 2):
             split = None  # (an outer loop: split in a long reduction, one border point a side)
         if split is not None:
             self.split_loop(variable, index, split, lambda: self.split_loops(e, inner, body))
@@ -435,7 +438,7 @@ class _NumbaRenderer(_PythonSyntax):
         against 1.0 ms."""
         nest, value = self.nest, self.nest.statement.value
         if nest.producer is not None or not isinstance(value, Reduce) or not self.disjoint \
-                or math.prod(self.ranges[i] for i in value.indices) < LONG_REDUCTION_POINTS \
+                or not self.is_long(value) \
                 or any(isinstance(node, Reduce) for node in walk(value.body)):
             return ()
         points: tuple[str, ...] = ()
@@ -452,31 +455,35 @@ class _NumbaRenderer(_PythonSyntax):
         the reduction's loops (split around their interiors for every point at once), each
         element read once into a local there; then their stores."""
         e, points = self.nest.statement.value, self.points
-        values = list(itertools.product(*(range(self.ranges[i]) for i in points)))
-        self.emit(f"# the {len(values)} points of {','.join(points)} side by side: each element "
-                  f"read once per point of {','.join(e.indices)}")
-        initial = REDUCTION_START[e.op]
-        accumulators = {}
-        for value in values:
-            accumulators[value] = self.fresh(f"{e.op}_" + "_".join(
-                f"{nest_name(i)}{v}" for i, v in zip(points, value)))
-            self.declare(accumulators[value], _number(initial, self.language))
-        enclosing, saved = dict(self.variables), set(self.interior_indices)
-        self.interior_indices -= set(e.indices)  # these loops cover their whole ranges
+        self.emit(f"# the {math.prod(self.ranges[i] for i in points)} points of "
+                  f"{','.join(points)} side by side: each element read once per point of "
+                  f"{','.join(e.indices)}")
+        accumulators: dict[tuple[int, ...], str] = {}
+
+        def at() -> tuple[int, ...]:  # the point `unrolled` has bound
+            return tuple(self.constants[i] for i in points)
+
+        def declare() -> None:
+            accumulators[at()] = self.fresh(f"{e.op}_" + "_".join(
+                f"{nest_name(i)}{v}" for i, v in zip(points, at())))
+            self.declare(accumulators[at()], _number(REDUCTION_START[e.op], self.language))
 
         def body() -> None:
             self.loaded = {}
-            for value in values:
-                self.bound_to(dict(zip(points, value)), lambda v=value: self.update(
-                    accumulators[v], e.op, self.expr(e.body)))
+            self.unrolled(points, lambda: self.update(accumulators[at()], e.op,
+                                                      self.expr(e.body)))
             self.loaded = None
+
+        def store() -> None:
+            if e.op == "mean":
+                self.scale(accumulators[at()], math.prod(self.ranges[i] for i in e.indices))
+            self.store(accumulators[at()])
+        self.unrolled(points, declare)
+        enclosing, saved = dict(self.variables), set(self.interior_indices)
+        self.interior_indices -= set(e.indices)  # these loops cover their whole ranges
         self.split_loops(e, [(i, self.loop_variable(i)) for i in e.indices], body)
         self.variables, self.interior_indices = enclosing, saved
-        for value in values:
-            if e.op == "mean":
-                self.scale(accumulators[value], math.prod(self.ranges[i] for i in e.indices))
-            self.bound_to(dict(zip(points, value)),
-                          lambda v=value: self.store(accumulators[v]))
+        self.unrolled(points, store)
 
     def point(self) -> None:
         """The code for one point of the parallel loops: the value, then its store."""
