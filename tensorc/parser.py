@@ -286,6 +286,10 @@ def _parse_error(error: UnexpectedInput, source: str) -> ParseError:
         lines = source.split("\n")  # as lark counts lines
         line, column = len(lines), len(lines[-1].rstrip()) + 1  # just past the last text
     start = getattr(error, "pos_in_stream", None) or 0
+    if isinstance(error, UnexpectedToken) and error.token.type == "_SEP" and line >= 1:
+        # a line end after a carriage return (ignored as a blank): no column of the line
+        text = source.split("\n")[line - 1] if line <= source.count("\n") + 1 else ""
+        column = min(column, len(text.rstrip("\r")) + 1)
     if isinstance(error, UnexpectedCharacters):
         found = repr(source[error.pos_in_stream]) if error.pos_in_stream < len(source) else "end"
         message = f"unexpected character {found}"

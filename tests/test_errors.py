@@ -112,6 +112,17 @@ def test_multiline_error_points_at_the_right_line():
     assert lines[2] == " " * 22 + "^^^^"
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_an_unexpected_end_of_line_points_just_past_the_lines_text(newline):
+    """With Windows line ends too: the carriage return is not a column of the line."""
+    with pytest.raises(tc.ParseError) as caught:
+        tc.parse(f"y[i] = x[i]{newline}z{newline}")
+    lines = str(caught.value).splitlines()
+    assert lines[0] == ("<program>:2:2: unexpected end of line; expected "
+                        "'+=', ':', '=', '['")
+    assert lines[1].rstrip() == "z" and lines[2] == " ^"
+
+
 def test_file_name_appears_in_errors():
     with pytest.raises(tc.ParseError) as caught:
         tc.parse("y[i] = x[i\n", filename="layer.tc")
