@@ -431,6 +431,45 @@ def test_short_loops_inside_a_producer_kernel_run_unrolled_reading_each_element_
     _close(kern(**arrays), want, 1e-12)
 
 
+# (program, shapes, the updates per point where its reduction is unrolled, or None where
+# it stays loops): any reduction over at most UNROLLED_POINTS points, interior included
+SHORT_REDUCTIONS = {
+    "2x2 max-pool": ("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2",
+                     dict(y=(2, 3, 8, 10)), 4),
+    "3x3 depthwise convolution, interior and borders": (
+        DEPTHWISE.format(H=9, W=20), dict(x=(2, 3, 9, 20), k=(3, 3, 3)), 9),
+    "5x5 max-pool: 25 points, loops": (
+        "p[n,c,h,w] = max[u,v](y[n,c,h+u,w+v])   where u < 5, v < 5", dict(y=(2, 3, 8, 20)),
+        None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHORT_REDUCTIONS))
+def test_short_reductions_are_unrolled_one_update_per_point(name, jit, monkeypatch):
+    """A reduction over a window of at most 16 points is written out, one update per point,
+    in the interior as at the borders: how far LLVM unrolls loops this short itself (and
+    then vectorizes the loop around them) depends on the CPU. NaN and inf propagate as on
+    the NumPy path."""
+    source, shapes, updates = SHORT_REDUCTIONS[name]
+    kern = tc.compile(source, **shapes)
+    function = _jit_source(kern).split("@njit(parallel")[1]
+    assert bool(re.search(r"for (u|v)\w* in", function)) is (updates is None)
+    if updates:  # each accumulator, at every border point and in the interior loops
+        accumulators = re.findall(r"^\s+(\w+) = REAL\(", function, re.M)
+        assert len(accumulators) == (9 if "x: zero" in source else 1)
+        for accumulator in accumulators:
+            assert len(re.findall(rf"^\s+{accumulator} (?:\+= |= tc_max\({accumulator}, )",
+                                  function, re.M)) == updates
+    arrays = _inputs(kern, "float64", seed=15)
+    first = next(iter(arrays))
+    arrays[first][0, 1, 2, 3], arrays[first][1, 2, 4, 5] = np.nan, np.inf
+    with np.errstate(invalid="ignore"):
+        want = _numpy_path(monkeypatch, lambda: tc.compile(source, **shapes)(**arrays))
+        got = kern(**arrays)
+    assert np.isnan(want).any() and np.isinf(want).any()
+    _close(got, want, 1e-12)
+
+
 @pytest.mark.parametrize("name", sorted(PRODUCERS))
 def test_a_producer_is_computed_inside_the_next_kernel_only_where_the_rule_allows(
         name, jit, monkeypatch):

@@ -142,9 +142,10 @@ def compute_p_1(y, p):
         n = rest // 16
         for w in range(12):
             max_u_v = REAL(-np.inf)
-            for u in range(2):
-                for v in range(2):
-                    max_u_v = tc_max(max_u_v, y_flat[((n * 16 + c) * 24 + (2 * h + u)) * 24 + (2 * w + v)])
+            max_u_v = tc_max(max_u_v, y_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w)])
+            max_u_v = tc_max(max_u_v, y_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w + 1)])
+            max_u_v = tc_max(max_u_v, y_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w)])
+            max_u_v = tc_max(max_u_v, y_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w + 1)])
             p_flat[((n * 16 + c) * 12 + h) * 12 + w] = max_u_v
 
 
