@@ -45,6 +45,7 @@ _OWN_NAMES = {"thread", "real", "storage", "np", "REAL", "STORAGE", "math", "ran
               "inside", "row", "prange", "njit"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CALL = re.compile(r"tc_[a-z]+\([^()]*\)\Z")  # a boundary helper on a position
+_INTEGER = re.compile(r"\d+\Z")  # a position that is a number (never negative: in bounds)
 
 
 def nest_name(name: str) -> str:
@@ -147,13 +148,24 @@ class _NestRenderer:
         return low < 0 or high > size - 1
 
     def flat(self, positions: list[str], shape: tuple[int, ...]) -> str:
-        """The row-major offset: (p0 * n1 + p1) * n2 + p2."""
-        if not positions:
-            return "0"
-        text = self.wrap(positions[0])
-        for position, size in zip(positions[1:], shape[1:]):
-            text = f"{self.wrap(text)} * {size} + {self.wrap(position)}"
-        return text
+        """The row-major offset: (p0 * n1 + p1) * n2 + p2, with the positions that are
+        numbers (indices bound at a border point or in an unrolled window) folded: k[c,1,2]
+        of a 3x3 window is at c * 9 + 5, not (c * 3 + 1) * 3 + 2."""
+        head, scale, constant = "", 1, 0  # the offset so far: head * scale + constant
+        for position, size in zip(positions, (1,) + tuple(shape[1:])):
+            scale, constant = scale * size, constant * size
+            if _INTEGER.match(position):
+                constant += int(position)
+            else:
+                head, scale, constant = self.offset(head, scale, constant, position), 1, 0
+        return self.offset(head, scale, constant)
+
+    def offset(self, head: str, scale: int, constant: int, position: str | None = None) -> str:
+        """head * scale + constant (+ position), as an expression."""
+        terms = [f"{self.wrap(head)} * {scale}" if scale != 1 else head] if head else []
+        terms += [str(constant)] if constant else []
+        terms += [self.wrap(position)] if position is not None else []
+        return " + ".join(terms) or "0"
 
     @staticmethod
     def wrap(position: str) -> str:

@@ -97,7 +97,7 @@ extern "C" __global__ void compute_y_1(
         for (int c = 0; c < 1; ++c) {
             for (int u = 0; u < 5; ++u) {
                 for (int v = 0; v < 5; ++v) {
-                    sum_c_u_v += (tc_load(x[((n * 1 + c) * 28 + (h + u)) * 28 + (w + v)]) * tc_load(k[((o * 1 + c) * 5 + u) * 5 + v]));
+                    sum_c_u_v += (tc_load(x[((n + c) * 28 + (h + u)) * 28 + (w + v)]) * tc_load(k[((o + c) * 5 + u) * 5 + v]));
                 }
             }
         }
