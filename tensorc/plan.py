@@ -39,6 +39,11 @@ ONES_GEMV_MIN = 1 << 15
 GEMM_FLOPS_PER_NS = 150.0  # large float32 GEMMs
 GEMM_FULL_SPEED_DIMENSION = 64  # GEMMs with a smaller m, n or k run slower (~sqrt)
 GEMM_CALL_NS = 300.0  # each entry of a batched matmul
+# ... and, per entry that OpenBLAS runs on several threads (m*n*k above its threshold), the
+# threads' hand-over: LeNet-2's input gradient, 64 x [64x32]@[32x400], took 1.8-3.3 ms
+# batched against 1.0-1.5 ms as one [4096x32]@[32x400] GEMM (5-27 us per entry, 2 cores)
+GEMM_THREADED_CALL_NS = 5000.0
+OPENBLAS_THREADED_MNK = 4 * 65536  # GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
 TRANSPOSED_COPY_NS = 1.2  # per element, materializing a transposed array
 # ... when the copy's two innermost axes both step a cache line or more through the source,
 # so each line read serves one element (dy[n,o,h,w] -> [h,w,n,o]): measured ~0.9 ns slower
@@ -49,6 +54,8 @@ TRANSPOSED_VIEW_NS = 0.05  # per element, handing a statement's result back tran
 WINDOW_COPY_NS = 0.2  # per element of an im2col copy, plus, per run of its innermost axis:
 WINDOW_COPY_RUN_NS = 8.0  # NumPy's inner-loop overhead (runs of 8 measured ~1.1 ns/element)
 WINDOW_GAPPED_NS = 0.4  # per element, when the innermost axis steps over gaps (stride 2)
+# ... plus this, per element of one too large to be chunked, copied into a fresh buffer
+FRESH_WINDOW_COPY_NS = 0.1
 RELAYOUT_NS = 0.6  # per element, copying a tensor into channels-last order (with its padding)
 # Threaded packing copies (`pack`, with Numba on the CPU): the copies around GEMMs done by
 # parallel loops instead of NumPy's. Measured here (float32, 2 cores): an im2col copy of
@@ -1074,8 +1081,10 @@ class _StatementPlanner:
         left_kind, right_kind = (kinds["b"], kinds["a"]) if swap else (kinds["a"], kinds["b"])
         m, n, k = size(first), size(second), size(contracted)
         efficiency = _gemm_efficiency(m, n, k, batched=size(group) > 1)
-        cost = size(group) * (GEMM_CALL_NS + 2 * m * n * k / (GEMM_FLOPS_PER_NS * efficiency))
-        copies = []
+        call = GEMM_CALL_NS + (GEMM_THREADED_CALL_NS if size(group) > 1
+                               and m * n * k > OPENBLAS_THREADED_MNK else 0.0)
+        cost = size(group) * (call + 2 * m * n * k / (GEMM_FLOPS_PER_NS * efficiency))
+        copies, window_elements = [], 0
         for axes, kind, inner, outer in ((left, left_kind, contracted, first),
                                          (right, right_kind, second, contracted)):
             present = tuple(x for x in group if x in axes)
@@ -1094,6 +1103,7 @@ class _StatementPlanner:
                     cost += elements * (WINDOW_COPY_NS + WINDOW_COPY_RUN_NS / run
                                         + (WINDOW_GAPPED_NS if gapped else 0.0))
                 copies.append((elements, arranged, short))
+                window_elements += elements
             elif axes not in (arranged, present + tuple(inner) + tuple(outer)) \
                     and max(len(outer), len(inner)) > 1:
                 elements = size(arranged)  # a transpose that reshape must copy
@@ -1102,6 +1112,17 @@ class _StatementPlanner:
                 copies.append((elements, arranged, False))
         if summed:  # the matmul's results per summed entry, added up after it
             cost += size(group) * m * n * BATCH_SUM_NS
+        # What chunk_for makes of an im2col copy larger than chunk_bytes: where a batch is
+        # summed after the matmul, no chunks (one fresh buffer, slower to write); without a
+        # batch, chunks of a contracted axis, each chunk's product added to the result (a
+        # strided convolution's forward, 28.9 MB of windows in 4 chunks, took 1.17x as long
+        # so as in chunks of images)
+        chunks = -(-window_elements * self.itemsize // self.chunk_bytes)
+        if chunks > 1 and summed:
+            cost += window_elements * FRESH_WINDOW_COPY_NS
+        elif chunks > 1 and not group and not (
+                left_kind == "strided" and right_kind != "strided" and m > k):
+            cost += (chunks - 1) * size(result) * BATCH_SUM_NS
         layout = tuple(x for x in group if x not in summed) + first + second
         if self.scatter_inner and result_may_be_view and layout[-1:] != tuple(self.scatter_inner):
             cost += size(result) * TRANSPOSED_COPY_NS  # the scatter reads it across the grain

@@ -203,6 +203,42 @@ def test_weight_gradient_avoids_a_scattered_transpose_of_dy():
     assert "then over the batch n" in str(kern.plan)
 
 
+def test_gemms_large_enough_for_openblas_threads_are_not_batched_by_image():
+    """Each entry of a batched matmul that OpenBLAS runs on several threads pays for their
+    hand-over: LeNet-2's input gradient copies dy into [n*h*w, o] for one GEMM instead of 64
+    (64 x [64x32]@[32x400]). Entries under OpenBLAS's threshold stay batched (LeNet-1's
+    forward: 64 x [16x25]@[25x576]), and so does a strided convolution whose single GEMM
+    would chunk its 28.9 MB of windows along c, adding each chunk's product to the result,
+    and a weight gradient keeps its windows in chunks rather than batched by image into one
+    fresh 57.8 MB copy. Values as np.einsum's."""
+    conv = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]"
+    lenet2 = tc.compile(tc.grad(conv, wrt=["x"]), dtype="float32", x=(64, 16, 12, 12),
+                        k=(32, 16, 5, 5), dy=(64, 32, 8, 8))
+    assert "GEMM [4096x32]@[32x400], sum over o, copies 524 kB" in str(lenet2.plan)
+    lenet1 = tc.compile(conv, dtype="float32", x=(64, 1, 28, 28), k=(16, 1, 5, 5))
+    assert "batched GEMM 64 x [16x25]@[25x576]" in str(lenet1.plan)
+    strided = tc.compile("y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   where h < 28, "
+                         "w < 28, x: zero", dtype="float32", x=(16, 64, 56, 56),
+                         k=(64, 64, 3, 3))
+    assert "batched GEMM 16 x [64x576]@[576x784]" in str(strided.plan)
+    assert "chunks of 4 along n" in str(strided.plan)
+    # a weight gradient's windows (57.8 MB) in chunks, not all at once into a fresh buffer
+    dk = tc.compile(tc.grad("y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < 28, "
+                            "w < 28, x: zero", wrt=["k"]), dtype="float32",
+                    x=(16, 128, 28, 28), k=(128, 128, 3, 3), dy=(16, 128, 28, 28))
+    assert "GEMM [1152x12544]@[12544x128]" in str(dk.plan)
+    assert "chunks of 3 along h (summed)" in str(dk.plan)
+    rng = np.random.default_rng(12)
+    k, dy = (rng.standard_normal(s).astype(np.float32) for s in ((32, 16, 5, 5), (64, 32, 8, 8)))
+    want = np.zeros((64, 16, 12, 12))
+    for u in range(5):
+        for v in range(5):
+            want[:, :, u:u + 8, v:v + 8] += np.einsum("nohw,oc->nchw", dy.astype(float),
+                                                      k[:, :, u, v].astype(float))
+    got = lenet2(x=np.zeros((64, 16, 12, 12), np.float32), k=k, dy=dy)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_gemms_summed_over_a_batch_match_numpy():
     """A contracted axis run as the matmul's batch and summed after it, checked against
     np.einsum in float64, forward and with a chain behind it."""

@@ -21,11 +21,11 @@ Plan:
 
     statement 2 (line 6): dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w]*k[o,c,u,v]   where h < 14, w < 14, dx: zero
       ranges: n=4 c=16 h=14 u=3 w=14 v=3 o=16
-      strategy: contraction as a BLAS GEMM (batched); col2im adds by threaded Numba loops
+      strategy: contraction as a BLAS GEMM; col2im adds by threaded Numba loops
       naive FLOPs: 3,612,672   planned FLOPs: 3,612,672   speedup: 1x
-      largest intermediate: 112,896 elements   peak temporary: 452 kB (estimated)
+      largest intermediate: 112,896 elements   peak temporary: 502 kB (estimated)
       step  contraction                                       FLOPs  how
-      1     [n,o,h,w],[o,c,u,v]->[n,c,h,u,w,v]            3,612,672  batched GEMM 4 x [196x16]@[16x144], sum over o
+      1     [n,o,h,w],[o,c,u,v]->[n,c,h,u,w,v]            3,612,672  GEMM [784x16]@[16x144], sum over o, copies 50.2 kB into GEMM layout
 
     statement 3 (line 7): dk[o,c,u,v] = dy[n,o,h,w]*x[n,c,2*h+u-1,2*w+v-1]   where h < 14, w < 14, x: zero
       ranges: o=16 c=16 u=3 v=3 n=4 h=14 w=14
@@ -202,10 +202,10 @@ def kernel(x, k, dy):
     y = np.matmul(k.reshape(16, 144), x_cols.reshape(144, 784)).reshape(16, 4, 14, 14).transpose(1, 0, 2, 3)
 
     # statement 2 (line 6): dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w]*k[o,c,u,v]   where h < 14, w < 14, dx: zero
-    #   contraction as a BLAS GEMM (batched); col2im adds by threaded Numba loops
+    #   contraction as a BLAS GEMM; col2im adds by threaded Numba loops
     dx = np.zeros((4, 16, 28, 28), dtype=DTYPE)
-    # step 1/1: batched GEMM 4 x [196x16]@[16x144], sum over o, 3.61 MFLOP
-    contribution = np.matmul(dy.reshape(4, 16, 196).swapaxes(-1, -2), k.reshape(16, 144), out=_scratch('contribution', (4, 196, 144))).reshape(4, 14, 14, 16, 3, 3).transpose(0, 3, 1, 4, 2, 5)
+    # step 1/1: GEMM [784x16]@[16x144], sum over o, 3.61 MFLOP
+    contribution = np.matmul(dy.transpose(0, 2, 3, 1).reshape(784, 16), k.reshape(16, 144), out=_scratch('contribution', (784, 144))).reshape(4, 14, 14, 16, 3, 3).transpose(0, 3, 1, 4, 2, 5)
     _jit.scatter_dx_2(contribution.transpose(0, 2, 4, 1, 3, 5), dx)
     del contribution
 
