@@ -315,6 +315,18 @@ def _parse_error(error: UnexpectedInput, source: str) -> ParseError:
     return ParseError(message + hint, span)
 
 
+@functools.lru_cache(maxsize=1)
+def _builder() -> SyntaxBuilder:
+    """One SyntaxBuilder (it keeps no state: threads share it) with its methods bound once:
+    lark's v_args wraps a method anew at every lookup, once per tree node, which took 40%
+    of a transform's time."""
+    builder = SyntaxBuilder()
+    for name, method in vars(SyntaxBuilder).items():
+        if not name.startswith("_") and hasattr(method, "__get__"):
+            builder.__dict__[name] = getattr(builder, name)  # (found before the class's)
+    return builder
+
+
 def parse(source: str, filename: str = "<program>") -> Program:
     """Parse tensorc source into a Program; str() of it is normalized source."""
     if not isinstance(source, str):
@@ -327,7 +339,7 @@ def parse(source: str, filename: str = "<program>") -> Program:
                 raise _parse_error(error, source) from None
             _check_nesting(tree)
             try:
-                statements = SyntaxBuilder().transform(tree)
+                statements = _builder().transform(tree)
             except VisitError as error:
                 if isinstance(error.orig_exc, TensorcError):
                     raise error.orig_exc from None
