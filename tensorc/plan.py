@@ -54,7 +54,9 @@ TRANSPOSED_VIEW_NS = 0.05  # per element, handing a statement's result back tran
 WINDOW_COPY_NS = 0.2  # per element of an im2col copy, plus, per run of its innermost axis:
 WINDOW_COPY_RUN_NS = 8.0  # NumPy's inner-loop overhead (runs of 8 measured ~1.1 ns/element)
 WINDOW_GAPPED_NS = 0.4  # per element, when the innermost axis steps over gaps (stride 2)
-# ... plus this, per element of one too large to be chunked, copied into a fresh buffer
+# ... plus this, per element of one that cannot be chunked (its batch is summed after the
+# matmul), written into one fresh buffer: ResNet's 128-channel weight gradient took 0.95 of
+# the time in chunks that it took with its 57.8 MB of windows batched by image
 FRESH_WINDOW_COPY_NS = 0.1
 RELAYOUT_NS = 0.6  # per element, copying a tensor into channels-last order (with its padding)
 # Threaded packing copies (`pack`, with Numba on the CPU): the copies around GEMMs done by
@@ -1113,15 +1115,15 @@ class _StatementPlanner:
         if summed:  # the matmul's results per summed entry, added up after it
             cost += size(group) * m * n * BATCH_SUM_NS
         # What chunk_for makes of an im2col copy larger than chunk_bytes: where a batch is
-        # summed after the matmul, no chunks (one fresh buffer, slower to write); without a
-        # batch, chunks of a contracted axis, each chunk's product added to the result (a
-        # strided convolution's forward, 28.9 MB of windows in 4 chunks, took 1.17x as long
-        # so as in chunks of images)
+        # summed after the matmul, no chunks (one fresh buffer); without a batch, unless
+        # the chunks are the GEMM's rows, chunks of a contracted axis, each chunk's product
+        # added to the result (a strided convolution's forward, 28.9 MB of windows in 4
+        # such chunks, took 1.17x as long as in chunks of images)
         chunks = -(-window_elements * self.itemsize // self.chunk_bytes)
         if chunks > 1 and summed:
             cost += window_elements * FRESH_WINDOW_COPY_NS
-        elif chunks > 1 and not group and not (
-                left_kind == "strided" and right_kind != "strided" and m > k):
+        elif chunks > 1 and not group and not chunks_rows(
+                left_kind == "strided" and right_kind != "strided", m, k):
             cost += (chunks - 1) * size(result) * BATCH_SUM_NS
         layout = tuple(x for x in group if x not in summed) + first + second
         if self.scatter_inner and result_may_be_view and layout[-1:] != tuple(self.scatter_inner):
@@ -1158,8 +1160,8 @@ class _StatementPlanner:
             axis = step.batch[0]
         elif step.batch or step.copy_bytes <= self.chunk_bytes:
             return None
-        elif strided == [left] and step.kept_left and \
-                size(step.kept_left) > size(step.contracted):
+        elif step.kept_left and chunks_rows(strided == [left], size(step.kept_left),
+                                            size(step.contracted)):
             axis = step.kept_left[0]
         elif step.contracted:
             axis = step.contracted[0]
@@ -1196,6 +1198,14 @@ class _Candidate:
 
 
 GEMM_NARROW_ROWS = 32  # a result narrower than this is written in short rows: slower
+
+
+def chunks_rows(left_window_only: bool, rows: int, depth: int) -> bool:
+    """Whether an im2col copy over chunk_bytes without a batch axis is chunked along the
+    GEMM's rows (its result in pieces) rather than along a contracted axis (each chunk's
+    product added up): where the window is the left operand only and has more rows than
+    the GEMM's depth."""
+    return left_window_only and rows > depth
 
 
 def _gemm_efficiency(m: int, n: int, k: int, batched: bool = False) -> float:
