@@ -170,8 +170,8 @@ BORDER_POINTS = 4
 # LLVM leaves loops of fewer than 16 iterations scalar (its vectorizer's default minimum
 # trip count). The kernels listed in a module's SHORT_LOOPS_VECTORIZED are compiled with
 # that minimum at 4 instead (`load` does this): those whose loops store one point per
-# iteration, with no reduction loop longer than UNROLLED_POINTS inside (LLVM unrolls the
-# short ones), on one thread. Measured listed against unlisted in one process: LeNet-1's
+# iteration, with no reduction loop longer than UNROLLED_POINTS inside (those are
+# unrolled), on one thread. Measured listed against unlisted in one process: LeNet-1's
 # max-pool gradient (rows of 12) 0.34-0.46 -> 0.21-0.24 ms, a 3x3 depthwise convolution
 # over 16x256x14x14 3.1 -> 1.7 ms and its input gradient 1.9 -> 1.1 ms; its weight
 # gradient, a long reduction whose innermost loop runs 12-14 times per row, went the other
@@ -214,8 +214,7 @@ class _NumbaRenderer(_PythonSyntax):
         inner = nest.parallel[len(nest.outer):]
         loops = [inner] + [node.indices for value in nest.values for node in walk(value)
                            if isinstance(node, Reduce)]
-        return all(math.prod(self.ranges[i] for i in indices) <= UNROLLED_POINTS
-                   for indices in loops) and not any(
+        return all(map(self.is_short, loops)) and not any(
             isinstance(node, Read) and node.tensor == nest.target
             for value in nest.values for node in walk(value))
 
@@ -228,12 +227,20 @@ class _NumbaRenderer(_PythonSyntax):
         innermost loops (as LLVM sees them) store a point per iteration, no reduction (nor
         producer) running a loop longer than UNROLLED_POINTS."""
         return not self.threaded() and all(
-            math.prod(self.ranges[i] for i in node.indices) <= UNROLLED_POINTS
+            self.is_short(node.indices)
             for value in self.nest.values for node in walk(value) if isinstance(node, Reduce))
+
+    def count(self, indices: tuple[str, ...]) -> int:
+        """The number of points of `indices`."""
+        return math.prod(self.ranges[i] for i in indices)
+
+    def is_short(self, indices: tuple[str, ...]) -> bool:
+        """Whether `indices` cover at most UNROLLED_POINTS points (written out unrolled)."""
+        return self.count(indices) <= UNROLLED_POINTS
 
     def is_long(self, e: Reduce) -> bool:
         """Whether `e` covers LONG_REDUCTION_POINTS points or more."""
-        return math.prod(self.ranges[i] for i in e.indices) >= LONG_REDUCTION_POINTS
+        return self.count(e.indices) >= LONG_REDUCTION_POINTS
 
     def unrolled(self, indices: tuple[str, ...], body: Callable[[], None]) -> None:
         """`body` once per point of `indices`, each bound to its number there."""
@@ -333,8 +340,7 @@ class _NumbaRenderer(_PythonSyntax):
         if not e.indices:  # a sum over nothing (an adjoint's, say): the body, once
             super().reduction_loops(e, accumulator)
             return
-        if self.loaded is not None or math.prod(
-                self.ranges[i] for i in e.indices) <= UNROLLED_POINTS:
+        if self.loaded is not None or self.is_short(e.indices):
             # (at a border point, the numbers also settle every bounds check of the body)
             self.unrolled(e.indices, lambda: self.update(accumulator, e.op, self.expr(e.body)))
             return
@@ -450,19 +456,19 @@ class _NumbaRenderer(_PythonSyntax):
             return ()
         points: tuple[str, ...] = ()
         for index in reversed(nest.parallel[1:]):
-            if math.prod(self.ranges[i] for i in (index, *points)) > UNROLLED_POINTS:
+            if not self.is_short((index, *points)):
                 break
             points = (index, *points)
         shared = any(isinstance(node, Read) and not set(points) & {
             i for m in node.maps for i in m.indices()} for node in walk(value.body))
-        return points if shared and math.prod(self.ranges[i] for i in points) > 1 else ()
+        return points if shared and self.count(points) > 1 else ()
 
     def side_by_side(self) -> None:
         """The points of `points`, one accumulator each, updated together in one pass of
         the reduction's loops (split around their interiors for every point at once), each
         element read once into a local there; then their stores."""
         e, points = self.nest.statement.value, self.points
-        self.emit(f"# the {math.prod(self.ranges[i] for i in points)} points of "
+        self.emit(f"# the {self.count(points)} points of "
                   f"{','.join(points)} side by side: each element read once per point of "
                   f"{','.join(e.indices)}")
         accumulators: dict[tuple[int, ...], str] = {}
@@ -483,7 +489,7 @@ class _NumbaRenderer(_PythonSyntax):
 
         def store() -> None:
             if e.op == "mean":
-                self.scale(accumulators[at()], math.prod(self.ranges[i] for i in e.indices))
+                self.scale(accumulators[at()], self.count(e.indices))
             self.store(accumulators[at()])
         self.unrolled(points, declare)
         enclosing, saved = dict(self.variables), set(self.interior_indices)
