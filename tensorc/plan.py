@@ -1119,7 +1119,8 @@ class _StatementPlanner:
         # the chunks are the GEMM's rows, chunks of a contracted axis, each chunk's product
         # added to the result (a strided convolution's forward, 28.9 MB of windows in 4
         # such chunks, took 1.17x as long as in chunks of images)
-        chunks = -(-window_elements * self.itemsize // self.chunk_bytes)
+        copied = sum(e for e, _, _ in copies) if window_elements else 0  # as chunk_for's
+        chunks = -(-copied * self.itemsize // self.chunk_bytes)
         if chunks > 1 and summed:
             cost += window_elements * FRESH_WINDOW_COPY_NS
         elif chunks > 1 and not group and not chunks_rows(
