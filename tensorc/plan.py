@@ -1042,12 +1042,20 @@ class _StatementPlanner:
                 summed = (axis,)
                 candidates += [(summed, tuple(a_kept), tuple(b_kept), False, summed),
                                (summed, tuple(b_kept), tuple(a_kept), True, summed)]
+        # The contracted axes in the order above, or as a whole operand stores them: a
+        # convolution reading an im2col copy x_cols[n,h,w,u,v,c] contracts (u,v,c) as stored
+        # and copies the small kernel instead.
+        orders = [contracted]
+        for axes, kind in ((a, kind_a), (b, kind_b)):
+            own = tuple(x for x in axes if x in contracted)
+            if kind == "whole" and own not in orders:
+                orders.append(own)
         kinds = {"a": kind_a, "b": kind_b}
-        costed = [(self.layout_cost(a, b, kinds, tuple(x for x in contracted if x not in c[4]),
+        costed = [(self.layout_cost(a, b, kinds, tuple(x for x in order if x not in c[4]),
                                     result, *c[:4], result_may_be_view=result_may_be_view,
-                                    summed=c[4]), i, c)
-                  for i, c in enumerate(candidates)]
-        (cost, copies), _, (group, first, second, swap, summed) = min(costed)
+                                    summed=c[4]), j, i, c, order)
+                  for j, order in enumerate(orders) for i, c in enumerate(candidates)]
+        (cost, copies), _, _, (group, first, second, swap, summed), contracted = min(costed)
         layout = tuple(x for x in group if x not in summed) + first + second
         transpose = None if layout == result else tuple(layout.index(x) for x in result)
         step = PairStep(left, right, a, b, result, "gemm", group, first,

@@ -155,6 +155,22 @@ def test_keep_windows_marks_only_input_windows():
     assert keep_windows(kernel.plan).kept_windows == ()
 
 
+def test_a_convolution_reads_a_kept_copy_as_stored():
+    """It contracts (u,v,c) in the copy's own order: no transposed copy of x_cols, only of
+    the small kernel."""
+    x, k, b = arrays((64, 16, 12, 12), (32, 16, 5, 5), np.float32)
+    forward = tc.Kernel(tc.parse(CONV), keep_windows=True)
+    results = forward(x=x, k=k, b=b)
+    assert forward.kept_windows[0].axes == tuple("nhwuvc")
+    other = tc.Kernel(tc.parse("z[n,o,h,w] = x[n,c,h+u,w+v] * q[o,c,u,v]"),
+                      windows=forward.kept_windows)
+    q = np.random.default_rng(3).standard_normal((7, 16, 5, 5)).astype(np.float32)
+    z = other(x=x, q=q, x_cols=results["x_cols"])
+    assert "sum over u,v,c" in str(other.plan) and "x_cols.transpose" not in other.source
+    expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(q)).numpy()
+    np.testing.assert_allclose(z, expected, rtol=1e-4, atol=1e-4)
+
+
 # ---- tensorc.nn --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options", [dict(), dict(padding=1), dict(stride=2, padding=1),

@@ -15,7 +15,7 @@ Plan:
       naive FLOPs: 2,663,424   planned FLOPs: 2,663,424   speedup: 1x
       largest intermediate: 166,464 elements   peak temporary: 1.65 MB (estimated)
       step  contraction                                       FLOPs  how
-      1     [n,h_at,w_at,u,v,o],[o,c,u,v]->[n,c,h_at,w_at]      2,663,424  GEMM [8x72]@[72x2312], sum over u,v,o, copies 1.34 MB into GEMM layout
+      1     [n,h_at,w_at,u,v,o],[o,c,u,v]->[n,c,h_at,w_at]      2,663,424  GEMM [8x72]@[72x2312], sum over o,u,v, copies 1.34 MB into GEMM layout
 """
 
 import threading
@@ -44,8 +44,8 @@ def kernel(dy, k):
     dy_pad[:, :, 2:34, 2:34] = dy
     dy_strides = dy_pad.strides
     dy_win = as_strided(dy_pad[:, :, 2:, 2:], shape=(2, 34, 34, 3, 3, 8), strides=(dy_strides[0], dy_strides[2], dy_strides[3], -dy_strides[2], -dy_strides[3], dy_strides[1]), writeable=False)  # dy[n,o,h_at-u,w_at-v] over (n, h_at, w_at, u, v, o)
-    # step 1/1: GEMM [8x72]@[72x2312], sum over u,v,o, 2.66 MFLOP
-    contribution = np.matmul(k.transpose(1, 2, 3, 0).reshape(8, 72), dy_win.transpose(3, 4, 5, 0, 1, 2).reshape(72, 2312)).reshape(8, 2, 34, 34).transpose(1, 0, 2, 3)
+    # step 1/1: GEMM [8x72]@[72x2312], sum over o,u,v, 2.66 MFLOP
+    contribution = np.matmul(k.transpose(1, 0, 2, 3).reshape(8, 72), dy_win.transpose(5, 3, 4, 0, 1, 2).reshape(72, 2312)).reshape(8, 2, 34, 34).transpose(1, 0, 2, 3)
     dx = contribution
 
     return dx
