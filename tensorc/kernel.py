@@ -19,7 +19,8 @@ from .backends.jit import cpu_modes
 from .backends.numpy import execute_module
 from .loopnest import plan_for_backend
 from .parser import parse, recursion_headroom
-from .plan import KeptWindow, ProgramPlan, fft_mode, keep_windows, plan_program, shift_mode
+from .plan import (KeptWindow, ProgramPlan, fft_mode, keep_windows, plan_program, share_windows,
+                   shift_mode)
 
 __all__ = ["Kernel", "compile", "compile_grad", "BACKENDS"]
 
@@ -117,6 +118,8 @@ def _specialize(program: S.Program, program_text: str, backend: str,
                                 pack=pack, gemv_sums=backend != "cupy", shift=shift,
                                 given_windows=given)
             plan = plan_for_backend(plan, backend, jit, budget)
+            if backend == "numpy":  # (one kernel's statements share their im2col copies)
+                plan = share_windows(plan)
             if keep and backend == "numpy":
                 plan = keep_windows(plan)
             checked = plan.program  # (reads of given windows replaced)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any, Collection, Iterator, Sequence, Union
 
 import opt_einsum
 
@@ -23,7 +23,8 @@ from .ir import (
 
 __all__ = ["IM2COL_CHUNK_BYTES", "ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
            "ReduceNode", "Node", "StatementPlan", "ProgramPlan", "plan_program",
-           "WINDOW_LOOP_LIMIT", "GATHER_FORM", "contractions_in", "KeptWindow", "keep_windows"]
+           "WINDOW_LOOP_LIMIT", "GATHER_FORM", "contractions_in", "KeptWindow", "keep_windows",
+           "share_windows", "PlanSettings"]
 
 # Window reductions with at most this many offsets run as a loop of strided-slice updates
 # (np.maximum(out, slice, out=out)); larger ones reduce a window view along its axes.
@@ -201,6 +202,9 @@ class PairStep:
     # (matmul left, right): the name under which the kernel returns that operand's im2col
     # copy (keep_windows), or None
     kept: tuple[str | None, str | None] = (None, None)
+    # ... or the name of the buffer that holds the copy for a later statement of the same
+    # kernel, which reads it instead of the window (share_windows)
+    shared: tuple[str | None, str | None] = (None, None)
 
     @property
     def natural_axes(self) -> tuple[str, ...]:
@@ -356,6 +360,22 @@ class StatementPlan:
     # On the CPU with Numba: the copies around the GEMMs done by threaded loops instead of
     # NumPy's ("im2col": windows into GEMM order; "col2im": a '+=' through windows).
     packing: tuple[str, ...] = ()
+    # The cost model's estimate of its contractions (and adds back through windows), in ns.
+    estimated_ns: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """How plan_program plans each statement: its arguments, resolved."""
+
+    itemsize: int
+    budget: int  # bytes of temporaries a statement may use
+    chunk_bytes: int  # the size im2col copies are chunked to
+    fft: str
+    pack: str
+    blas: bool  # sums may be GEMVs with ones
+    shift: str
+    in_one_process: bool
 
 
 @dataclass(frozen=True)
@@ -382,6 +402,7 @@ class ProgramPlan:
     fft: str = "auto"  # the FFT mode it was planned with
     appendix: Any = None  # printed after the statements (the Dask backend's chunking)
     kept_windows: tuple[KeptWindow, ...] = ()  # also returned (keep_windows)
+    settings: PlanSettings | None = None  # what it was planned with, to plan again
 
     @property
     def flops(self) -> int:
@@ -1451,87 +1472,100 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
     (keep_windows), read instead of the windows they hold."""
     program, readers = reading_kept_windows(program, given_windows)
     budget = memory_budget() if budget is None else budget
-    chunk_bytes = max(64 << 10, min(IM2COL_CHUNK_BYTES, budget // 4))
+    settings = PlanSettings(itemsize, budget, max(64 << 10, min(IM2COL_CHUNK_BYTES, budget // 4)),
+                            fft, pack, gemv_sums and dtype in ("float32", "float64"), shift,
+                            in_one_process)
     if in_one_process:
         _check_total_memory(program, itemsize)
     plans = []
     defined = set(program.inputs)
     for number, statement in enumerate(program.statements):
-        fresh = statement.target not in defined and not any(
-            isinstance(n, Read) and n.tensor == statement.target for n in walk(statement.value))
+        read = [(w, "the copy in GEMM order its forward kept") for w in readers.get(number, ())]
+        plans.append(_plan_statement(program, number, statement, statement.target in defined,
+                                     settings, read))
         defined.add(statement.target)
-        blas = gemv_sums and dtype in ("float32", "float64")
-        planner = _StatementPlanner(program, statement, itemsize, fresh, chunk_bytes, fft, pack,
-                                    blas, shift)
-        root = planner.plan(statement.value)
-        # An accumulation through windows either adds each window's contribution back
-        # (col2im) or reads back through the windows (gather form): planned both ways, the
-        # cheaper by the cost model is kept, unless only the other fits the budget.
-        gathered = gather_form(statement, program.tensors[statement.target].shape)
-        if gathered is not None:
-            gather_planner = _StatementPlanner(program, gathered, itemsize, False, chunk_bytes,
-                                               fft, pack, blas, shift)
-            gather_root = gather_planner.plan(gathered.value)
-            fits = (planner.peak_bytes() <= budget, gather_planner.peak_bytes() <= budget)
-            cheaper = _estimated_ns(gather_root) < _estimated_ns(root) + planner.scatter_ns()
-            if fits[1] and (cheaper or not fits[0]):
-                statement, planner, root = gathered, gather_planner, gather_root
-                planner.strategies.insert(0, GATHER_FORM)
-        if in_one_process and planner.peak_bytes() > budget:
-            raise MemoryBudgetError(
-                f"this statement needs about {format_size(planner.peak_bytes())} of "
-                f"temporaries (largest: {planner.largest:,} elements), more than the memory "
-                f"budget of {format_size(budget)}; compile it for smaller inputs (a smaller "
-                "batch), or raise the budget with tc.set_memory_budget(...) or "
-                "TENSORC_MEMORY_BUDGET", statement.span)
-        elementwise = _epilogue_ops(root)
-        strategy = "; ".join(planner.strategies) or "elementwise"
-        for window in readers.get(number, ()):
-            strategy = (f"{window.read} read from {window.name}, the copy in GEMM order its "
-                        f"forward kept (no im2col); {strategy}")
-        if elementwise and planner.strategies:
-            strategy += f"; then elementwise {', '.join(elementwise)}"
-        offset_loop: tuple[str, ...] = ()
-        tiles = False
-        maps = statement.target_maps
-        if statement.accumulate and not all(m.is_plain for m in maps) \
-                and elementwise_only(root):
-            sliced = scatter_slices(maps, statement.ranges)
-            looped = tuple(n for n in planner.order if n not in sliced
-                           and any(n in m.indices() for m in maps))
-            if set(looped) & set(root.axes):
-                offset_loop = looped
-                tiles = fresh and tiles_exactly(statement, program.tensors[statement.target].shape)
-                strategy += (f", evaluated per window offset ({','.join(looped)}) and "
-                             + ("written to its own strided slice (the windows tile "
-                                f"{statement.target})" if tiles else
-                                "added through strided slices"))
-        if planner.target_order is not None and statement.accumulate:
-            inner = statement.target_maps[planner.target_order[-1]].terms[0][0]
-            strategy += (f"; contributions added into a buffer with {inner} innermost, so "
-                         "that each add runs over whole rows of it")
-        packing = tuple(name for name, threaded in (
-            ("im2col", planner.copies_threaded(root)),
-            ("col2im", planner.threaded_scatter and not offset_loop)) if threaded)
-        if packing:
-            strategy += "; " + " and ".join({"im2col": "im2col copies", "col2im": "col2im adds"}[p]
-                                             for p in packing) + " by threaded Numba loops"
-        plans.append(StatementPlan(number, statement, planner.order, root, strategy,
-                                   _node_flops(root, naive=True), _node_flops(root),
-                                   planner.largest, planner.peak_bytes(),
-                                   offset_loop=offset_loop, target_order=planner.target_order,
-                                   tiles_target=tiles, packing=packing))
-    return ProgramPlan(program, dtype, itemsize, plans, fft)
+    return ProgramPlan(program, dtype, itemsize, plans, fft, settings=settings)
+
+
+def _plan_statement(program: CheckedProgram, number: int, statement: Statement,
+                    defined_before: bool, settings: PlanSettings,
+                    windows_read: Sequence[tuple[KeptWindow, str]] = ()) -> StatementPlan:
+    """The plan of one statement of `program` (`defined_before`: whether an input or an
+    earlier statement gave its target a value). `windows_read`: the copies of windows it
+    reads instead of the windows (reading_kept_windows), each with who made it."""
+    fresh = not defined_before and not any(
+        isinstance(n, Read) and n.tensor == statement.target for n in walk(statement.value))
+    itemsize, budget, chunk_bytes = settings.itemsize, settings.budget, settings.chunk_bytes
+    fft, pack, blas, shift = settings.fft, settings.pack, settings.blas, settings.shift
+    planner = _StatementPlanner(program, statement, itemsize, fresh, chunk_bytes, fft, pack,
+                                blas, shift)
+    root = planner.plan(statement.value)
+    estimated = _estimated_ns(root) + planner.scatter_ns()
+    # An accumulation through windows either adds each window's contribution back
+    # (col2im) or reads back through the windows (gather form): planned both ways, the
+    # cheaper by the cost model is kept, unless only the other fits the budget.
+    gathered = gather_form(statement, program.tensors[statement.target].shape)
+    if gathered is not None:
+        gather_planner = _StatementPlanner(program, gathered, itemsize, False, chunk_bytes,
+                                           fft, pack, blas, shift)
+        gather_root = gather_planner.plan(gathered.value)
+        fits = (planner.peak_bytes() <= budget, gather_planner.peak_bytes() <= budget)
+        cheaper = _estimated_ns(gather_root) < estimated
+        if fits[1] and (cheaper or not fits[0]):
+            statement, planner, root = gathered, gather_planner, gather_root
+            planner.strategies.insert(0, GATHER_FORM)
+            estimated = _estimated_ns(root)
+    if settings.in_one_process and planner.peak_bytes() > budget:
+        raise MemoryBudgetError(
+            f"this statement needs about {format_size(planner.peak_bytes())} of "
+            f"temporaries (largest: {planner.largest:,} elements), more than the memory "
+            f"budget of {format_size(budget)}; compile it for smaller inputs (a smaller "
+            "batch), or raise the budget with tc.set_memory_budget(...) or "
+            "TENSORC_MEMORY_BUDGET", statement.span)
+    elementwise = _epilogue_ops(root)
+    strategy = "; ".join(planner.strategies) or "elementwise"
+    for window, made_by in windows_read:
+        strategy = f"{window.read} read from {window.name}, {made_by} (no im2col); {strategy}"
+    if elementwise and planner.strategies:
+        strategy += f"; then elementwise {', '.join(elementwise)}"
+    offset_loop: tuple[str, ...] = ()
+    tiles = False
+    maps = statement.target_maps
+    if statement.accumulate and not all(m.is_plain for m in maps) \
+            and elementwise_only(root):
+        sliced = scatter_slices(maps, statement.ranges)
+        looped = tuple(n for n in planner.order if n not in sliced
+                       and any(n in m.indices() for m in maps))
+        if set(looped) & set(root.axes):
+            offset_loop = looped
+            tiles = fresh and tiles_exactly(statement, program.tensors[statement.target].shape)
+            strategy += (f", evaluated per window offset ({','.join(looped)}) and "
+                         + ("written to its own strided slice (the windows tile "
+                            f"{statement.target})" if tiles else
+                            "added through strided slices"))
+    if planner.target_order is not None and statement.accumulate:
+        inner = statement.target_maps[planner.target_order[-1]].terms[0][0]
+        strategy += (f"; contributions added into a buffer with {inner} innermost, so "
+                     "that each add runs over whole rows of it")
+    packing = tuple(name for name, threaded in (
+        ("im2col", planner.copies_threaded(root)),
+        ("col2im", planner.threaded_scatter and not offset_loop)) if threaded)
+    if packing:
+        strategy += "; " + " and ".join({"im2col": "im2col copies", "col2im": "col2im adds"}[p]
+                                         for p in packing) + " by threaded Numba loops"
+    return StatementPlan(number, statement, planner.order, root, strategy,
+                         _node_flops(root, naive=True), _node_flops(root),
+                         planner.largest, planner.peak_bytes(),
+                         offset_loop=offset_loop, target_order=planner.target_order,
+                         tiles_target=tiles, packing=packing, estimated_ns=estimated)
 
 
 def reading_kept_windows(program: CheckedProgram, windows: tuple[KeptWindow, ...]
                          ) -> tuple[CheckedProgram, dict[int, list[KeptWindow]]]:
-    """`program` with each read of a kept window (the same tensor, maps and boundary, in a
-    statement whose ranges of the window's indices are the copy's sizes, so that it reads
-    exactly what the copy holds) replaced by a plain read of the copy; and, per statement
-    number, the windows it now reads. Inputs read only through such windows are dropped.
-    A window of a tensor the program writes to, or named like one of its tensors, is not
-    read."""
+    """`program` with each read of a kept window replaced by a plain read of the copy
+    (_reading_windows); and, per statement number, the windows it now reads. Inputs read
+    only through such windows are dropped. A window of a tensor the program writes to, or
+    named like one of its tensors, is not read."""
     targets = {s.target for s in program.statements}
     windows = tuple(w for w in windows if w.read.tensor not in targets
                     and w.name not in program.tensors)
@@ -1540,15 +1574,10 @@ def reading_kept_windows(program: CheckedProgram, windows: tuple[KeptWindow, ...
     readers: dict[int, list[KeptWindow]] = {}
     statements = []
     for number, statement in enumerate(program.statements):
-        value = statement.value
-        for window in windows:
-            if all(statement.ranges.get(a) == size for a, size in zip(window.axes, window.shape)):
-                copy = Read(window.name, tuple(IndexMap(((a, 1),)) for a in window.axes))
-                replaced = map_reads(value, lambda read: copy if read == window.read else read)
-                if replaced != value:
-                    value = replaced
-                    readers.setdefault(number, []).append(window)
-        statements.append(replace(statement, value=value))
+        statement, read = _reading_windows(statement, windows)
+        if read:
+            readers[number] = read
+        statements.append(statement)
     if not readers:
         return program, {}
     now = _tensors_read(statements)
@@ -1560,55 +1589,154 @@ def reading_kept_windows(program: CheckedProgram, windows: tuple[KeptWindow, ...
                    inputs=inputs), readers
 
 
+def _reading_windows(statement: Statement, windows: Sequence[KeptWindow]
+                     ) -> tuple[Statement, list[KeptWindow]]:
+    """`statement` with each read of one of `windows` (the same tensor, maps and boundary,
+    where the statement's ranges of the window's indices are the copy's sizes, so that it
+    reads exactly what the copy holds) replaced by a plain read of the copy; and the
+    windows it now reads."""
+    value = statement.value
+    read = []
+    for window in windows:
+        if all(statement.ranges.get(a) == size for a, size in zip(window.axes, window.shape)):
+            copy = Read(window.name, tuple(IndexMap(((a, 1),)) for a in window.axes))
+            replaced = map_reads(value, lambda r, w=window, c=copy: c if r == w.read else r)
+            if replaced != value:
+                value = replaced
+                read.append(window)
+    return replace(statement, value=value), read
+
+
 def _tensors_read(statements) -> set[str]:
     return {n.tensor for s in statements for n in walk(s.value) if isinstance(n, Read)}
 
 
+def full_window_copies(sp: StatementPlan, tensors: Collection[str]
+                       ) -> Iterator[tuple[PairStep, int, ViewNode, tuple[str, ...]]]:
+    """The GEMM operands of a statement's plan that are windows of `tensors` copied into
+    GEMM order in full (not in chunks, not by FFT or shifted GEMMs, not inside a loop
+    kernel): each as its step, its side of the matmul (0 first, 1 second), the window and
+    the axes of the copy in order. The working list follows the renderer's
+    (render_contraction)."""
+    if sp.loop_nest is not None or sp.computed_in is not None:
+        return
+    sizes = sp.statement.ranges
+    for contraction in contractions_in(sp.root):
+        if contraction.fft is not None or contraction.shifted is not None:
+            continue
+        working: list[Node | None] = list(contraction.operands)
+        for step in contraction.steps:
+            chunked = step.chunk is not None and step.chunk < sizes[step.chunk_axis]
+            if step.kind == "gemm" and not chunked:
+                pairs = [(working[step.left], step.presum_left),
+                         (working[step.right], step.presum_right)]
+                if step.swap:
+                    pairs.reverse()
+                sides = ((step.kept_left, step.contracted), (step.contracted, step.kept_right))
+                for side, ((node, presum), (first, second)) in enumerate(zip(pairs, sides)):
+                    if isinstance(node, ViewNode) and node.kind == "strided" and not presum \
+                            and node.read.tensor in tensors:
+                        axes = tuple(g for g in step.batch if g in node.axes) + first + second
+                        yield step, side, node, axes
+            for position in sorted({step.left, step.right}, reverse=True):
+                working.pop(position)
+            working.append(None)  # a temporary
+
+
+def _copy_name(tensor: str, taken: set[str]) -> str:
+    """A new name for a copy of a window of `tensor` (x_cols, x_cols1, ...), then taken."""
+    name = next(n for n in (f"{tensor}_cols{i or ''}" for i in range(len(taken) + 1))
+                if n not in taken and n.isidentifier())
+    taken.add(name)
+    return name
+
+
+def _names_taken(program: CheckedProgram) -> set[str]:
+    return set(program.tensors) | {i for s in program.statements for i in s.ranges}
+
+
+def _with_side(names: tuple[str | None, str | None], side: int,
+               name: str) -> tuple[str | None, str | None]:
+    return (name, names[1]) if side == 0 else (names[0], name)
+
+
 def keep_windows(plan: ProgramPlan) -> ProgramPlan:
     """`plan` with the im2col copies of its inputs' windows kept: each GEMM operand that is
-    a window of an input, copied into GEMM order in full (not in chunks, not by FFT or
-    shifted GEMMs, not inside a loop kernel), is copied into a fresh array that the kernel
-    also returns, named in `kept_windows` (`x_cols`) and in its step's `kept` (steps are
-    marked in place: call it on a plan just made). An adjoint kernel given them
-    (plan_program's given_windows) reads them instead of copying those windows again: a
-    convolution's weight gradient then needs no im2col of its own. The working list
-    follows the renderer's (render_contraction)."""
-    program = plan.program
-    taken = set(program.tensors) | {i for s in program.statements for i in s.ranges}
+    a window of an input copied into GEMM order in full (full_window_copies) is copied into
+    a fresh array that the kernel also returns, named in `kept_windows` (`x_cols`) and in
+    its step's `kept` (steps are marked in place: call it on a plan just made). An adjoint
+    kernel given them (plan_program's given_windows) reads them instead of copying those
+    windows again: a convolution's weight gradient then needs no im2col of its own."""
+    taken = _names_taken(plan.program)
     kept: list[KeptWindow] = []
     for sp in plan.statements:
+        for step, side, node, axes in full_window_copies(sp, plan.program.inputs):
+            # a copy a later statement reads (share_windows) keeps its name
+            name = step.shared[side] or _copy_name(node.read.tensor, taken)
+            kept.append(KeptWindow(name, node.read, axes,
+                                   tuple(sp.statement.ranges[a] for a in axes)))
+            step.kept = _with_side(step.kept, side, name)
+    return replace(plan, kept_windows=tuple(kept)) if kept else plan
+
+
+def share_windows(plan: ProgramPlan) -> ProgramPlan:
+    """`plan` with each statement that reads a window an earlier statement copies into GEMM
+    order in full (full_window_copies) reading that copy instead, where the cost model
+    says it is cheaper: a convolution's forward and weight gradient in one kernel
+    (compile_grad) then make one im2col copy of x, not two. The earlier statement copies
+    into a buffer (`x_cols`, its step's `shared`: steps are marked in place, so call it on
+    a plan just made) that the later one reads as a tensor of the program. Only windows of
+    tensors no statement writes are shared, and no copy a loop kernel would not make."""
+    program, settings = plan.program, plan.settings
+    if settings is None:
+        return plan
+    unwritten = set(program.tensors) - {s.target for s in program.statements}
+    taken = _names_taken(program)
+    held: list[tuple[KeptWindow, PairStep, int, int]] = []  # window, step, side, statement
+    alive: dict[str, tuple[int, int, int]] = {}  # a read copy: made by, last read by, bytes
+    statements, plans = list(program.statements), list(plan.statements)
+    tensors = dict(program.tensors)
+    defined = set(program.inputs)
+    for number, sp in enumerate(plans):
+        defined_before = statements[number].target in defined
+        defined.add(statements[number].target)
         if sp.loop_nest is not None or sp.computed_in is not None:
             continue
-        sizes = sp.statement.ranges
-        for contraction in contractions_in(sp.root):
-            if contraction.fft is not None or contraction.shifted is not None:
-                continue
-            working: list[Node | None] = list(contraction.operands)
-            for step in contraction.steps:
-                chunked = step.chunk is not None and step.chunk < sizes[step.chunk_axis]
-                if step.kind == "gemm" and not chunked:
-                    pairs = [(working[step.left], step.presum_left),
-                             (working[step.right], step.presum_right)]
-                    if step.swap:
-                        pairs.reverse()
-                    sides = ((step.kept_left, step.contracted), (step.contracted, step.kept_right))
-                    names: list[str | None] = [None, None]
-                    for side, ((node, presum), (first, second)) in enumerate(zip(pairs, sides)):
-                        if isinstance(node, ViewNode) and node.kind == "strided" and not presum \
-                                and node.read.tensor in program.inputs:
-                            axes = tuple(g for g in step.batch if g in node.axes) + first + second
-                            name = next(n for n in (f"{node.read.tensor}_cols{i or ''}"
-                                                    for i in range(len(taken) + 1))
-                                        if n not in taken and n.isidentifier())
-                            taken.add(name)
-                            kept.append(KeptWindow(name, node.read, axes,
-                                                   tuple(sizes[a] for a in axes)))
-                            names[side] = name
-                    step.kept = (names[0], names[1])
-                for position in sorted({step.left, step.right}, reverse=True):
-                    working.pop(position)
-                working.append(None)  # a temporary
-    return replace(plan, kept_windows=tuple(kept)) if kept else plan
+        statement, read = _reading_windows(statements[number], [w for w, *_ in held])
+        if read:
+            sharing = replace(program, statements=tuple(statements), tensors={
+                **tensors, **{w.name: TensorInfo(w.name, w.shape) for w in read}})
+            holders = {w.name: (step, side, by) for w, step, side, by in held}
+            candidate = _plan_statement(sharing, number, statement, defined_before, settings, [
+                (w, f"the copy in GEMM order statement {holders[w.name][2] + 1} made")
+                for w in read])
+            held_bytes = sum(math.prod(w.shape) for w in read) * settings.itemsize
+            fits = all(plans[k].peak_temporary_bytes + held_bytes <= settings.budget
+                       for k in range(min(holders[w.name][2] for w in read) + 1, number))
+            if fits and candidate.estimated_ns < sp.estimated_ns:
+                plans[number] = sp = candidate
+                statements[number] = statement
+                for window in read:
+                    step, side, by = holders[window.name]
+                    step.shared = _with_side(step.shared, side, window.name)
+                    tensors[window.name] = TensorInfo(window.name, window.shape)
+                    plans[by] = replace(plans[by], strategy=(
+                        f"{plans[by].strategy}; the im2col copy of {window.read} kept in "
+                        f"{window.name} for statement {number + 1}"))
+                    alive[window.name] = (by, number, math.prod(window.shape) * settings.itemsize)
+        for step, side, node, axes in full_window_copies(sp, unwritten):
+            shape = tuple(sp.statement.ranges[a] for a in axes)
+            if not any(w.read == node.read and w.axes == axes and w.shape == shape
+                       for w, *_ in held):
+                window = KeptWindow(_copy_name(node.read.tensor, taken), node.read, axes, shape)
+                held.append((window, step, side, number))
+    if not alive:
+        return plan
+    for by, last, size in alive.values():  # the statements in between hold the copy too
+        for k in range(by + 1, last):
+            plans[k] = replace(plans[k], peak_temporary_bytes=plans[k].peak_temporary_bytes + size)
+    return replace(plan, program=replace(program, statements=tuple(statements), tensors=tensors),
+                   statements=plans)
 
 
 def boundary_pad(maps: tuple[IndexMap, ...], shape: tuple[int, ...],

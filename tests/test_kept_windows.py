@@ -8,9 +8,16 @@
   adjoint compiled without them; reads whose ranges differ from the copy's are left alone.
 - `tensorc.nn` layers keep windows in training (not in eval), so the whole layer sweep of
   test_nn_layers runs through them; here a few layers assert that they do.
+- Within one kernel (share_windows), a statement reads the im2col copy an earlier one made
+  of the same window, where the cost model says it is cheaper: a convolution's forward and
+  weight gradient in one `compile_grad` kernel make one copy of x. Values match PyTorch;
+  windows of tensors the program writes, other ranges, loop kernels and a memory budget
+  the held copy would exceed keep their own copies.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,8 +26,9 @@ import torch.nn.functional as F
 
 import tensorc as tc
 from tensorc import nn
+from tensorc.check import check
 from tensorc.errors import ShapeError
-from tensorc.plan import KeptWindow, keep_windows, reading_kept_windows
+from tensorc.plan import KeptWindow, keep_windows, plan_program, reading_kept_windows, share_windows
 
 CONV = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v] + b[o]"
 PADDED_STRIDED = "y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   where h < 4, w < 4, x: zero"
@@ -215,3 +223,128 @@ def test_a_window_of_a_tensor_the_program_computes_is_not_read_from_the_copy():
     later(t=x, dy=np.ones((5, 4, 8, 9)))
     program, readers = reading_kept_windows(later.ir, forward.kept_windows)
     assert readers == {} and program is later.ir
+
+
+# ---- shared within one kernel ------------------------------------------------------------
+
+def conv_grad_kernel(x_shape, k_shape, dtype, program=CONV.replace(" + b[o]", ""), **options):
+    y_shape = (x_shape[0], k_shape[0], x_shape[2] - k_shape[2] + 1, x_shape[3] - k_shape[3] + 1)
+    return tc.compile_grad(program, wrt=["x", "k"], dtype=np.dtype(dtype).name, x=x_shape,
+                           k=k_shape, dy=y_shape, **options), y_shape
+
+
+def check_against_torch(kernel, x_shape, k_shape, y_shape, dtype):
+    x, k, _ = arrays(x_shape, k_shape, dtype)
+    dy = np.random.default_rng(1).standard_normal(y_shape).astype(dtype)
+    results = kernel(x=x, k=k, dy=dy)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    kt = torch.from_numpy(k).requires_grad_(True)
+    yt = F.conv2d(xt, kt)
+    yt.backward(torch.from_numpy(dy))
+    tolerance = 1e-3 if dtype == np.float32 else 1e-10
+    for name, expected in (("y", yt.detach()), ("dx", xt.grad), ("dk", kt.grad)):
+        np.testing.assert_allclose(results[name], expected.numpy(), rtol=tolerance,
+                                   atol=tolerance, err_msg=name)
+    return results
+
+
+@pytest.mark.parametrize("x_shape, k_shape, dtype", [
+    ((64, 16, 12, 12), (32, 16, 5, 5), np.float32),  # LeNet-2: copy x_cols[n,h,w,u,v,c]
+    ((64, 1, 28, 28), (16, 1, 5, 5), np.float32),  # LeNet-1
+])
+def test_weight_gradient_reads_the_forwards_copy_in_one_kernel(x_shape, k_shape, dtype):
+    kernel, y_shape = conv_grad_kernel(x_shape, k_shape, dtype)
+    check_against_torch(kernel, x_shape, k_shape, y_shape, dtype)
+    forward, _, weight = kernel.plan.statements
+    assert "the im2col copy of x[n,c,h+u,w+v] kept in x_cols for statement 3" in forward.strategy
+    assert weight.strategy.startswith(
+        "x[n,c,h+u,w+v] read from x_cols, the copy in GEMM order statement 1 made (no im2col)")
+    source = kernel.source
+    assert source.count("x_cols = _scratch('x_cols'") == 1 and "x_win_2" not in source
+    assert "x_cols.reshape(" in source.split("# statement 3")[1]  # as stored, no copy
+    assert kernel.plan.program.inputs == ("x", "k", "dy")  # the copy is no input
+
+
+def test_kept_and_shared_copy_is_one_array():
+    """A kernel that keeps windows (keep_windows) returns the copy its later statement reads
+    under the same name."""
+    x_shape, k_shape = (64, 16, 12, 12), (32, 16, 5, 5)
+    combined = conv_grad_kernel(x_shape, k_shape, np.float32)[0].program  # y, dx and dk
+    kernel = tc.Kernel(combined, dtype="float32", keep_windows=True,
+                       outputs=("y", "dx", "dk"))
+    x, k, _ = arrays(x_shape, k_shape, np.float32)
+    dy = np.random.default_rng(1).standard_normal((64, 32, 8, 8)).astype(np.float32)
+    results = kernel(x=x, k=k, dy=dy)
+    (window,) = kernel.kept_windows
+    assert window.name == "x_cols" and "read from x_cols" in str(kernel.plan)
+    np.testing.assert_array_equal(results["x_cols"], window_values(x, window))
+    assert "x_cols = np.ascontiguousarray(" in kernel.source and "_scratch('x_cols'" not in \
+        kernel.source
+    expected = tc.compile(tc.grad(tc.parse(CONV), wrt=["k"]))(x=x, k=k, dy=dy)
+    np.testing.assert_allclose(results["dk"], expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("jit, pack", [("always", "auto"), ("auto", "always"), ("off", "off")])
+def test_shared_copy_under_every_cpu_mode(monkeypatch, jit, pack):
+    """Threaded im2col copies write the shared buffer; loop kernels make no copy, so nothing
+    is shared."""
+    pytest.importorskip("numba")
+    monkeypatch.setenv("TENSORC_JIT", jit)
+    monkeypatch.setenv("TENSORC_PACK", pack)
+    x_shape, k_shape = (8, 4, 9, 10), (6, 4, 3, 3)
+    kernel, y_shape = conv_grad_kernel(x_shape, k_shape, np.float64)
+    check_against_torch(kernel, x_shape, k_shape, y_shape, np.float64)
+    shared = "read from x_cols" in str(kernel.plan)
+    assert shared == (jit != "always")
+    if pack == "always":
+        assert "x_cols = _scratch('x_cols'" in kernel.source
+        assert "_jit.pack_x_1(" in kernel.source.split("# statement 2")[0]
+
+
+def test_windows_of_a_written_tensor_or_over_other_ranges_are_not_shared():
+    written = tc.compile("t[n,c,i,j] = x[n,c,i,j] * 2\n"
+                         "y[n,o,h,w] = t[n,c,h+u,w+v] * k[o,c,u,v]\n"
+                         "z[n,o,h,w] = t[n,c,h+u,w+v] * q[o,c,u,v]\n"
+                         "t[n,c,i,j] += x[n,c,i,j]",
+                         x=(4, 3, 8, 8), k=(5, 3, 3, 3), q=(5, 3, 3, 3))
+    assert "read from" not in str(written.plan) and "t_cols" not in written.source
+    ranges = tc.compile("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]\n"
+                        "z[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]   where h < 5, w < 5",
+                        x=(4, 3, 8, 8), k=(5, 3, 3, 3))
+    assert "read from" not in str(ranges.plan)
+    rng = np.random.default_rng(0)
+    x, k = rng.standard_normal((4, 3, 8, 8)), rng.standard_normal((5, 3, 3, 3))
+    results = ranges(x=x, k=k)
+    expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(k)).numpy()
+    np.testing.assert_allclose(results["y"], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(results["z"], expected[:, :, :5, :5], rtol=1e-12, atol=1e-12)
+
+
+def test_two_statements_over_the_same_window_share_it():
+    program = ("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]\n"
+               "z[n,o,h,w] = x[n,c,h+u,w+v] * q[o,c,u,v]")
+    kernel = tc.compile(program, x=(16, 8, 12, 12), k=(5, 8, 3, 3), q=(7, 8, 3, 3))
+    assert "read from x_cols, the copy in GEMM order statement 1 made" in str(kernel.plan)
+    rng = np.random.default_rng(0)
+    x, k, q = (rng.standard_normal(s) for s in ((16, 8, 12, 12), (5, 8, 3, 3), (7, 8, 3, 3)))
+    results = kernel(x=x, k=k, q=q)
+    for name, weight in (("y", k), ("z", q)):
+        expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(weight)).numpy()
+        np.testing.assert_allclose(results[name], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_copy_held_past_the_memory_budget_is_not_shared():
+    """The copy stays alive through the statements in between, and counts in their peak
+    temporaries: where it would take one of them past the budget, it is not shared."""
+    combined = conv_grad_kernel((64, 16, 12, 12), (32, 16, 5, 5), np.float32)[0].program
+    checked = check(combined, {"x": (64, 16, 12, 12), "k": (32, 16, 5, 5), "dy": (64, 32, 8, 8)})
+    copy_bytes = 64 * 8 * 8 * 400 * 4  # x_cols[n,h,w,u,v,c], float32
+    plan = plan_program(checked, "float32", 4)
+    between = plan.statements[1].peak_temporary_bytes
+    shared = share_windows(plan)
+    assert "read from x_cols" in str(shared)
+    assert shared.statements[1].peak_temporary_bytes == between + copy_bytes
+    for budget, shares in ((between + copy_bytes, True), (between + copy_bytes - 1, False)):
+        plan = plan_program(checked, "float32", 4)
+        plan = replace(plan, settings=replace(plan.settings, budget=budget))
+        assert ("read from x_cols" in str(share_windows(plan))) == shares

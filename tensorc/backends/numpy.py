@@ -750,8 +750,10 @@ class _StatementRenderer:
                 return self.render_summed_chunks(step, first, second, result)
             return self.render_chunked_gemm(step, first, second, result)
         sides = ((step.kept_left, step.contracted), (step.contracted, step.kept_right))
-        first, second = (self.kept_copy(value, name, step.batch, *axes) if name else value
-                         for value, name, axes in zip((first, second), step.kept, sides))
+        first, second = (self.held_copy(value, kept or shared, bool(kept), step.batch, *axes)
+                         if kept or shared else value
+                         for value, kept, shared, axes in zip((first, second), step.kept,
+                                                              step.shared, sides))
         if "im2col" in self.sp.packing:
             first = self.packed(first, step.windows[0], step.batch, step.kept_left,
                                 step.contracted)
@@ -797,20 +799,29 @@ class _StatementRenderer:
         self.emit(self.pack_window(value, buffer, order))
         return _Value(buffer, order, shape)
 
-    def kept_copy(self, value: _Value, name: str, batch: tuple[str, ...],
+    def held_copy(self, value: _Value, name: str, returned: bool, batch: tuple[str, ...],
                   first: tuple[str, ...], second: tuple[str, ...]) -> _Value:
-        """A window operand copied into GEMM order into a fresh array `name` that the kernel
-        also returns (plan.keep_windows): by the threaded copy where the plan packs, else
-        by NumPy."""
+        """A window operand copied into GEMM order into `name`: a fresh array the kernel
+        also returns (`returned`: plan.keep_windows), else this thread's reused buffer that
+        a later statement reads (plan.share_windows); by the threaded copy where the plan
+        packs, else by NumPy."""
         order = tuple(g for g in batch if g in value.axes) + first + second
         shape = tuple(self.sizes[x] for x in order)
-        if "im2col" in self.sp.packing:
-            self.emit(f"{name} = np.empty({_tuple(shape)}, dtype=DTYPE)"
-                      "  # im2col copy, also returned")
-            self.emit(self.pack_window(value, name, order))
+        if returned:
+            buffer, note = f"np.empty({_tuple(shape)}, dtype=DTYPE)", "also returned"
         else:
+            self.module.needs_scratch = True
+            buffer, note = f"_scratch({name!r}, {_tuple(shape)})", "read again below"
+        if "im2col" in self.sp.packing:
+            self.emit(f"{name} = {buffer}  # im2col copy, {note}")
+            self.emit(self.pack_window(value, name, order))
+        elif returned:
             self.emit(f"{name} = np.ascontiguousarray({self.reordered(value, order).code})"
-                      "  # im2col copy, also returned")
+                      f"  # im2col copy, {note}")
+        else:
+            self.emit(f"{name} = {buffer}  # im2col copy, {note}")
+            whole = ", ".join(":" * len(shape))
+            self.emit(f"{name}[{whole}] = {self.reordered(value, order).code}")
         return _Value(name, order, shape)
 
     def pack_window(self, value: _Value, cols: str, order: tuple[str, ...],

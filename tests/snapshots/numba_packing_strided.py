@@ -9,11 +9,11 @@ Plan:
     tensorc plan: 3 statements, dtype float32
       inputs:  x[4, 16, 28, 28], k[16, 16, 3, 3], dy[4, 16, 14, 14]
       outputs: y[4, 16, 14, 14], dx[4, 16, 28, 28], dk[16, 16, 3, 3]
-      total: 10.8 MFLOP, peak temporary 726 kB (estimated)
+      total: 10.8 MFLOP, peak temporary 953 kB (estimated)
 
     statement 1 (line 5): y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1]*k[o,c,u,v]   where h < 14, w < 14, x: zero
       ranges: n=4 o=16 h=14 w=14 c=16 u=3 v=3
-      strategy: windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; im2col copies by threaded Numba loops
+      strategy: windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; im2col copies by threaded Numba loops; the im2col copy of x[n,c,2*h+u-1,2*w+v-1] kept in x_cols for statement 3
       naive FLOPs: 3,612,672   planned FLOPs: 3,612,672   speedup: 1x
       largest intermediate: 112,896 elements   peak temporary: 717 kB (estimated)
       step  contraction                                       FLOPs  how
@@ -23,17 +23,17 @@ Plan:
       ranges: n=4 c=16 h=14 u=3 w=14 v=3 o=16
       strategy: contraction as a BLAS GEMM; col2im adds by threaded Numba loops
       naive FLOPs: 3,612,672   planned FLOPs: 3,612,672   speedup: 1x
-      largest intermediate: 112,896 elements   peak temporary: 502 kB (estimated)
+      largest intermediate: 112,896 elements   peak temporary: 953 kB (estimated)
       step  contraction                                       FLOPs  how
       1     [n,o,h,w],[o,c,u,v]->[n,c,h,u,w,v]            3,612,672  GEMM [784x16]@[16x144], sum over o, copies 50.2 kB into GEMM layout
 
     statement 3 (line 7): dk[o,c,u,v] = dy[n,o,h,w]*x[n,c,2*h+u-1,2*w+v-1]   where h < 14, w < 14, x: zero
       ranges: o=16 c=16 u=3 v=3 n=4 h=14 w=14
-      strategy: windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; im2col copies by threaded Numba loops
+      strategy: x[n,c,2*h+u-1,2*w+v-1] read from x_cols, the copy in GEMM order statement 1 made (no im2col); contraction as a BLAS GEMM
       naive FLOPs: 3,612,672   planned FLOPs: 3,612,672   speedup: 1x
-      largest intermediate: 112,896 elements   peak temporary: 726 kB (estimated)
+      largest intermediate: 12,544 elements   peak temporary: 59.4 kB (estimated)
       step  contraction                                       FLOPs  how
-      1     [n,o,h,w],[c,u,v,n,h,w]->[o,c,u,v]            3,612,672  GEMM [144x784]@[784x16], sum over n,h,w, copies 502 kB into GEMM layout
+      1     [n,o,h,w],[c,u,v,n,h,w]->[o,c,u,v]            3,612,672  GEMM [16x784]@[784x144], sum over n,h,w, copies 50.2 kB into GEMM layout
 """
 
 import threading
@@ -174,30 +174,15 @@ def scatter_dx_2(g, dst):
                         p1 = 2 * i_w + i_v - 1
                         if 0 <= p0 < 28 and 0 <= p1 < 28:
                             dst[i_n, i_c, p0, p1] += g[i_n, i_h, i_w, i_c, i_u, i_v]
-
-
-@njit(parallel=True, cache=True)
-def pack_x_3(src, dst):
-    """x[n,c,2*h+u-1,2*w+v-1]: the window in GEMM order (im2col)"""
-    for row in prange(64):
-        i_c = row % 16
-        i_n = row // 16
-        for i_u in range(3):
-            for i_v in range(3):
-                for i_h in range(14):
-                    p0 = 2 * i_h + i_u - 1
-                    for i_w in range(14):
-                        p1 = 2 * i_w + i_v - 1
-                        dst[i_c, i_u, i_v, i_n, i_h, i_w] = src[i_n, i_c, p0, p1] if 0 <= p0 < 28 and 0 <= p1 < 28 else REAL(0)
 '''
 _jit = _load_jit(JIT_SOURCE)
 
 
 def kernel(x, k, dy):
     # statement 1 (line 5): y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1]*k[o,c,u,v]   where h < 14, w < 14, x: zero
-    #   windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; im2col copies by threaded Numba loops
+    #   windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; im2col copies by threaded Numba loops; the im2col copy of x[n,c,2*h+u-1,2*w+v-1] kept in x_cols for statement 3
     # step 1/1: GEMM [16x144]@[144x784], sum over c,u,v, 3.61 MFLOP
-    x_cols = _scratch('x_cols', (16, 3, 3, 4, 14, 14))
+    x_cols = _scratch('x_cols', (16, 3, 3, 4, 14, 14))  # im2col copy, read again below
     _jit.pack_x_1(x, x_cols)
     y = np.matmul(k.reshape(16, 144), x_cols.reshape(144, 784)).reshape(16, 4, 14, 14).transpose(1, 0, 2, 3)
 
@@ -210,10 +195,8 @@ def kernel(x, k, dy):
     del contribution
 
     # statement 3 (line 7): dk[o,c,u,v] = dy[n,o,h,w]*x[n,c,2*h+u-1,2*w+v-1]   where h < 14, w < 14, x: zero
-    #   windowed contraction: strided window view of x[n,c,2*h+u-1,2*w+v-1], copied in GEMM order (im2col) + GEMM; im2col copies by threaded Numba loops
-    # step 1/1: GEMM [144x784]@[784x16], sum over n,h,w, 3.61 MFLOP
-    x_win_2_cols = _scratch('x_win_2_cols', (16, 3, 3, 4, 14, 14))
-    _jit.pack_x_3(x, x_win_2_cols)
-    dk = np.matmul(x_win_2_cols.reshape(144, 784), dy.transpose(0, 2, 3, 1).reshape(784, 16)).reshape(16, 3, 3, 16).transpose(3, 0, 1, 2)
+    #   x[n,c,2*h+u-1,2*w+v-1] read from x_cols, the copy in GEMM order statement 1 made (no im2col); contraction as a BLAS GEMM
+    # step 1/1: GEMM [16x784]@[784x144], sum over n,h,w, 3.61 MFLOP
+    dk = np.matmul(dy.transpose(1, 0, 2, 3).reshape(16, 784), x_cols.reshape(144, 784).T).reshape(16, 16, 3, 3)
 
     return {'y': y, 'dx': dx, 'dk': dk}
