@@ -1072,6 +1072,7 @@ class _StatementPlanner:
             if kind == "whole" and own not in orders:
                 orders.append(own)
         kinds = {"a": kind_a, "b": kind_b}
+        candidates = list(dict.fromkeys(candidates))  # (the splits repeat some: cost each once)
         costed = [(self.layout_cost(a, b, kinds, tuple(x for x in order if x not in c[4]),
                                     result, *c[:4], result_may_be_view=result_may_be_view,
                                     summed=c[4]), j, i, c, order)
