@@ -431,6 +431,7 @@ class _StatementPlanner:
         self.chunk_bytes = chunk_bytes
         self.statement = statement
         self.sizes = dict(statement.ranges)  # plus frequency axes of FFT plans
+        self.counts: dict[tuple[str, ...], int] = {}  # count's products, by axes
         self.order = statement.index_order()
         self.position = {name: i for i, name in enumerate(self.order)}
         self.itemsize = itemsize
@@ -524,6 +525,13 @@ class _StatementPlanner:
 
     def shape_of(self, axes: tuple[str, ...]) -> tuple[int, ...]:
         return tuple(self.sizes[a] for a in axes)
+
+    def count(self, axes: tuple[str, ...]) -> int:
+        """The product of the axes' sizes (remembered: layout_cost asks often)."""
+        counted = self.counts.get(axes)
+        if counted is None:
+            counted = self.counts[axes] = math.prod(self.sizes[x] for x in axes)
+        return counted
 
     def allocate(self, elements: int) -> None:
         self.temporaries.append(elements * self.itemsize)
@@ -712,6 +720,7 @@ class _StatementPlanner:
         saved = (dict(self.sizes), dict(self.position), self.windows, self.window_strides,
                  list(self.temporaries), self.largest)
         self.sizes.update(sizes)
+        self.counts.clear()  # (frequency axes may be sized anew)
         for d in dims:
             self.position[d.frequency] = self.position[d.output] + 0.5
         self.windows, self.window_strides = {}, {}
@@ -728,6 +737,7 @@ class _StatementPlanner:
         (self.sizes, self.position, self.windows, self.window_strides, self.temporaries,
          self.largest) = saved
         self.sizes.update(sizes)  # the product's axes, for the plan and the renderer
+        self.counts.clear()
         transform = math.prod(d.length for d in dims)
         log = math.log2(max(transform, 2))
         plain = lambda axes: math.prod(self.sizes[a] for a in axes if a not in sizes)  # noqa
@@ -1108,7 +1118,7 @@ class _StatementPlanner:
         """Estimated nanoseconds of one GEMM layout, and the copies it makes (elements, axes,
         whether it is an im2col copy in short runs). `summed`: leading axes of `group` that
         are contracted, summed after the matmul."""
-        size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
+        size = self.count
         left, right = (b, a) if swap else (a, b)
         left_kind, right_kind = (kinds["b"], kinds["a"]) if swap else (kinds["a"], kinds["b"])
         m, n, k = size(first), size(second), size(contracted)
