@@ -1690,6 +1690,16 @@ def keep_windows(plan: ProgramPlan) -> ProgramPlan:
     return replace(plan, kept_windows=tuple(kept)) if kept else plan
 
 
+def _gemm_operand_only(sp: StatementPlan, tensor: str) -> bool:
+    """Whether every read of `tensor` in the plan is an operand of a contraction by GEMMs,
+    whose results are fresh arrays: no statement hands back a view of a shared buffer."""
+    reads = sum(isinstance(n, Read) and n.tensor == tensor for n in walk(sp.statement.value))
+    multiplied = sum(isinstance(o, ViewNode) and o.read.tensor == tensor
+                     for c in contractions_in(sp.root) if any(s.kind == "gemm" for s in c.steps)
+                     for o in c.operands)
+    return reads == multiplied
+
+
 def share_windows(plan: ProgramPlan) -> ProgramPlan:
     """`plan` with each statement that reads a window an earlier statement copies into GEMM
     order in full (full_window_copies) reading that copy instead, where the cost model
@@ -1724,7 +1734,8 @@ def share_windows(plan: ProgramPlan) -> ProgramPlan:
             held_bytes = sum(math.prod(w.shape) for w in read) * settings.itemsize
             fits = all(plans[k].peak_temporary_bytes + held_bytes <= settings.budget
                        for k in range(min(holders[w.name][2] for w in read) + 1, number))
-            if fits and candidate.estimated_ns < sp.estimated_ns:
+            if fits and candidate.estimated_ns < sp.estimated_ns \
+                    and all(_gemm_operand_only(candidate, w.name) for w in read):
                 plans[number] = sp = candidate
                 statements[number] = statement
                 for window in read:

@@ -28,7 +28,8 @@ import tensorc as tc
 from tensorc import nn
 from tensorc.check import check
 from tensorc.errors import ShapeError
-from tensorc.plan import KeptWindow, keep_windows, plan_program, reading_kept_windows, share_windows
+from tensorc.plan import (KeptWindow, _gemm_operand_only, keep_windows, plan_program,
+                          reading_kept_windows, share_windows)
 
 CONV = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v] + b[o]"
 PADDED_STRIDED = "y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   where h < 4, w < 4, x: zero"
@@ -348,3 +349,13 @@ def test_a_copy_held_past_the_memory_budget_is_not_shared():
         plan = plan_program(checked, "float32", 4)
         plan = replace(plan, settings=replace(plan.settings, budget=budget))
         assert ("read from x_cols" in str(share_windows(plan))) == shares
+
+
+def test_only_gemm_operands_read_a_shared_copy():
+    """A statement reading the held buffer must multiply it by GEMM (a fresh result); one
+    that would hand back the buffer, or an elementwise function of it, is not a reader."""
+    checked = check(tc.parse("y[i,k] = a[i,j] * b[j,k]\nz[i,j] = a[i,j] * 2\nw[i,j] = a[i,j]"),
+                    {"a": (3, 4), "b": (4, 5)})
+    plan = plan_program(checked, "float64", 8)
+    assert [_gemm_operand_only(sp, "a") for sp in plan.statements] == [True, False, False]
+    assert [_gemm_operand_only(sp, "b") for sp in plan.statements] == [True, True, True]
