@@ -120,8 +120,8 @@ def _specialize(program: S.Program, program_text: str, backend: str,
             plan = plan_for_backend(plan, backend, jit, budget)
             if backend == "numpy":  # (one kernel's statements share their im2col copies)
                 plan = share_windows(plan)
-            if keep and backend == "numpy":
-                plan = keep_windows(plan)
+                if keep:
+                    plan = keep_windows(plan)
             checked = plan.program  # (reads of given windows replaced)
             source = _render(plan, backend)
         if backend == "dask":  # the statements as dask.array graphs, planned per call

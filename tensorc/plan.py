@@ -1196,7 +1196,7 @@ class _StatementPlanner:
                    if kind == "strided"]
         if not strided or step.summed:
             return None
-        size = lambda axes: math.prod(self.sizes[x] for x in axes)  # noqa: E731
+        size = self.count
         if step.batch and step.final_transpose is None:
             axis = step.batch[0]
         elif step.batch or step.copy_bytes <= self.chunk_bytes:
