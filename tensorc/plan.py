@@ -1714,7 +1714,7 @@ def share_windows(plan: ProgramPlan) -> ProgramPlan:
     unwritten = set(program.tensors) - {s.target for s in program.statements}
     taken = _names_taken(program)
     held: list[tuple[KeptWindow, PairStep, int, int]] = []  # window, step, side, statement
-    alive: dict[str, tuple[int, int, int]] = {}  # a read copy: made by, last read by, bytes
+    last_reader: dict[str, int] = {}  # a copy some statement reads: the last one so far
     statements, plans = list(program.statements), list(plan.statements)
     tensors = dict(program.tensors)
     defined = set(program.inputs)
@@ -1731,13 +1731,20 @@ def share_windows(plan: ProgramPlan) -> ProgramPlan:
             candidate = _plan_statement(sharing, number, statement, defined_before, settings, [
                 (w, f"the copy in GEMM order statement {holders[w.name][2] + 1} made")
                 for w in read])
-            held_bytes = sum(math.prod(w.shape) for w in read) * settings.itemsize
-            fits = all(plans[k].peak_temporary_bytes + held_bytes <= settings.budget
-                       for k in range(min(holders[w.name][2] for w in read) + 1, number))
+            # the statements that would newly hold each copy (until this one), and the bytes
+            extra: dict[int, int] = {}
+            for w in read:
+                for k in range(last_reader.get(w.name, holders[w.name][2] + 1), number):
+                    extra[k] = extra.get(k, 0) + math.prod(w.shape) * settings.itemsize
+            fits = all(plans[k].peak_temporary_bytes + size <= settings.budget
+                       for k, size in extra.items())
             if fits and candidate.estimated_ns < sp.estimated_ns \
                     and all(_gemm_operand_only(candidate, w.name) for w in read):
                 plans[number] = sp = candidate
                 statements[number] = statement
+                for k, size in extra.items():  # (the statements in between hold the copy)
+                    plans[k] = replace(plans[k],
+                                       peak_temporary_bytes=plans[k].peak_temporary_bytes + size)
                 for window in read:
                     step, side, by = holders[window.name]
                     step.shared = _with_side(step.shared, side, window.name)
@@ -1745,18 +1752,15 @@ def share_windows(plan: ProgramPlan) -> ProgramPlan:
                     plans[by] = replace(plans[by], strategy=(
                         f"{plans[by].strategy}; the im2col copy of {window.read} kept in "
                         f"{window.name} for statement {number + 1}"))
-                    alive[window.name] = (by, number, math.prod(window.shape) * settings.itemsize)
+                    last_reader[window.name] = number
         for step, side, node, axes in full_window_copies(sp, unwritten):
             shape = tuple(sp.statement.ranges[a] for a in axes)
             if not any(w.read == node.read and w.axes == axes and w.shape == shape
                        for w, *_ in held):
                 window = KeptWindow(_copy_name(node.read.tensor, taken), node.read, axes, shape)
                 held.append((window, step, side, number))
-    if not alive:
+    if not last_reader:
         return plan
-    for by, last, size in alive.values():  # the statements in between hold the copy too
-        for k in range(by + 1, last):
-            plans[k] = replace(plans[k], peak_temporary_bytes=plans[k].peak_temporary_bytes + size)
     return replace(plan, program=replace(program, statements=tuple(statements), tensors=tensors),
                    statements=plans)
 

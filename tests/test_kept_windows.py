@@ -359,3 +359,31 @@ def test_only_gemm_operands_read_a_shared_copy():
     plan = plan_program(checked, "float64", 8)
     assert [_gemm_operand_only(sp, "a") for sp in plan.statements] == [True, False, False]
     assert [_gemm_operand_only(sp, "b") for sp in plan.statements] == [True, True, True]
+
+
+def test_copies_held_over_the_same_statement_count_together_against_the_budget():
+    """x's copy is held over statements 2-3, z's over 3-4: statement 3 holds both, so a
+    budget with room for one of them there shares only the first."""
+    program = tc.parse("a[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]\n"
+                       "b[n,o,h,w] = z[n,c,h+u,w+v] * k[o,c,u,v]\n"
+                       "f[n,o,h,w] = g[n,c,h+u,w+v] * k[o,c,u,v]\n"
+                       "d[n,o,h,w] = x[n,c,h+u,w+v] * q[o,c,u,v]\n"
+                       "e[n,o,h,w] = z[n,c,h+u,w+v] * q[o,c,u,v]")
+    image = (16, 8, 12, 12)
+    checked = check(program, {"x": image, "z": image, "g": image, "k": (5, 8, 3, 3),
+                              "q": (7, 8, 3, 3)})
+    copy_bytes = 16 * 10 * 10 * 8 * 3 * 3 * 8  # x_cols and z_cols, float64
+    plan = plan_program(checked, "float64", 8)
+    peaks = [sp.peak_temporary_bytes for sp in plan.statements]
+    shared = share_windows(plan)
+    assert [s.strategy.startswith(f"{t}[n,c,h+u,w+v] read from {t}_cols")
+            for s, t in zip(shared.statements[3:], "xz")] == [True, True]
+    assert shared.statements[2].peak_temporary_bytes == peaks[2] + 2 * copy_bytes
+    room_for_one = peaks[2] + 2 * copy_bytes - 1  # statement 3 holds one copy, not both
+    assert room_for_one >= max(peaks[1] + copy_bytes, peaks[2] + copy_bytes,
+                               peaks[3] + copy_bytes)
+    plan = plan_program(checked, "float64", 8)
+    plan = replace(plan, settings=replace(plan.settings, budget=room_for_one))
+    shared = share_windows(plan)
+    assert "read from x_cols" in shared.statements[3].strategy
+    assert "read from z_cols" not in shared.statements[4].strategy
