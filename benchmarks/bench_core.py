@@ -26,6 +26,10 @@ Method (everything in one process, float32 inputs):
   * ratio = median tensorc time / median peer time; "best peer" is the fastest peer.
     "[view]" marks a side whose result is a non-contiguous view (np.einsum, opt_einsum
     return transposed views; tensorc returns dense arrays).
+  * under each convolution forward+backward, the matmuls of tensorc's plan
+    (tc.plan.blas_calls) are timed alone, on operands made once, by NumPy and by
+    torch.matmul: a floor under tensorc's time, and how NumPy's BLAS compares with
+    PyTorch's on those very shapes (a summary line, no target).
 
 Targets (printed under the table):
   * every pure contraction: ratio <= 1.1 against the best of opt_einsum / np.einsum;
@@ -336,10 +340,36 @@ def build_conv_grad_case(tc, torch, rng, name, xshape, cout, ksize, stride, pad,
                  Side("torch channels_last fwd+bwd", torch_side(torch.channels_last), "torch")],
                 extras=[Side("tensorc forward only", lambda: forward(x=x, k=k), checked=False),
                         Side("tensorc backward only", lambda: backward(x=x, k=k, dy=dy),
-                             checked=False)],
+                             checked=False),
+                        *blas_sides(torch, both.plan)],
                 target_peer="torch NCHW fwd+bwd")
     case.kernel = both
     return case
+
+
+def blas_sides(torch, plan) -> list[Side]:
+    """The matmuls of a tensorc plan alone (tc.plan.blas_calls), on operands made once: by
+    NumPy (OpenBLAS, what the kernel calls) and by torch.matmul (PyTorch's BLAS). The first
+    is a floor under the kernel's time; their ratio is what BLAS alone costs tensorc."""
+    from tensorc.plan import blas_calls
+    calls = blas_calls(plan)
+    rng = np.random.default_rng(1)
+    operands = [tuple(rng.standard_normal((c.batch,) * (c.batch > 1) + shape, dtype=np.float32)
+                      for shape in ((c.m, c.k), (c.k, c.n), (c.m, c.n)))
+                for c in calls]  # (2-D where unbatched: torch.matmul then calls its GEMM)
+    tensors = [tuple(map(torch.from_numpy, arrays)) for arrays in operands]
+
+    def numpy_side():
+        for call, (a, b, out) in zip(calls, operands):
+            for _ in range(call.calls):
+                np.matmul(a, b, out=out)
+
+    def torch_side():
+        for call, (a, b, out) in zip(calls, tensors):
+            for _ in range(call.calls):
+                torch.matmul(a, b, out=out)
+    return [Side("tensorc's GEMMs alone (NumPy BLAS)", numpy_side, checked=False),
+            Side("the same GEMMs by torch.matmul", torch_side, "torch", checked=False)]
 
 
 def build_depthwise_case(tc, torch, rng, name, xshape, backward) -> Case:
@@ -760,6 +790,15 @@ def summary(cases: list[Case], compiles: list[tuple[str, float, float]] = ()) ->
                      + (f"; depthwise {_ratios(depthwise_ratios)}" if depthwise else "")
                      + f"), target median <= 1.0, none above 1.5 (depthwise <= 2.0): "
                        f"{'PASS' if passed else 'FAIL'}")
+    blas = [c for c in grads if len(c.extras) >= 4]
+    if blas:  # how much of those ratios BLAS alone sets (blas_sides)
+        floors = [c.extras[2].median / c.best_peer().median for c in blas]
+        gaps = [c.extras[2].median / c.extras[3].median for c in blas]
+        lines.append(f"  conv forward+backward, tensorc's GEMMs alone vs PyTorch's best layout: "
+                     f"median {statistics.median(floors):.2f} (cases: {_ratios(floors)}); "
+                     f"NumPy's BLAS / torch.matmul on the same GEMMs: median "
+                     f"{statistics.median(gaps):.2f} (cases: {_ratios(gaps)}) (no target: a "
+                     "floor under the ratios above)")
     training = [c for c in ok if c.group == "train"]
     if training:
         ratios = [c.target_ratio() for c in training]

@@ -21,7 +21,7 @@ from .ir import (
     TensorInfo, map_reads, walk,
 )
 
-__all__ = ["IM2COL_CHUNK_BYTES", "ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
+__all__ = ["IM2COL_CHUNK_BYTES", "BlasCall", "blas_calls", "ViewNode", "ConstNode", "IndexNode", "ElementwiseNode", "ContractNode", "PairStep",
            "ReduceNode", "Node", "StatementPlan", "ProgramPlan", "plan_program",
            "WINDOW_LOOP_LIMIT", "GATHER_FORM", "contractions_in", "KeptWindow", "keep_windows",
            "share_windows", "PlanSettings"]
@@ -1904,6 +1904,62 @@ def axis_sizes(sp: StatementPlan) -> dict[str, int]:
         if contraction.fft is not None:
             sizes.update(contraction.fft.sizes)
     return sizes
+
+
+@dataclass(frozen=True)
+class BlasCall:
+    """One matmul a plan makes, `calls` times: [batch x] [m x k] @ [k x n]."""
+
+    statement: int  # its number in the plan (from 0)
+    calls: int
+    batch: int
+    m: int
+    k: int
+    n: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.calls * self.batch * self.m * self.k * self.n
+
+
+def blas_calls(plan: ProgramPlan) -> list[BlasCall]:
+    """The matmuls a NumPy-backend plan makes per kernel call, in the order they run: its
+    GEMM steps (a chunked one as one call per chunk) and its shifted GEMMs. Loop kernels,
+    FFTs and elementwise work are not BLAS and are left out. The benchmarks time these
+    alone to tell how much of a kernel is BLAS."""
+    found = []
+    for sp in plan.statements:
+        if sp.loop_nest is not None or sp.computed_in is not None:
+            continue
+        sizes = axis_sizes(sp)
+        for contraction in contractions_in(sp.root):
+            if contraction.shifted is not None:
+                m, n, k = contraction.shifted.gemm_shape
+                found.append(BlasCall(sp.number, contraction.shifted.gemms, 1, m, k, n))
+                continue
+            if contraction.fft is not None:
+                continue
+            for step in contraction.steps:
+                if step.kind != "gemm":
+                    continue
+                dims = {"batch": step.batch, "m": step.kept_left,
+                        "k": tuple(a for a in step.contracted if a not in step.summed),
+                        "n": step.kept_right}
+                if step.swap:
+                    dims["m"], dims["n"] = dims["n"], dims["m"]
+                shape = {key: math.prod(sizes[a] for a in axes) for key, axes in dims.items()}
+                if step.chunk is None or step.chunk >= sizes[step.chunk_axis]:
+                    found.append(BlasCall(sp.number, 1, **shape))
+                    continue
+                # chunks of the chunk axis: equal ones, then what is left
+                key = next(key for key, axes in dims.items() if step.chunk_axis in axes)
+                whole, left = divmod(sizes[step.chunk_axis], step.chunk)
+                per_entry = shape[key] // sizes[step.chunk_axis]
+                for calls, entries in ((whole, step.chunk), (1, left)):
+                    if calls and entries:
+                        found.append(BlasCall(sp.number, calls,
+                                              **{**shape, key: per_entry * entries}))
+    return found
 
 
 def contractions_in(node: Node) -> list[ContractNode]:

@@ -13,12 +13,16 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("only", ["maxpool", "chain", "overhead", "compile"])
+@pytest.mark.parametrize("only", ["maxpool", "chain", "overhead", "compile", "fwd+bwd LeNet-2"])
 def test_benchmark_runner_smoke(only):
     run = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", only],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "SUMMARY" in run.stdout and "error" not in run.stdout.lower()
+    if only.startswith("fwd+bwd"):  # the plan's GEMMs timed alone, by NumPy and by PyTorch
+        assert "tensorc's GEMMs alone (NumPy BLAS)" in run.stdout
+        assert "the same GEMMs by torch.matmul" in run.stdout
+        assert "NumPy's BLAS / torch.matmul on the same GEMMs: median" in run.stdout
 
 
 def test_gpu_benchmark_says_what_is_missing_or_runs():

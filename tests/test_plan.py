@@ -332,3 +332,36 @@ def test_other_reductions_stay_numpy_axis_reductions(source, shapes, dtype, why)
            "s[n]": lambda a: a.max(axis=(1, 2, 3))}
     want = ops[source.split(" =")[0]](x)  # in the same dtype: float16 sums round alike
     np.testing.assert_allclose(kern(**{next(iter(shapes)): x}), want, rtol=1e-3)
+
+
+def test_blas_calls_lists_the_matmuls_a_plan_makes():
+    """tc.plan.blas_calls (the benchmarks time them alone): one entry per GEMM step, chunks
+    as equal calls plus the rest, shifted GEMMs as their calls; their FLOPs are the plan's."""
+    from tensorc.plan import BlasCall, blas_calls
+    conv = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]"
+    lenet2 = tc.compile_grad(conv, wrt=["x", "k"], dtype="float32", x=(64, 16, 12, 12),
+                             k=(32, 16, 5, 5), dy=(64, 32, 8, 8))
+    # y: [n*h*w, u*v*c] @ [u*v*c, o]; dx: [n*h*w, o] @ [o, c*u*v]; dk: [o, n*h*w] @ ...
+    assert blas_calls(lenet2.plan) == [BlasCall(0, 1, 1, 4096, 400, 32),
+                                       BlasCall(1, 1, 1, 4096, 32, 400),
+                                       BlasCall(2, 1, 1, 32, 4096, 400)]
+    assert sum(c.flops for c in blas_calls(lenet2.plan)) == lenet2.plan.flops
+    # chunks of 3 along h (summed): 9 of 3 rows of 28, then one of 1
+    padded = "y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < 28, w < 28, x: zero"
+    dk = tc.compile(tc.grad(padded, wrt=["k"]), dtype="float32", x=(16, 128, 28, 28),
+                    k=(128, 128, 3, 3), dy=(16, 128, 28, 28))
+    assert "GEMM [1152x12544]@[12544x128]" in str(dk.plan)
+    assert "chunks of 3 along h (summed)" in str(dk.plan)
+    calls = blas_calls(dk.plan)
+    assert [(c.calls, c.k) for c in calls] == [(9, 16 * 3 * 28), (1, 16 * 28)]
+    assert {(c.m, c.n) for c in calls} <= {(1152, 128), (128, 1152)}
+    assert sum(c.flops for c in calls) == dk.plan.flops == 2 * 1152 * 12544 * 128
+    # shifted GEMMs: 16 images x 9 offsets, rows 58 wide for 56 outputs
+    shifted = tc.compile(padded.replace("28", "56"), dtype="float32", x=(16, 64, 56, 56),
+                         k=(64, 64, 3, 3))
+    assert "144 BLAS calls [64x64]@[64x3248]" in str(shifted.plan)
+    assert blas_calls(shifted.plan) == [BlasCall(0, 144, 1, 64, 64, 3248)]
+    # a loop kernel makes none
+    pool = tc.compile("p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2",
+                      y=(2, 3, 8, 8))
+    assert blas_calls(pool.plan) == []
