@@ -1944,9 +1944,7 @@ def blas_calls(plan: ProgramPlan) -> list[BlasCall]:
                     continue
                 dims = {"batch": step.batch, "m": step.kept_left,
                         "k": tuple(a for a in step.contracted if a not in step.summed),
-                        "n": step.kept_right}
-                if step.swap:
-                    dims["m"], dims["n"] = dims["n"], dims["m"]
+                        "n": step.kept_right}  # (kept_left: the matmul's left operand)
                 shape = {key: math.prod(sizes[a] for a in axes) for key, axes in dims.items()}
                 if step.chunk is None or step.chunk >= sizes[step.chunk_axis]:
                     found.append(BlasCall(sp.number, 1, **shape))
