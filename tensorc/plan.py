@@ -212,6 +212,11 @@ class PairStep:
         return tuple(x for x in self.batch if x not in self.summed) + self.kept_left \
             + self.kept_right
 
+    def chunked(self, sizes: dict[str, int]) -> bool:
+        """Whether the step runs in chunks of its chunk axis (a chunk as large as the axis
+        is one run): what the renderer, the plan's text and blas_calls go by."""
+        return self.chunk is not None and self.chunk < sizes[self.chunk_axis]
+
 
 @dataclass(frozen=True)
 class FFTDim:
@@ -1637,8 +1642,7 @@ def full_window_copies(sp: StatementPlan, tensors: Collection[str]
             continue
         working: list[Node | None] = list(contraction.operands)
         for step in contraction.steps:
-            chunked = step.chunk is not None and step.chunk < sizes[step.chunk_axis]
-            if step.kind == "gemm" and not chunked:
+            if step.kind == "gemm" and not step.chunked(sizes):
                 pairs = [(working[step.left], step.presum_left),
                          (working[step.right], step.presum_right)]
                 if step.swap:
@@ -1865,7 +1869,7 @@ def format_plan(plan: ProgramPlan) -> str:
                         f"->{_axes_text(step.result_axes)}" if step.left != step.right
                         else f"{_axes_text(step.left_axes)}->{_axes_text(step.result_axes)}")
                 how = step_text(step, sizes)
-                if step.copy_bytes and step.chunk and step.chunk < s.ranges[step.chunk_axis]:
+                if step.copy_bytes and step.chunked(s.ranges):
                     chunk_bytes = step.copy_bytes * step.chunk // s.ranges[step.chunk_axis]
                     summed = " (summed)" if step.chunk_axis in step.contracted else ""
                     how += (f", im2col in chunks of {step.chunk} along {step.chunk_axis}{summed} "
@@ -1946,7 +1950,7 @@ def blas_calls(plan: ProgramPlan) -> list[BlasCall]:
                         "k": tuple(a for a in step.contracted if a not in step.summed),
                         "n": step.kept_right}  # (kept_left: the matmul's left operand)
                 shape = {key: math.prod(sizes[a] for a in axes) for key, axes in dims.items()}
-                if step.chunk is None or step.chunk >= sizes[step.chunk_axis]:
+                if not step.chunked(sizes):
                     found.append(BlasCall(sp.number, 1, **shape))
                     continue
                 # chunks of the chunk axis: equal ones, then what is left

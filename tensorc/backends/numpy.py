@@ -745,7 +745,7 @@ class _StatementRenderer:
             self.emit(f"{result} = {code}")
             return _Value(result, step.result_axes, out_shape, bool(out_shape))
         first, second = (b, a) if step.swap else (a, b)
-        if step.chunk is not None and step.chunk < self.sizes[step.chunk_axis]:
+        if step.chunked(self.sizes):
             if step.chunk_axis in step.contracted:
                 return self.render_summed_chunks(step, first, second, result)
             return self.render_chunked_gemm(step, first, second, result)
