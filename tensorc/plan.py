@@ -1088,11 +1088,15 @@ class _StatementPlanner:
                 orders.append(own)
         kinds = {"a": kind_a, "b": kind_b}
         candidates = list(dict.fromkeys(candidates))  # (the splits repeat some: cost each once)
-        costed = [(self.layout_cost(a, b, kinds, tuple(x for x in order if x not in c[4]),
-                                    result, *c[:4], result_may_be_view=result_may_be_view,
-                                    summed=c[4]), j, i, c, order)
-                  for j, order in enumerate(orders) for i, c in enumerate(candidates)]
-        (cost, copies), _, _, (group, first, second, swap, summed), contracted = min(costed)
+        best = None  # the cheapest so far; a candidate whose estimate passes it is dropped
+        for j, order in enumerate(orders):
+            for i, c in enumerate(candidates):
+                costed = self.layout_cost(a, b, kinds, tuple(x for x in order if x not in c[4]),
+                                          result, *c[:4], result_may_be_view=result_may_be_view,
+                                          summed=c[4], bound=best[0][0] if best else None)
+                if costed is not None and (best is None or (costed, j, i) < best[:3]):
+                    best = (costed, j, i, c, order)
+        (cost, copies), _, _, (group, first, second, swap, summed), contracted = best
         layout = tuple(x for x in group if x not in summed) + first + second
         transpose = None if layout == result else tuple(layout.index(x) for x in result)
         step = PairStep(left, right, a, b, result, "gemm", group, first,
@@ -1119,10 +1123,12 @@ class _StatementPlanner:
                     contracted: tuple[str, ...], result: tuple[str, ...],
                     group: tuple[str, ...], first: tuple[str, ...], second: tuple[str, ...],
                     swap: bool, result_may_be_view: bool = False,
-                    summed: tuple[str, ...] = ()) -> tuple[float, list[int]]:
+                    summed: tuple[str, ...] = (),
+                    bound: float | None = None) -> tuple[float, list[int]] | None:
         """Estimated nanoseconds of one GEMM layout, and the copies it makes (elements, axes,
         whether it is an im2col copy in short runs). `summed`: leading axes of `group` that
-        are contracted, summed after the matmul."""
+        are contracted, summed after the matmul. None as soon as the estimate exceeds
+        `bound` (the cheapest layout so far: every term added is positive)."""
         size = self.count
         left, right = (b, a) if swap else (a, b)
         left_kind, right_kind = (kinds["b"], kinds["a"]) if swap else (kinds["a"], kinds["b"])
@@ -1131,6 +1137,8 @@ class _StatementPlanner:
         call = GEMM_CALL_NS + (GEMM_THREADED_CALL_NS if size(group) > 1
                                and m * n * k > OPENBLAS_THREADED_MNK else 0.0)
         cost = size(group) * (call + 2 * m * n * k / (GEMM_FLOPS_PER_NS * efficiency))
+        if bound is not None and cost > bound:
+            return None
         copies, window_elements = [], 0
         for axes, kind, inner, outer in ((left, left_kind, contracted, first),
                                          (right, right_kind, second, contracted)):
@@ -1157,6 +1165,8 @@ class _StatementPlanner:
                 cost += elements * (TRANSPOSED_SCATTER_NS if self.scattered_copy(axes, arranged)
                                     else TRANSPOSED_COPY_NS)
                 copies.append((elements, arranged, False))
+        if bound is not None and cost > bound:
+            return None
         if summed:  # the matmul's results per summed entry, added up after it
             cost += size(group) * m * n * BATCH_SUM_NS
         # What chunk_for makes of an im2col copy larger than chunk_bytes: where a batch is
