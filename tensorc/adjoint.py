@@ -644,7 +644,9 @@ class _Derivation:
                                    for t in sorted(self.ranges.generated)]
         head += [S.Declaration(self.gradient_names[t], None, shape) for t, shape in shapes.items()]
         head += self.forward_declarations(forward + rendered, head)
-        return parse("\n".join(str(s) for s in head + forward + rendered))
+        # Placed in its own printed source, as parse(str(...)) would (the round-trip
+        # property tests check the statements are in normal form): no second parse.
+        return S.placed_program(head + forward + rendered)
 
     def forward_declarations(self, body: list[S.Assignment],
                              head: list[S.Declaration]) -> list[S.Declaration]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Union
+from dataclasses import dataclass, field, replace
+from typing import Sequence, Union
 
 from .errors import Span
 
@@ -11,6 +11,7 @@ __all__ = [
     "AffineTerm", "Affine", "Number", "Name", "Access", "Unary", "Binary", "Compare", "Call",
     "Reduction", "Expr", "Target", "RangeBound", "Boundary", "WhereItem", "Assignment",
     "Declaration", "Statement", "Program", "format_expr", "format_affine", "walk",
+    "placed_program",
 ]
 
 NO_SPAN = Span(0, 0, 0, 0, 0, 0)
@@ -201,10 +202,27 @@ def walk(expr: Expr):
 
 
 # ---- formatting: normalized source text --------------------------------------------------
+#
+# One formatter both prints nodes and, given a _Place, rebuilds them with the spans of
+# their text: a derived program (tc.grad's) is placed in its own printed source as
+# parse(str(p)) would place it, without being parsed again.
 
 # Binding strength; a child is parenthesized when it binds more loosely than its slot needs.
 _COMPARE, _SUM, _PRODUCT, _UNARY, _POWER, _ATOM = range(1, 7)
 _BINARY_PRECEDENCE = {"+": _SUM, "-": _SUM, "*": _PRODUCT, "/": _PRODUCT, "^": _POWER}
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a statement's text lies: its line (1-based) and the line's offset in the
+    source. The formatter counts offsets `at` from the line's start; spans are as lark
+    gives them: columns 1-based, ends exclusive."""
+
+    line: int
+    start: int
+
+    def span(self, at: int, end: int) -> Span:
+        return Span(self.line, at + 1, self.line, end + 1, self.start + at, self.start + end)
 
 
 def _precedence(expr: Expr) -> int:
@@ -217,78 +235,187 @@ def _precedence(expr: Expr) -> int:
     return _ATOM
 
 
-def _wrap(expr: Expr, needed: int) -> str:
-    text = format_expr(expr)
-    return f"({text})" if _precedence(expr) < needed else text
-
-
 def format_number(value: Union[int, float]) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
-def format_affine(affine: Affine) -> str:
-    parts: list[str] = []
+def _affine(affine: Affine, at: int, place: _Place | None) -> tuple[str, Affine]:
+    """`h`, `h+u-1`, `2*h+u`, `-w`, `3`; each term's span is its name's."""
+    text, terms = "", []
     for term in affine.terms:
         magnitude = abs(term.coefficient)
-        text = term.name if magnitude == 1 else f"{magnitude}*{term.name}"
-        if not parts:
-            parts.append(text if term.coefficient > 0 else f"-{text}")
-        else:
-            parts.append(f"+ {text}" if term.coefficient > 0 else f"- {text}")
-    if affine.constant or not parts:
-        if not parts:
-            parts.append(str(affine.constant))
-        else:
-            parts.append(f"+ {affine.constant}" if affine.constant > 0 else f"- {-affine.constant}")
-    text = " ".join(parts)
-    # Compact the common one- and two-term cases: `h+u`, `2*h+u-1`.
-    return text.replace(" + ", "+").replace(" - ", "-")
+        sign = "-" if term.coefficient < 0 else "+" if text else ""
+        factor = "" if magnitude == 1 else f"{magnitude}*"
+        if place is not None:
+            name_at = at + len(text) + len(sign) + len(factor)
+            terms.append(AffineTerm(term.name, term.coefficient,
+                                    place.span(name_at, name_at + len(term.name))))
+        text += sign + factor + term.name
+    if not text:
+        text = str(affine.constant)
+    elif affine.constant:
+        text += f"+{affine.constant}" if affine.constant > 0 else f"-{-affine.constant}"
+    if place is None:
+        return text, affine
+    return text, Affine(tuple(terms), affine.constant, place.span(at, at + len(text)))
 
 
-def format_expr(expr: Expr) -> str:
-    if isinstance(expr, Number):
-        return format_number(expr.value)
-    if isinstance(expr, Name):
-        return expr.name
+def _indices(affines: tuple[Affine, ...], at: int,
+             place: _Place | None) -> tuple[str, tuple[Affine, ...]]:
+    """`[i,h+u]` (at: the offset of its '[')."""
+    text, placed = "[", []
+    for number, index in enumerate(affines):
+        if number:
+            text += ","
+        part, node = _affine(index, at + len(text), place)
+        text += part
+        placed.append(node)
+    return text + "]", tuple(placed)
+
+
+def _wrap(expr: Expr, needed: int, at: int, place: _Place | None) -> tuple[str, Expr]:
+    if _precedence(expr) < needed:
+        text, node = _expr(expr, at + 1, place)
+        return f"({text})", node
+    return _expr(expr, at, place)
+
+
+def _expr(expr: Expr, at: int, place: _Place | None) -> tuple[str, Expr]:
+    """The expression's text starting at offset `at`, and the node with its spans placed
+    (the node itself when `place` is None)."""
+    if isinstance(expr, (Number, Name)):
+        text = format_number(expr.value) if isinstance(expr, Number) else expr.name
+        return text, expr if place is None else replace(expr, span=place.span(at, at + len(text)))
     if isinstance(expr, Access):
-        return f"{expr.tensor}[{','.join(format_affine(index) for index in expr.indices)}]"
+        indices, placed = _indices(expr.indices, at + len(expr.tensor), place)
+        text = expr.tensor + indices
+        return text, expr if place is None else Access(expr.tensor, placed,
+                                                       place.span(at, at + len(text)))
     if isinstance(expr, Unary):
-        return f"-{_wrap(expr.operand, _UNARY)}"
-    if isinstance(expr, Binary):
-        level = _BINARY_PRECEDENCE[expr.op]
-        if expr.op == "^":  # right-associative, and its exponent may be a unary minus
-            return f"{_wrap(expr.left, _POWER + 1)}^{_wrap(expr.right, _UNARY)}"
-        spaced = f" {expr.op} " if level == _SUM else expr.op
-        return f"{_wrap(expr.left, level)}{spaced}{_wrap(expr.right, level + 1)}"
-    if isinstance(expr, Compare):
-        return f"{_wrap(expr.left, _SUM)} {expr.op} {_wrap(expr.right, _SUM)}"
+        operand, node = _wrap(expr.operand, _UNARY, at + 1, place)
+        text = "-" + operand
+        return text, expr if place is None else Unary("-", node, place.span(at, at + len(text)))
+    if isinstance(expr, (Binary, Compare)):
+        if isinstance(expr, Compare):
+            needed, spaced = (_SUM, _SUM), f" {expr.op} "
+        elif expr.op == "^":  # right-associative, and its exponent may be a unary minus
+            needed, spaced = (_POWER + 1, _UNARY), "^"
+        else:
+            level = _BINARY_PRECEDENCE[expr.op]
+            needed, spaced = (level, level + 1), f" {expr.op} " if level == _SUM else expr.op
+        left, left_node = _wrap(expr.left, needed[0], at, place)
+        right, right_node = _wrap(expr.right, needed[1], at + len(left) + len(spaced), place)
+        text = left + spaced + right
+        if place is None:
+            return text, expr
+        return text, type(expr)(expr.op, left_node, right_node, place.span(at, at + len(text)))
     if isinstance(expr, Call):
-        return f"{expr.function}({', '.join(format_expr(argument) for argument in expr.arguments)})"
+        text, arguments = expr.function + "(", []
+        for number, argument in enumerate(expr.arguments):
+            if number:
+                text += ", "
+            part, node = _expr(argument, at + len(text), place)
+            text += part
+            arguments.append(node)
+        text += ")"
+        if place is None:
+            return text, expr
+        return text, Call(expr.function, tuple(arguments), place.span(at, at + len(text)),
+                          place.span(at, at + len(expr.function)))
     if isinstance(expr, Reduction):
-        return f"{expr.op}[{','.join(expr.indices)}]({format_expr(expr.body)})"
+        head = f"{expr.op}[{','.join(expr.indices)}]("
+        body, node = _expr(expr.body, at + len(head), place)
+        text = head + body + ")"
+        if place is None:
+            return text, expr
+        spans, offset = [], at + len(expr.op) + 1
+        for index in expr.indices:
+            spans.append(place.span(offset, offset + len(index)))
+            offset += len(index) + 1
+        return text, Reduction(expr.op, expr.indices, node, place.span(at, at + len(text)),
+                               tuple(spans))
     raise AssertionError(f"unknown expression node {expr!r}")
 
 
-def _format_where_item(item: WhereItem) -> str:
+def _where_item(item: WhereItem, at: int, place: _Place | None) -> tuple[str, WhereItem]:
     if isinstance(item, Boundary):
-        return f"{item.tensor}: {item.mode}"
-    if item.low == 0:
-        return f"{item.index} < {item.high}"
-    return f"{item.index} in {item.low}:{item.high}"
+        text = f"{item.tensor}: {item.mode}"
+        if place is None:
+            return text, item
+        end = at + len(text)
+        return text, Boundary(item.tensor, item.mode, place.span(at, end),
+                              place.span(end - len(item.mode), end))
+    text = f"{item.index} < {item.high}" if item.low == 0 else \
+        f"{item.index} in {item.low}:{item.high}"
+    return text, item if place is None else replace(item, span=place.span(at, at + len(text)))
+
+
+def _declaration(statement: Declaration, place: _Place | None) -> tuple[str, Declaration]:
+    """`x: f32[N, C]`, `x: [N, C]` or `s: f64`; without a dtype, its span is the name's."""
+    text = f"{statement.tensor}: {statement.dtype or ''}"
+    dim_spans = []
+    if statement.dims is not None:
+        text += "["
+        for number, dim in enumerate(statement.dims):
+            if number:
+                text += ", "
+            dim_spans.append((len(text), len(text) + len(str(dim))))
+            text += str(dim)
+        text += "]"
+    if place is None:
+        return text, statement
+    dtype_at = len(statement.tensor) + 2 if statement.dtype else 0
+    dtype_end = dtype_at + len(statement.dtype) if statement.dtype else len(statement.tensor)
+    return text, Declaration(statement.tensor, statement.dtype, statement.dims,
+                             place.span(0, len(text)),
+                             tuple(place.span(a, b) for a, b in dim_spans),
+                             place.span(dtype_at, dtype_end))
+
+
+def _statement(statement: Statement, place: _Place | None) -> tuple[str, Statement]:
+    if isinstance(statement, Declaration):
+        return _declaration(statement, place)
+    target = statement.target
+    text, indices = target.tensor, ()
+    if target.indices:
+        part, indices = _indices(target.indices, len(text), place)
+        text += part
+    target_end = len(text)
+    text += " += " if statement.accumulate else " = "
+    value_text, value = _expr(statement.value, len(text), place)
+    text += value_text
+    where = []
+    for number, item in enumerate(statement.where):
+        text += ", " if number else "   where "
+        item_text, item_node = _where_item(item, len(text), place)
+        text += item_text
+        where.append(item_node)
+    if place is None:
+        return text, statement
+    return text, Assignment(Target(target.tensor, indices, place.span(0, target_end)), value,
+                            tuple(where), statement.accumulate, place.span(0, len(text)))
+
+
+def format_affine(affine: Affine) -> str:
+    return _affine(affine, 0, None)[0]
+
+
+def format_expr(expr: Expr) -> str:
+    return _expr(expr, 0, None)[0]
 
 
 def format_statement(statement: Statement) -> str:
-    if isinstance(statement, Declaration):
-        dtype = f"{statement.dtype}" if statement.dtype else ""
-        if statement.dims is None:
-            return f"{statement.tensor}: {dtype}"
-        return f"{statement.tensor}: {dtype}[{', '.join(str(dim) for dim in statement.dims)}]"
-    target = statement.target
-    lhs = target.tensor
-    if target.indices:
-        lhs += f"[{','.join(format_affine(index) for index in target.indices)}]"
-    op = "+=" if statement.accumulate else "="
-    text = f"{lhs} {op} {format_expr(statement.value)}"
-    if statement.where:
-        text += "   where " + ", ".join(_format_where_item(item) for item in statement.where)
-    return text
+    return _statement(statement, None)[0]
+
+
+def placed_program(statements: Sequence[Statement], filename: str = "<program>") -> Program:
+    """The program of `statements` with its normalized source, every node's span placed in
+    that source as parse() would place it (derived programs need no second parse). The
+    statements must be in normal form: parse(str(statement)) == statement."""
+    lines, placed, start = [], [], 0
+    for line, statement in enumerate(statements, 1):
+        text, node = _statement(statement, _Place(line, start))
+        lines.append(text)
+        placed.append(node)
+        start += len(text) + 1
+    return Program(tuple(placed), "\n".join(lines), filename)

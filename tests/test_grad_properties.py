@@ -12,7 +12,8 @@ contractions, windows, boundary modes, elementwise functions, reductions, '+=').
    quotients do not converge (the perturbation crosses a kink of relu / abs / max / a
    comparison, or rounding swamps the derivative) are filtered with assume(): that test
    uses only the forward kernel, so it cannot hide a wrong adjoint.
-2. tc.parse(str(g)) == g for the adjoints of random programs.
+2. tc.parse(str(g)) == g for the adjoints of random programs, every span where parse() puts
+   it: tc.grad places its program in its printed source without parsing it again.
 3. Second order: tc.grad of an adjoint program, against finite differences of the
    first-order gradient, for a few smooth programs; the second-order adjoint reads only
    the first-order adjoint's inputs and the cotangents of its gradients, and the Hessian
@@ -71,6 +72,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_properties as TP  # noqa: E402  (the generator; its tests are not re-collected)
+from test_parser import spans  # noqa: E402
 from reference import evaluate  # noqa: E402
 
 import tensorc as tc  # noqa: E402
@@ -466,8 +468,9 @@ def test_adjoint_round_trips_through_its_text(gp, data):
     text = str(g)
     note(text)
     again = tc.parse(text)
-    assert again == g
+    assert again == g  # normal form: what lets tc.grad place it without parsing it
     assert str(again) == text
+    assert g.source == text and spans(g) == spans(again)
     for name in wrt:
         assert any(isinstance(s, S.Assignment) and s.target.tensor == f"d{name}"
                    for s in g.statements), f"d{name} is not defined"

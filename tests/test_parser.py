@@ -1,5 +1,6 @@
 """Parser: the grammar, normalized printing and round trips, positions."""
 
+import dataclasses
 import importlib.resources
 
 import pytest
@@ -82,6 +83,33 @@ def test_tree_shape_and_spans():
     u_term = index.terms[1]
     assert program.source[u_term.span.start:u_term.span.end] == "u"
     assert statement.where == (S.RangeBound("h", 0, 4),)
+
+
+def spans(node) -> tuple:
+    """Every span of a syntax tree, with the node and field it belongs to (the spans take
+    no part in ==)."""
+    if isinstance(node, tuple):
+        return tuple(spans(child) for child in node)
+    if not dataclasses.is_dataclass(node) or isinstance(node, tc.errors.Span):
+        return ()
+    return (type(node).__name__,) + tuple(
+        (field.name, getattr(node, field.name) if "span" in field.name
+         else spans(getattr(node, field.name))) for field in dataclasses.fields(node))
+
+
+@pytest.mark.parametrize("source", SPEC_PROGRAMS + [
+    "s: f64\nx: [N, 3]\ny[i] = -(a[i] + b[2*h-1])*sum[j](c[i,j])   where i < 3, a: zero",
+    "y = a[0]*2^-b + f(c, -1.5e-07) != 3\nz[i,j] += x[-2*i+j-4]   where i in 1:N, j < M",
+])
+def test_placed_program_puts_every_node_where_parse_does(source):
+    """tc.grad's programs are placed in their own printed source without a second parse:
+    each node's span must be the one parse() gives it there."""
+    normalized = str(tc.parse(source))
+    parsed = tc.parse(normalized)
+    placed = S.placed_program(parsed.statements)
+    assert placed.source == normalized
+    assert placed == parsed
+    assert spans(placed) == spans(parsed)
 
 
 def test_empty_program_parses_but_does_not_compile():
