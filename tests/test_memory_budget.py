@@ -109,3 +109,17 @@ def test_the_budget_is_part_of_the_cache_key(budget):
     assert "im2col in chunks" in str(tc.compile(source, dtype="float32", **shapes).plan)
     budget("4GiB")
     assert "im2col in chunks" not in str(tc.compile(source, dtype="float32", **shapes).plan)
+
+
+def test_a_derived_statement_over_budget_is_shown_in_the_adjoint(budget):
+    """compile_grad places its derived program in that program's printed source (no second
+    parse): an error in a derived statement puts its caret under that statement there."""
+    budget("3MB")  # LeNet-2's forward fits; its input gradient's 6.6 MB contribution does not
+    with pytest.raises(tc.MemoryBudgetError) as raised:
+        tc.compile_grad("y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]", wrt=["x", "k"],
+                        dtype="float32", x=(64, 16, 12, 12), k=(32, 16, 5, 5), dy=(64, 32, 8, 8))
+    error = raised.value
+    statement = "dx[n,c,h+u,w+v] += dy[n,o,h,w]*k[o,c,u,v]"
+    assert error.source.split("\n")[error.span.line - 1] == statement
+    assert error.source[error.span.start:error.span.end] == statement
+    assert str(error).endswith(f"\n{statement}\n{'^' * len(statement)}")
