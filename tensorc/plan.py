@@ -402,12 +402,18 @@ class KeptWindow:
 class ProgramPlan:
     program: CheckedProgram
     dtype: str
-    itemsize: int
     statements: list[StatementPlan]
-    fft: str = "auto"  # the FFT mode it was planned with
+    settings: PlanSettings  # what it was planned with, to plan again
     appendix: Any = None  # printed after the statements (the Dask backend's chunking)
     kept_windows: tuple[KeptWindow, ...] = ()  # also returned (keep_windows)
-    settings: PlanSettings | None = None  # what it was planned with, to plan again
+
+    @property
+    def itemsize(self) -> int:
+        return self.settings.itemsize
+
+    @property
+    def fft(self) -> str:  # the FFT mode it was planned with
+        return self.settings.fft
 
     @property
     def flops(self) -> int:
@@ -424,22 +430,20 @@ class ProgramPlan:
 # ---- planning ----------------------------------------------------------------------------
 
 class _StatementPlanner:
-    def __init__(self, program: CheckedProgram, statement: Statement, itemsize: int,
-                 fresh_target: bool = False, chunk_bytes: int = IM2COL_CHUNK_BYTES,
-                 fft_mode: str = "auto", pack: str = "off", blas: bool = True,
-                 shift_mode: str = "off") -> None:
+    def __init__(self, program: CheckedProgram, statement: Statement, settings: PlanSettings,
+                 fresh_target: bool = False) -> None:
         self.program = program
-        self.blas = blas  # sums may be GEMVs with ones: a float dtype, on the CPU
-        self.pack = pack  # TENSORC_PACK's mode where threaded copies are available, else "off"
-        self.fft_mode = fft_mode  # "auto" (by cost), "off" or "always" (where it applies)
-        self.shift_mode = shift_mode  # the same for shifted GEMMs ("off" without BLAS access)
-        self.chunk_bytes = chunk_bytes
+        self.blas = settings.blas  # sums may be GEMVs with ones: a float dtype, on the CPU
+        self.pack = settings.pack  # TENSORC_PACK's mode where threaded copies are available
+        self.fft_mode = settings.fft  # "auto" (by cost), "off" or "always" (where it applies)
+        self.shift_mode = settings.shift  # the same for shifted GEMMs ("off" without BLAS)
+        self.chunk_bytes = settings.chunk_bytes
         self.statement = statement
         self.sizes = dict(statement.ranges)  # plus frequency axes of FFT plans
         self.counts: dict[tuple[str, ...], int] = {}  # count's products, by axes
         self.order = statement.index_order()
         self.position = {name: i for i, name in enumerate(self.order)}
-        self.itemsize = itemsize
+        self.itemsize = settings.itemsize
         self.temporaries: list[int] = []  # bytes of each array the statement allocates
         self.largest = 0
         self.strategies: list[str] = []
@@ -1510,7 +1514,7 @@ def plan_program(program: CheckedProgram, dtype: str = "float64", itemsize: int 
         plans.append(_plan_statement(program, number, statement, statement.target in defined,
                                      settings, read))
         defined.add(statement.target)
-    return ProgramPlan(program, dtype, itemsize, plans, fft, settings=settings)
+    return ProgramPlan(program, dtype, plans, settings)
 
 
 def _plan_statement(program: CheckedProgram, number: int, statement: Statement,
@@ -1521,10 +1525,8 @@ def _plan_statement(program: CheckedProgram, number: int, statement: Statement,
     reads instead of the windows (reading_kept_windows), each with who made it."""
     fresh = not defined_before and not any(
         isinstance(n, Read) and n.tensor == statement.target for n in walk(statement.value))
-    itemsize, budget, chunk_bytes = settings.itemsize, settings.budget, settings.chunk_bytes
-    fft, pack, blas, shift = settings.fft, settings.pack, settings.blas, settings.shift
-    planner = _StatementPlanner(program, statement, itemsize, fresh, chunk_bytes, fft, pack,
-                                blas, shift)
+    budget = settings.budget
+    planner = _StatementPlanner(program, statement, settings, fresh)
     root = planner.plan(statement.value)
     estimated = _estimated_ns(root) + planner.scatter_ns()
     # An accumulation through windows either adds each window's contribution back
@@ -1532,8 +1534,7 @@ def _plan_statement(program: CheckedProgram, number: int, statement: Statement,
     # cheaper by the cost model is kept, unless only the other fits the budget.
     gathered = gather_form(statement, program.tensors[statement.target].shape)
     if gathered is not None:
-        gather_planner = _StatementPlanner(program, gathered, itemsize, False, chunk_bytes,
-                                           fft, pack, blas, shift)
+        gather_planner = _StatementPlanner(program, gathered, settings)
         gather_root = gather_planner.plan(gathered.value)
         fits = (planner.peak_bytes() <= budget, gather_planner.peak_bytes() <= budget)
         cheaper = _estimated_ns(gather_root) < estimated
