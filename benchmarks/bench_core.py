@@ -70,6 +70,10 @@ from typing import Any, Callable
 import numpy as np
 
 RTOL = 1e-3
+# extra rows under a convolution's forward+backward, which the summary reads
+FORWARD_ONLY, BACKWARD_ONLY = "tensorc forward only", "tensorc backward only"
+GEMMS_BY_NUMPY = "tensorc's GEMMs alone (NumPy BLAS)"
+GEMMS_BY_TORCH = "the same GEMMs by torch.matmul"
 BUSY = 0.10  # other processes' CPU share above which a case's timings are flagged
 
 CONV_VALID = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]"
@@ -184,6 +188,9 @@ class Case:
 
     def peer(self, name: str) -> Side:
         return next(s for s in self.peers if s.name == name)
+
+    def extra(self, name: str) -> Side | None:
+        return next((s for s in self.extras if s.name == name), None)
 
     def target_ratio(self) -> float:
         peer = self.peer(self.target_peer) if self.target_peer else self.best_peer()
@@ -338,8 +345,8 @@ def build_conv_grad_case(tc, torch, rng, name, xshape, cout, ksize, stride, pad,
                 Side("tensorc", tensorc_side),
                 [Side("torch NCHW fwd+bwd", torch_side(torch.contiguous_format), "torch"),
                  Side("torch channels_last fwd+bwd", torch_side(torch.channels_last), "torch")],
-                extras=[Side("tensorc forward only", lambda: forward(x=x, k=k), checked=False),
-                        Side("tensorc backward only", lambda: backward(x=x, k=k, dy=dy),
+                extras=[Side(FORWARD_ONLY, lambda: forward(x=x, k=k), checked=False),
+                        Side(BACKWARD_ONLY, lambda: backward(x=x, k=k, dy=dy),
                              checked=False),
                         *blas_sides(torch, both.plan)],
                 target_peer="torch NCHW fwd+bwd")
@@ -368,8 +375,8 @@ def blas_sides(torch, plan) -> list[Side]:
         for call, (a, b, out) in zip(calls, tensors):
             for _ in range(call.calls):
                 torch.matmul(a, b, out=out)
-    return [Side("tensorc's GEMMs alone (NumPy BLAS)", numpy_side, checked=False),
-            Side("the same GEMMs by torch.matmul", torch_side, "torch", checked=False)]
+    return [Side(GEMMS_BY_NUMPY, numpy_side, checked=False),
+            Side(GEMMS_BY_TORCH, torch_side, "torch", checked=False)]
 
 
 def build_depthwise_case(tc, torch, rng, name, xshape, backward) -> Case:
@@ -769,7 +776,7 @@ def summary(cases: list[Case], compiles: list[tuple[str, float, float]] = ()) ->
     if grads:
         ratios = [c.target_ratio() for c in grads]
         median = statistics.median(ratios)
-        own = [c.extras[1].median / c.extras[0].median for c in grads]
+        own = [c.extra(BACKWARD_ONLY).median / c.extra(FORWARD_ONLY).median for c in grads]
         passed = median <= 2.0 and all(r <= 3.0 for r in own)
         verdicts.append(passed)
         lines.append(f"  conv forward+backward (first 5 layers) vs torch NCHW: median ratio "
@@ -790,10 +797,10 @@ def summary(cases: list[Case], compiles: list[tuple[str, float, float]] = ()) ->
                      + (f"; depthwise {_ratios(depthwise_ratios)}" if depthwise else "")
                      + f"), target median <= 1.0, none above 1.5 (depthwise <= 2.0): "
                        f"{'PASS' if passed else 'FAIL'}")
-    blas = [c for c in grads if len(c.extras) >= 4]
+    blas = [c for c in grads if c.extra(GEMMS_BY_NUMPY) and c.extra(GEMMS_BY_TORCH)]
     if blas:  # how much of those ratios BLAS alone sets (blas_sides)
-        floors = [c.extras[2].median / c.best_peer().median for c in blas]
-        gaps = [c.extras[2].median / c.extras[3].median for c in blas]
+        floors = [c.extra(GEMMS_BY_NUMPY).median / c.best_peer().median for c in blas]
+        gaps = [c.extra(GEMMS_BY_NUMPY).median / c.extra(GEMMS_BY_TORCH).median for c in blas]
         lines.append(f"  conv forward+backward, tensorc's GEMMs alone vs PyTorch's best layout: "
                      f"median {statistics.median(floors):.2f} (cases: {_ratios(floors)}); "
                      f"NumPy's BLAS / torch.matmul on the same GEMMs: median "

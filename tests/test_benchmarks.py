@@ -23,6 +23,7 @@ def test_benchmark_runner_smoke(only):
         assert "tensorc's GEMMs alone (NumPy BLAS)" in run.stdout
         assert "the same GEMMs by torch.matmul" in run.stdout
         assert "NumPy's BLAS / torch.matmul on the same GEMMs: median" in run.stdout
+        assert "tensorc backward / its forward: " in run.stdout  # the forward, backward rows
 
 
 def test_gpu_benchmark_says_what_is_missing_or_runs():
