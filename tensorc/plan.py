@@ -1957,8 +1957,7 @@ def blas_calls(plan: ProgramPlan) -> list[BlasCall]:
             for step in contraction.steps:
                 if step.kind != "gemm":
                     continue
-                dims = {"batch": step.batch, "m": step.kept_left,
-                        "k": tuple(a for a in step.contracted if a not in step.summed),
+                dims = {"batch": step.batch, "m": step.kept_left, "k": step.contracted,
                         "n": step.kept_right}  # (kept_left: the matmul's left operand)
                 shape = {key: math.prod(sizes[a] for a in axes) for key, axes in dims.items()}
                 if not step.chunked(sizes):
