@@ -115,6 +115,36 @@ def test_a_sum_over_no_indices_is_its_body(jit):
                                [0.0, 2.0, 20.0, 0.0])
 
 
+SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.0]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_max_min_relu_and_sign_give_numpys_values_on_nan_inf_signed_zeros_and_ties(
+        dtype, jit, monkeypatch):
+    """The helpers are written without branches (tc_max & co.); on every pair of special
+    values, in a loop that cannot vectorize (stride-2 reads, 3 per row) and in one that can,
+    they give what np.maximum, np.minimum, relu and np.sign give, NaN included."""
+    source = """mx[i,j] = max(a[i,2*j], b[i,2*j+1])
+mn[i,j] = min(a[i,2*j], b[i,2*j+1])
+r[i,j] = relu(a[i,2*j]) + sign(b[i,2*j+1])
+e[i,k] = max(min(a[i,k], b[i,k]), sign(a[i,k]) * relu(b[i,k]))"""
+    pairs = np.array([(x, y) for x in SPECIAL for y in SPECIAL], dtype=dtype)
+    a = np.repeat(pairs[:, :1], 6, axis=1)  # each row: one pair, at every place a row has
+    b = np.repeat(pairs[:, 1:], 6, axis=1)
+    build = lambda: tc.compile(source, dtype=dtype, a=a.shape, b=b.shape)  # noqa: E731
+    kern = build()
+    assert all(s.loop_nest is not None for s in kern.plan.statements)
+    with np.errstate(invalid="ignore"):
+        got, want = kern(a=a, b=b), _numpy_path(monkeypatch, build)(a=a, b=b)
+    for name in ("mx", "mn", "r", "e"):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    x, y = pairs[:, 0], pairs[:, 1]
+    np.testing.assert_array_equal(got["mx"][:, 0], np.maximum(x, y))
+    np.testing.assert_array_equal(got["mn"][:, 0], np.minimum(x, y))
+    np.testing.assert_array_equal(got["r"][:, 0], np.where(x > 0, x, np.where(np.isnan(x), x, 0))
+                                  + np.sign(y))
+
+
 def test_off_means_numpy_and_the_kernel_module_is_cached_on_disk(jit, monkeypatch):
     source = DEPTHWISE.format(H=6, W=6)
     kern = tc.compile(source, x=(2, 3, 6, 6), k=(3, 3, 3))
