@@ -81,6 +81,19 @@ CONV_PAD1 = "y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < {H}, w < {
 CONV_S2P1 = "y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   where h < {H}, w < {W}, x: zero"
 CONV_S2P3 = "y[n,o,h,w] = x[n,c,2*h+u-3,2*w+v-3] * k[o,c,u,v]   where h < {H}, w < {W}, x: zero"
 MAXPOOL = "p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"
+# A padded max-pool: PyTorch pads with -inf; 'replicate' reads an edge element the window
+# already holds, so the maximum is the same (and the gradient too: the two reads of that
+# element count as a tie, and both halves go back to it).
+MAXPOOL_PADDED = ("p[n,c,h,w] = max[u,v](y[n,c,{S}*h+u-{P},{S}*w+v-{P}])"
+                  "   where u < {K}, v < {K}, h < {H}, w < {W}, y: replicate")
+
+
+def maxpool_program(xshape: tuple[int, ...], window: int, stride: int, padding: int) -> str:
+    if (window, stride, padding) == (2, 2, 0):
+        return MAXPOOL
+    size = lambda n: (n + 2 * padding - window) // stride + 1  # noqa: E731
+    return MAXPOOL_PADDED.format(S=stride, P=padding, K=window, H=size(xshape[2]),
+                                 W=size(xshape[3]))
 
 # (name, input NCHW, out channels, kernel, stride, padding, tensorc program)
 CONVS = [
@@ -104,10 +117,11 @@ DEPTHWISE = "y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < {H}, w < {W}
 # (name, input NCHW): depthwise 3x3, padding 1, one filter per channel (groups=C)
 DEPTHWISES = [("depthwise 3x3 p1 N16 C64 56x56", (16, 64, 56, 56))]
 
-# (name, input NCHW)
+# (name, input NCHW, window, stride, padding)
 POOLS = [
-    ("maxpool 2x2 s2 N64 C16 24x24", (64, 16, 24, 24)),
-    ("maxpool 2x2 s2 N16 C64 56x56", (16, 64, 56, 56)),
+    ("maxpool 2x2 s2 N64 C16 24x24", (64, 16, 24, 24), 2, 2, 0),
+    ("maxpool 2x2 s2 N16 C64 56x56", (16, 64, 56, 56), 2, 2, 0),
+    ("maxpool 3x3 s2 p1 N16 C64 112x112", (16, 64, 112, 112), 3, 2, 1),  # ResNet's, after the stem
 ]
 
 # (name, batch shape): the classic two-block LeNet (5x5 convolutions with 16 and 32
@@ -422,17 +436,20 @@ def build_depthwise_case(tc, torch, rng, name, xshape, backward) -> Case:
     return case
 
 
-def build_pool_case(tc, torch, rng, name, xshape, backward) -> Case:
+def build_pool_case(tc, torch, rng, name, xshape, window, stride, padding,
+                    backward) -> Case:
     """Forward (or forward + input gradient, cotangent dp) against F.max_pool2d. tensorc
     splits a tied maximum's gradient equally, torch gives it to the first one: the random
     float inputs have no ties, so the gradients are compared as they are."""
     import torch.nn.functional as F
+    source = maxpool_program(xshape, window, stride, padding)
     y = rng.standard_normal(xshape, dtype=np.float32)
-    dp = rng.standard_normal(xshape[:2] + (xshape[2] // 2, xshape[3] // 2), dtype=np.float32)
+    pooled = [(n + 2 * padding - window) // stride + 1 for n in xshape[2:]]
+    dp = rng.standard_normal(xshape[:2] + tuple(pooled), dtype=np.float32)
     if backward:
-        kern = tc.compile_grad(MAXPOOL, wrt=["y"], dtype="float32", y=y.shape, dp=dp.shape)
+        kern = tc.compile_grad(source, wrt=["y"], dtype="float32", y=y.shape, dp=dp.shape)
     else:
-        kern = tc.compile(MAXPOOL, dtype="float32", y=y.shape)
+        kern = tc.compile(source, dtype="float32", y=y.shape)
 
     def tensorc_side():
         if not backward:
@@ -443,13 +460,13 @@ def build_pool_case(tc, torch, rng, name, xshape, backward) -> Case:
     def torch_side(memory_format):
         yt = torch.from_numpy(y).contiguous(memory_format=memory_format)
         if not backward:
-            return lambda: F.max_pool2d(yt, 2, 2)
+            return lambda: F.max_pool2d(yt, window, stride, padding)
         yt.requires_grad_()
         dpt = torch.from_numpy(dp).contiguous(memory_format=memory_format)
 
         def run():
             with torch.enable_grad():
-                p = F.max_pool2d(yt, 2, 2)
+                p = F.max_pool2d(yt, window, stride, padding)
                 dy, = torch.autograd.grad(p, yt, dpt)
             return p.detach(), dy
         return run
@@ -941,10 +958,10 @@ def main(argv=None) -> int:
             builders.append((full, "depthwise", lambda a=(full, xshape, backward):
                              build_depthwise_case(tc, torch, rng, *a)))
     for backward in (False, True):
-        for name, xshape in POOLS:
+        for name, xshape, window, stride, padding in POOLS:
             full = name.replace("maxpool", "maxpool fwd+bwd", 1) if backward else name
             builders.append((full, "poolgrad" if backward else "pool",
-                             lambda a=(full, xshape, backward):
+                             lambda a=(full, xshape, window, stride, padding, backward):
                              build_pool_case(tc, torch, rng, *a)))
     for name, xshape in TRAINING:
         builders.append((name, "train", lambda a=(name, xshape): build_training_case(torch, rng, *a)))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .bench_core import (
-    CONV_VALID, CONVS, MAXPOOL, POOLS, RTOL, Case, Side, measure,
+    CONV_VALID, CONVS, POOLS, RTOL, Case, Side, maxpool_program, measure,
 )
 
 DEPTHWISE = "y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < {H}, w < {W}, x: zero"
@@ -113,11 +113,13 @@ def build_cases(tc, torch, cupy, only: list[str]) -> list[tuple[Case, Any, Any]]
         xc, kc = cupy.from_dlpack(x), cupy.from_dlpack(k)
         add(name, lambda f=kern, xc=xc, kc=kc: f(x=xc, k=kc),
             lambda x=x, k=k: F.conv2d(x, k[:, None], padding=1, groups=k.shape[0]), kern)
-    for name, xshape in POOLS:
+    for name, xshape, window, stride, padding in POOLS:
         y = randn(*xshape)
-        kern = tc.compile(MAXPOOL, backend="cupy", dtype="float32", y=xshape)
+        kern = tc.compile(maxpool_program(xshape, window, stride, padding), backend="cupy",
+                          dtype="float32", y=xshape)
         yc = cupy.from_dlpack(y)
-        add(name, lambda f=kern, yc=yc: f(y=yc), lambda y=y: F.max_pool2d(y, 2, 2), kern)
+        add(name, lambda f=kern, yc=yc: f(y=yc),
+            lambda y=y, a=(window, stride, padding): F.max_pool2d(y, *a), kern)
     return cases
 
 
