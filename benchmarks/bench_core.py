@@ -88,12 +88,17 @@ MAXPOOL_PADDED = ("p[n,c,h,w] = max[u,v](y[n,c,{S}*h+u-{P},{S}*w+v-{P}])"
                   "   where u < {K}, v < {K}, h < {H}, w < {W}, y: replicate")
 
 
+def window_positions(xshape: tuple[int, ...], window: int, stride: int,
+                     padding: int) -> tuple[int, ...]:
+    """The output's spatial sizes of a convolution or pool over NCHW `xshape`."""
+    return tuple((n + 2 * padding - window) // stride + 1 for n in xshape[2:])
+
+
 def maxpool_program(xshape: tuple[int, ...], window: int, stride: int, padding: int) -> str:
     if (window, stride, padding) == (2, 2, 0):
         return MAXPOOL
-    size = lambda n: (n + 2 * padding - window) // stride + 1  # noqa: E731
-    return MAXPOOL_PADDED.format(S=stride, P=padding, K=window, H=size(xshape[2]),
-                                 W=size(xshape[3]))
+    height, width = window_positions(xshape, window, stride, padding)
+    return MAXPOOL_PADDED.format(S=stride, P=padding, K=window, H=height, W=width)
 
 # (name, input NCHW, out channels, kernel, stride, padding, tensorc program)
 CONVS = [
@@ -444,8 +449,8 @@ def build_pool_case(tc, torch, rng, name, xshape, window, stride, padding,
     import torch.nn.functional as F
     source = maxpool_program(xshape, window, stride, padding)
     y = rng.standard_normal(xshape, dtype=np.float32)
-    pooled = [(n + 2 * padding - window) // stride + 1 for n in xshape[2:]]
-    dp = rng.standard_normal(xshape[:2] + tuple(pooled), dtype=np.float32)
+    pooled = window_positions(xshape, window, stride, padding)
+    dp = rng.standard_normal(xshape[:2] + pooled, dtype=np.float32)
     if backward:
         kern = tc.compile_grad(source, wrt=["y"], dtype="float32", y=y.shape, dp=dp.shape)
     else:
@@ -605,7 +610,7 @@ def compile_times(tc, convs, repeats: int) -> list[tuple[str, float, float]]:
     rows = []
     for name, xshape, cout, ksize, stride, pad, src in convs:
         kshape = (cout, xshape[1], ksize, ksize)
-        yshape = (xshape[0], cout, *((n + 2 * pad - ksize) // stride + 1 for n in xshape[2:]))
+        yshape = (xshape[0], cout, *window_positions(xshape, ksize, stride, pad))
         rows.append((name, cold(tc.compile, src, x=xshape, k=kshape),
                      cold(tc.compile_grad, src, wrt=["x", "k"], x=xshape, k=kshape, dy=yshape)))
     return rows
