@@ -188,3 +188,28 @@ def test_a_large_plain_sum_runs_as_a_tree(monkeypatch):
     kern, result, want = _run_both(src, dict(x=x), dict(x=(10, 30)))
     np.testing.assert_allclose(result.compute(), want, rtol=1e-12)
     assert "partial results over 4 chunks of i, combined by a tree reduction" in str(kern.plan)
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_a_max_summed_through_a_window_is_not_split(op, monkeypatch):
+    """y[k+l] += max[i](x[k,i]) sums several maxima into each element: a max of partial
+    results per chunk of i would be a max of sums. Partial maxima stay for a plain target,
+    and a large task does not split the windowed one either."""
+    from tensorc.backends import dask as dask_backend
+    x = np.random.default_rng(6).standard_normal((4, 8))
+    reduced = getattr(x, op)(axis=1)
+    want = np.zeros(6)
+    for k in range(4):
+        for l in range(3):
+            want[k + l] += reduced[k]
+    src = f"y[k+l] += {op}[i](x[k,i])   where l < 3, y: zero"
+    for task_bytes in (dask_backend.PLAIN_SUM_TASK_BYTES, 0):
+        monkeypatch.setattr(dask_backend, "PLAIN_SUM_TASK_BYTES", task_bytes)
+        kern, result, numpy_result = _run_both(src, dict(x=x), dict(x=(2, 4)), y=(6,),
+                                               x=x.shape)
+        np.testing.assert_allclose(result.compute(), want, rtol=1e-12)
+        np.testing.assert_allclose(numpy_result, want, rtol=1e-12)
+        assert "partial results" not in str(kern.plan)
+    kern, result, _ = _run_both(f"y[k] = {op}[i](x[k,i])", dict(x=x), dict(x=(2, 4)))
+    np.testing.assert_allclose(result.compute(), reduced, rtol=1e-12)
+    assert "partial results over 2 chunks of i" in str(kern.plan)

@@ -955,9 +955,24 @@ def test_compiled_programs_match_reference(gp, seed, with_shapes):
     _compare(gp, seed, with_shapes)
 
 
+def _pinned(text: str, inputs: dict, accumulators: dict) -> GeneratedProgram:
+    """A program found by the generator, kept as an explicit example."""
+    shapes = {**inputs, **accumulators}
+    return GeneratedProgram(text, tc.parse(text), inputs, shapes, shapes)
+
+
+# Dask split the max over i into chunks and took the max of y5's sums of maxima
+WINDOWED_MAX = _pinned(
+    "s2: f64\nt3: f64\na4: f64[4]\ns6: f64\ns7: f64\na8: f64[2, 4]\n"
+    "y1 += s2   where y1: zero\nt3 = a4[i]   where i < 4, a4: zero\n"
+    "y5[k+l] += max[i](-s6 + (s7 + a8[k,i]))   where i < 4, l < 2, y5: zero",
+    {"s2": (), "a4": (4,), "s6": (), "s7": (), "a8": (2, 4)}, {"y1": (), "y5": (2,)})
+
+
 @settings(max_examples=examples(60), **SETTINGS)
 @given(gp=programs(declare_accumulators=False),
        seed=st.integers(0, 2 ** 32 - 1))
+@example(gp=WINDOWED_MAX, seed=0)
 def test_accumulation_target_shape_given_to_compile(gp, seed):
     """`+=` into a fresh tensor whose shape is passed to tc.compile instead of declared."""
     _compare(gp, seed, with_shapes=True)

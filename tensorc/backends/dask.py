@@ -22,9 +22,11 @@ Lowering, per statement (chosen by `plan_statement`, printed in `kern.plan`):
 - **partial results**: when a statement is a contraction (a sum or mean of products), or
   a max or min, over an index its inputs chunk (a weight gradient's batch index), each
   chunk of that index gives a partial result and a tree reduction combines them:
-  data-parallel gradients. A plain sum keeps NumPy's order in one task (a max's gradient
-  recomputes it and compares with ==) unless that task would read more than 64 MiB. A target dimension written through a window (`dx[n,c,h+u,w+v] += ...`) is
-  not cut; its plain dimensions are.
+  data-parallel gradients. A max or min splits so only where each target element is one
+  maximum, not a sum of several through a window. A plain sum keeps NumPy's order in one
+  task (a max's gradient recomputes it and compares with ==) unless that task would read
+  more than 64 MiB. A target dimension written through a window (`dx[n,c,h+u,w+v] += ...`)
+  is not cut; its plain dimensions are.
 
 The estimated bytes moved between workers count, per block task, the input elements its
 regions take from chunks other than the one it overlaps most, plus the partial results a
@@ -163,12 +165,17 @@ def plan_statement(sp: StatementPlan, program: CheckedProgram, itemsize: int,
                     plan.blocks[index] = bounds
         root = statement.value
         # Partial results: of contractions (sums of products: convolutions, their weight
-        # gradients), and of max and min, which are exact in any order. A plain sum keeps
-        # NumPy's order (a max's gradient recomputes it and compares with ==, for ties)
-        # unless a task would otherwise read more than PLAIN_SUM_TASK_BYTES.
-        splittable = isinstance(sp.root, ContractNode) or isinstance(sp.root, ReduceNode) \
-            and (sp.root.op in ("max", "min")
-                 or _task_bytes(statement, program, plan, itemsize) > PLAIN_SUM_TASK_BYTES)
+        # gradients), and of max and min, which are exact in any order, where each target
+        # element is one of them (through a window, `y[k+l] += max[i](...)`, an element sums
+        # several, and a max of those sums is wrong). A plain sum keeps NumPy's order (a
+        # max's gradient recomputes it and compares with ==, for ties) unless a task would
+        # otherwise read more than PLAIN_SUM_TASK_BYTES.
+        one_each = not through_window and set(statement.ranges) - bound <= set(plain_targets)
+        if isinstance(sp.root, ReduceNode) and sp.root.op in ("max", "min"):
+            splittable = one_each
+        else:
+            splittable = isinstance(sp.root, ContractNode) or isinstance(sp.root, ReduceNode) \
+                and _task_bytes(statement, program, plan, itemsize) > PLAIN_SUM_TASK_BYTES
         if splittable and isinstance(root, Reduce):
             # an index every read takes whole (a batch, channels), not a window's offset
             inner_bound = {i for n in walk(root.body) if isinstance(n, Reduce) for i in n.indices}
