@@ -81,6 +81,11 @@ THREADED_COPY_LOOP_NS = 4.6  # plus, per pass of its innermost loop (the copy's 
 # LeNet-1's copy in rows of 24 took 0.28 ns per element, LeNet-2's in rows of 16 0.54 ns
 SCATTER_ADD_NS = 0.5  # per element added back through a window (col2im), read-modify-write,
 SCATTER_RUN_NS = 20.0  # plus, per run of the adds' innermost axis (LeNet-2's rows: 8 wide)
+# ... plus this, per element, when the contribution's innermost axis is not the target's
+# last position index (w of dx[n,c,2*h+u-1,2*w+v-1]): the loop, in the contribution's
+# storage order, then adds into a different plane at each step. The strided layer's dx
+# (7.2M elements) took 7.9 ms from [n,h,w,c,u,v], 4.4 ms from [n,c,u,v,h,w].
+SCATTER_ACROSS_NS = 0.5
 # An accumulation whose adds would run shorter than this puts a whole-read target index
 # innermost (dx[n,c,h+u,w+v]: n), so that each add runs over (w, n). Measured: adds along
 # rows of 8 cost 2.6 ns per element, rows of 24 0.65 ns, where the transpose of dy that
@@ -451,14 +456,13 @@ class _StatementPlanner:
         self.windows: dict[tuple[str, ...], ViewNode] = {}
         self.window_strides: dict[tuple[str, ...], dict[str, int]] = {}
         # A '+=' into a windowed target adds its contribution one window offset at a time,
-        # slicing along the last dimension's position index: that axis should be innermost.
+        # slicing along the last dimension's position index: that axis should be innermost
+        # (so should it for a threaded col2im, whose loop then stays within one plane).
         last = statement.target_maps[-1] if statement.accumulate and statement.target_maps \
             else None
         positions = [n for n, c in last.terms if c > 0] if last is not None else []
         self.scatter_inner = {max(positions, key=self.sizes.__getitem__)} if positions else set()
         self.threaded_scatter = self.scatters_threaded()
-        if self.threaded_scatter:  # a loop adds back from any layout: no batch-last buffer
-            self.scatter_inner = set()
         self.target_order = None if self.threaded_scatter else \
             self.batch_last_order(fresh_target)
         if self.target_order is not None:
@@ -1187,7 +1191,9 @@ class _StatementPlanner:
             cost += (chunks - 1) * size(result) * BATCH_SUM_NS
         layout = tuple(x for x in group if x not in summed) + first + second
         if self.scatter_inner and result_may_be_view and layout[-1:] != tuple(self.scatter_inner):
-            cost += size(result) * TRANSPOSED_COPY_NS  # the scatter reads it across the grain
+            # the scatter reads it across the grain (NumPy's), or adds it across the planes
+            cost += size(result) * (SCATTER_ACROSS_NS if self.threaded_scatter
+                                    else TRANSPOSED_COPY_NS)
         if layout != result:
             # The result is read transposed later; a statement's own result may stay a view,
             # but still loses ties against a layout that needs no transpose.

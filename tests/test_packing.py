@@ -151,6 +151,21 @@ def test_by_size_large_layers_get_them_and_small_copies_stay_numpys(monkeypatch)
     assert packing_of(tiny) == set(), tiny.plan
 
 
+def test_col2im_reads_a_contribution_stored_plane_by_plane(monkeypatch):
+    """The stem's dx (7x7 s2 p3, 8x3x224x224): the GEMM hands the contribution over as
+    [n,c,u,v,h,w], so the threaded add runs along w within one plane of dx at a time; from
+    [n,h,w,c,u,v] each step added into another plane (the layer's forward and backward:
+    161-164 ms against 111-118 ms)."""
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    monkeypatch.delenv("TENSORC_PACK", raising=False)
+    stem = "y[n,o,h,w] = x[n,c,2*h+u-3,2*w+v-3] * k[o,c,u,v]   where h < 112, w < 112, x: zero"
+    both = tc.compile_grad(stem, wrt=["x", "k"], dtype="float32", x=(8, 3, 224, 224),
+                           k=(64, 3, 7, 7), dy=(8, 64, 112, 112))
+    assert "col2im" in packing_of(both), both.plan
+    assert "+= g[i_n, i_c, i_u, i_v, i_h, i_w]" in both.source, both.source
+    assert "batched GEMM 8 x [147x64]@[64x12544], sum over o" in str(both.plan)
+
+
 @pytest.mark.parametrize("variable,value", [("TENSORC_PACK", "off"), ("TENSORC_JIT", "off")])
 def test_off_leaves_numpys_copies(variable, value, monkeypatch):
     monkeypatch.setenv("TENSORC_PACK", "always")

@@ -205,7 +205,7 @@ def test_weight_gradient_avoids_a_scattered_transpose_of_dy():
 
 def test_gemms_large_enough_for_openblas_threads_are_not_batched_by_image():
     """Each entry of a batched matmul that OpenBLAS runs on several threads pays for their
-    hand-over: LeNet-2's input gradient copies dy into [n*h*w, o] for one GEMM instead of 64
+    hand-over: LeNet-2's input gradient copies dy into [o, n*h*w] for one GEMM instead of 64
     (64 x [64x32]@[32x400]). Entries under OpenBLAS's threshold stay batched (LeNet-1's
     forward: 64 x [16x25]@[25x576]), and so does a strided convolution whose single GEMM
     would chunk its 28.9 MB of windows along c, adding each chunk's product to the result,
@@ -214,7 +214,7 @@ def test_gemms_large_enough_for_openblas_threads_are_not_batched_by_image():
     conv = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]"
     lenet2 = tc.compile(tc.grad(conv, wrt=["x"]), dtype="float32", x=(64, 16, 12, 12),
                         k=(32, 16, 5, 5), dy=(64, 32, 8, 8))
-    assert "GEMM [4096x32]@[32x400], sum over o, copies 524 kB" in str(lenet2.plan)
+    assert "GEMM [400x32]@[32x4096], sum over o, copies 524 kB" in str(lenet2.plan)
     lenet1 = tc.compile(conv, dtype="float32", x=(64, 1, 28, 28), k=(16, 1, 5, 5))
     assert "batched GEMM 64 x [16x25]@[25x576]" in str(lenet1.plan)
     strided = tc.compile("y[n,o,h,w] = x[n,c,2*h+u-1,2*w+v-1] * k[o,c,u,v]   where h < 28, "
@@ -341,10 +341,11 @@ def test_blas_calls_lists_the_matmuls_a_plan_makes():
     conv = "y[n,o,h,w] = x[n,c,h+u,w+v] * k[o,c,u,v]"
     lenet2 = tc.compile_grad(conv, wrt=["x", "k"], dtype="float32", x=(64, 16, 12, 12),
                              k=(32, 16, 5, 5), dy=(64, 32, 8, 8))
-    # as the source calls them: y [n*h*w, u*v*c] @ [u*v*c, o]; dx [n*h*w, o] @ [o, c*u*v];
-    # dk [u*v*c, n*h*w] @ [n*h*w, o] (x_cols.T: the copy the forward shares)
+    # as the source calls them: y [n*h*w, u*v*c] @ [u*v*c, o]; dx [c*u*v, o] @ [o, n*h*w]
+    # (w innermost for the col2im); dk [u*v*c, n*h*w] @ [n*h*w, o] (x_cols.T: the copy the
+    # forward shares)
     assert blas_calls(lenet2.plan) == [BlasCall(0, 1, 1, 4096, 400, 32),
-                                       BlasCall(1, 1, 1, 4096, 32, 400),
+                                       BlasCall(1, 1, 1, 400, 32, 4096),
                                        BlasCall(2, 1, 1, 400, 4096, 32)]
     assert "np.matmul(x_cols.reshape(4096, 400).T, dy" in lenet2.source
     assert sum(c.flops for c in blas_calls(lenet2.plan)) == lenet2.plan.flops

@@ -25,7 +25,7 @@ Plan:
       naive FLOPs: 3,612,672   planned FLOPs: 3,612,672   speedup: 1x
       largest intermediate: 112,896 elements   peak temporary: 953 kB (estimated)
       step  contraction                                       FLOPs  how
-      1     [n,o,h,w],[o,c,u,v]->[n,c,h,u,w,v]            3,612,672  GEMM [784x16]@[16x144], sum over o, copies 50.2 kB into GEMM layout
+      1     [n,o,h,w],[o,c,u,v]->[n,c,h,u,w,v]            3,612,672  GEMM [144x16]@[16x784], sum over o, copies 50.2 kB into GEMM layout
 
     statement 3 (line 7): dk[o,c,u,v] = dy[n,o,h,w]*x[n,c,2*h+u-1,2*w+v-1]   where h < 14, w < 14, x: zero
       ranges: o=16 c=16 u=3 v=3 n=4 h=14 w=14
@@ -166,17 +166,17 @@ def pack_x_1(src, dst):
 @njit(parallel=True, cache=True)
 def scatter_dx_2(g, dst):
     """dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w]*k[o,c,u,v]   where h < 14, w < 14, dx: zero: the contribution added through the windows (col2im)"""
-    for row in prange(64):
-        i_c = row % 16
-        i_n = row // 16
-        for i_h in range(14):
-            for i_w in range(14):
-                for i_u in range(3):
-                    p0 = 2 * i_h + i_u - 1
-                    for i_v in range(3):
-                        p1 = 2 * i_w + i_v - 1
-                        if 0 <= p0 < 28 and 0 <= p1 < 28:
-                            dst[i_n, i_c, p0, p1] += g[i_n, i_h, i_w, i_c, i_u, i_v]
+    for row in prange(16):
+        i_c = row
+        for i_u in range(3):
+            for i_v in range(3):
+                for i_n in range(4):
+                    for i_h in range(14):
+                        p0 = 2 * i_h + i_u - 1
+                        for i_w in range(14):
+                            p1 = 2 * i_w + i_v - 1
+                            if 0 <= p0 < 28 and 0 <= p1 < 28:
+                                dst[i_n, i_c, p0, p1] += g[i_c, i_u, i_v, i_n, i_h, i_w]
 '''
 _jit = _load_jit(JIT_SOURCE)
 
@@ -192,9 +192,9 @@ def kernel(x, k, dy):
     # statement 2 (line 6): dx[n,c,2*h+u-1,2*w+v-1] += dy[n,o,h,w]*k[o,c,u,v]   where h < 14, w < 14, dx: zero
     #   contraction as a BLAS GEMM; col2im adds by threaded Numba loops
     dx = np.zeros((4, 16, 28, 28), dtype=DTYPE)
-    # step 1/1: GEMM [784x16]@[16x144], sum over o, 3.61 MFLOP
-    contribution = np.matmul(dy.transpose(0, 2, 3, 1).reshape(784, 16), k.reshape(16, 144), out=_scratch('contribution', (784, 144))).reshape(4, 14, 14, 16, 3, 3).transpose(0, 3, 1, 4, 2, 5)
-    _jit.scatter_dx_2(contribution.transpose(0, 2, 4, 1, 3, 5), dx)
+    # step 1/1: GEMM [144x16]@[16x784], sum over o, 3.61 MFLOP
+    contribution = np.matmul(k.reshape(16, 144).T, dy.transpose(1, 0, 2, 3).reshape(16, 784), out=_scratch('contribution', (144, 784))).reshape(16, 3, 3, 4, 14, 14).transpose(3, 0, 4, 1, 5, 2)
+    _jit.scatter_dx_2(contribution.transpose(1, 3, 5, 0, 2, 4), dx)
     del contribution
 
     # statement 3 (line 7): dk[o,c,u,v] = dy[n,o,h,w]*x[n,c,2*h+u-1,2*w+v-1]   where h < 14, w < 14, x: zero
