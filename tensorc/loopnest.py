@@ -85,6 +85,10 @@ class LoopNest:
     # is reached exactly once, so each point stores its value, into memory never zeroed
     tiled: bool = False
     one_thread: bool = False  # on the CPU: too little work to wake other threads for
+    # On the CPU, one thread's kernel run on two threads: the leading index whose halves
+    # each thread takes, the kernel compiled for half its range and called on slices of
+    # the tensors it leads (`halved`, `split_tensors`)
+    halves: str | None = None
     # On the CPU: the statement before this one, computed inside these loops where this one
     # reads its target (see `producer_indices`), its indices renamed into this nest's. Its
     # target's indices are the outer parallel loops (`outer`); at each of their points the
@@ -186,7 +190,10 @@ class LoopNest:
         what = f"{self.target}[{target_shape}] by a Numba loop kernel {self.name}"
         if self.tiled:
             what += f", each element stored once (its windows tile {self.target})"
-        if self.one_thread:
+        if self.halves:
+            what += (f", on two threads, each over half of {self.halves} "
+                     f"({self.visits:,} points visited)")
+        elif self.one_thread:
             what += f", on one thread ({self.visits:,} points visited)"
         loops = _reductions(self.statement.value)
         if loops:
@@ -201,6 +208,35 @@ class LoopNest:
         if modes:
             what += f"; boundary {', '.join(repr(m) for m in modes)} by index arithmetic"
         return what
+
+    def accesses(self) -> list[tuple[str, tuple[IndexMap, ...]]]:
+        """Every (tensor, maps) the loops read or write: the target, then each read."""
+        return [(self.target, self.statement.target_maps)] + [
+            (n.tensor, n.maps) for value in self.values for n in walk(value)
+            if isinstance(n, Read)]
+
+    @property
+    def split_tensors(self) -> tuple[str, ...]:
+        """With `halves`: the kernel's arguments it leads (sliced in two), in order."""
+        led = {t for t, maps in self.accesses() if maps and maps[0].indices() == (self.halves,)}
+        return tuple(t for t in (*self.inputs, self.target) if t in led)
+
+    def halved(self) -> LoopNest:
+        """The nest over half of `halves`' range, the tensors it leads half as long: the
+        kernel each of the two threads calls on its slices."""
+        index = self.halves
+        split = {t for t, maps in self.accesses() if maps and maps[0].indices() == (index,)}
+
+        def half(statement: Statement) -> Statement:
+            if index not in statement.ranges:
+                return statement
+            return replace(statement, ranges={
+                **statement.ranges, index: statement.ranges[index] // 2})
+        shapes = {t: (shape[0] // 2, *shape[1:]) if t in split else shape
+                  for t, shape in self.shapes.items()}
+        producer = None if self.producer is None else half(self.producer)
+        return replace(self, statement=half(self.statement), shapes=shapes,
+                       producer=producer, halves=None)
 
     @property
     def computed_read(self) -> str:
@@ -404,18 +440,48 @@ def _kernel_name(sp: StatementPlan) -> str:
 # ---- CPU loop kernels (Numba) -----------------------------------------------------------------
 
 JIT_MIN_FLOPS = 200_000  # below this a statement is too quick for a loop kernel to matter
-# Below this many visited points a loop kernel runs on one thread. Waking Numba's workqueue
-# threads costs about 0.2 ms, and on this machine (2 cores) two threads run the vectorized
-# kernels slower than one (as do two Python threads running half each, at 2.5-3x the time
-# of one running all). One thread / two, in ms:
+# Below this many visited points a loop kernel runs without `prange`. Waking Numba's
+# workqueue threads costs about 0.2 ms, and on this machine (2 cores) its two threads run
+# the vectorized kernels slower than one: a `prange` body does not vectorize. One thread /
+# two (prange), in ms:
 #   3x3 depthwise, 16x64x56x56 (29M visits)          4.3-4.9 / 4.9-7.7
 #   the same, 32x128x56x56 (116M visits)            23-25 / 25-40
 #   y with its input and weight gradients (29M each) 20 / 20-23
 #   2x2 max-pool, 16x64x56x56 (3.2M visits)         0.58-0.67 / 0.77-1.38
 #   2x2 max-pool, 32x128x56x56 (13M visits)         2.7-2.9 / 2.8-3.9
 # (Before its loops vectorized, that max-pool took 1.6-2.2 ms on one thread, 0.9-1.4 on
-# two.) Machines with more cores would gain from threads at smaller sizes.
+# two.) An earlier measurement found two Python threads running half each 2.5-3x slower;
+# with the kernel compiled `nogil` and called outside the module's run lock, they gain
+# (HALVES_MIN_VISITS).
 PARALLEL_MIN_VISITS = 1 << 28
+# From this many visited points, a kernel below PARALLEL_MIN_VISITS runs on two threads
+# all the same, each calling it (compiled for half the range, without `prange`, so its
+# loops vectorize as on one thread) on one half of the leading index: `halves`. One thread
+# / two, in ms, measured in one process: a 3x3 s2 max-pool over 16x64x112x112 6.6 / 3.5,
+# a 3x3 depthwise convolution over 16x64x56x56 3.7 / 2.0, a 2x2 max-pool over
+# 16x64x56x56 0.42 / 0.37 and over 64x16x24x24 (590K visits) 0.17 / 0.13.
+HALVES_MIN_VISITS = 1 << 19
+
+
+def _leading_half_index(nest: LoopNest) -> str | None:
+    """The leading parallel index, when its range is even and every tensor that uses it
+    has it as its first dimension, alone (a batch index: halves write disjoint slices of
+    the target and read only their own slices), and no value uses it as a number."""
+    if not nest.parallel or nest.ranges[nest.parallel[0]] % 2:
+        return None
+    index = nest.parallel[0]
+    accesses = nest.accesses()
+    led = {t for t, maps in accesses if any(index in m.indices() for m in maps)}
+    if nest.target not in led:
+        return None
+    for tensor, maps in accesses:
+        if tensor in led and not (maps[0].is_plain and maps[0].indices() == (index,)
+                                  and all(index not in m.indices() for m in maps[1:])):
+            return None  # (a tensor it leads in one access must be led so in every one)
+    if any(isinstance(n, IndexValue) and n.index == index
+           for value in nest.values for n in walk(value)):
+        return None
+    return index
 
 
 def _through_windows(statement: Statement) -> bool:
@@ -510,6 +576,8 @@ def _as_loop_kernel(sp: StatementPlan, plan: ProgramPlan, fresh: bool, device: s
         nest = with_producer(nest, producer, at, plan.program)
     if device == "numba" and not threaded and nest.visits < PARALLEL_MIN_VISITS:
         nest = replace(nest, one_thread=True)
+        if nest.visits >= HALVES_MIN_VISITS:
+            nest = replace(nest, halves=_leading_half_index(nest))
     strategy = f"{nest.describe(device)} ({why})"
     if GATHER_FORM in sp.strategy:
         strategy = f"{GATHER_FORM}; {strategy}"

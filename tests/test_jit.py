@@ -270,27 +270,70 @@ def test_a_max_pool_gradient_stores_each_element_once_where_its_windows_tile(
     _assert_pool_gradient_as_torch(grad, torch, size, window, stride, seed=6)
 
 
-def test_small_loop_kernels_run_on_one_thread_large_ones_on_all(monkeypatch):
-    """Threads cost more than they bring below PARALLEL_MIN_VISITS visited points: such a
-    kernel is a plain loop (the plan says so); TENSORC_JIT=always threads every one, so that
-    the tests above exercise prange."""
+def test_small_loop_kernels_run_on_one_thread_larger_ones_on_two_and_large_ones_on_all(
+        monkeypatch):
+    """Threads cost more than they bring below HALVES_MIN_VISITS visited points: such a
+    kernel is a plain loop (the plan says so). Up to PARALLEL_MIN_VISITS, two threads each
+    call it, compiled for half the batch, on their half (`in_halves`: loops as on one
+    thread, which vectorize). Above, `prange`; TENSORC_JIT=always threads every one, so
+    that the tests above exercise prange."""
     torch = pytest.importorskip("torch")
-    from tensorc.loopnest import PARALLEL_MIN_VISITS
+    from tensorc.loopnest import HALVES_MIN_VISITS, PARALLEL_MIN_VISITS
     monkeypatch.setenv("TENSORC_JIT", "auto")
     pool = POOL_GRAD.format(s=2, k=2)
-    small = tc.compile(pool, y=(16, 64, 56, 56), dtype="float32")  # 3.2M visits
+    small = tc.compile(pool, y=(32, 16, 24, 24), dtype="float32")  # 295K visits
+    halves = tc.compile(pool, y=(16, 64, 56, 56), dtype="float32")  # 3.2M visits
     large = tc.compile(pool, y=(64, 64, 256, 256), dtype="float32")  # 268M: compiled only
-    assert small.plan.statements[0].loop_nest.visits < PARALLEL_MIN_VISITS \
-        <= large.plan.statements[0].loop_nest.visits
-    assert "on one thread (3,211,264 points visited)" in small.plan.statements[0].strategy
-    assert "@njit(parallel=False" in small.source and "prange(" not in small.source
+    visits = [k.plan.statements[0].loop_nest.visits for k in (small, halves, large)]
+    assert visits[0] < HALVES_MIN_VISITS <= visits[1] < PARALLEL_MIN_VISITS <= visits[2]
+    assert "on one thread (294,912 points visited)" in small.plan.statements[0].strategy
+    assert "on two threads, each over half of n (3,211,264 points visited)" in \
+        halves.plan.statements[0].strategy
+    for kern in (small, halves):
+        assert "@njit(parallel=False" in kern.source and "prange(" not in kern.source
+    assert "for row in range(14336):" in halves.source  # 8 images x 64 channels x 28 rows
+    assert "_jit.in_halves('compute_p_1', (True, True), np.ascontiguousarray(y), p)" in \
+        halves.source
     assert "@njit(parallel=True" in large.source and "on one thread" not in str(large.plan)
-    y = np.random.default_rng(7).standard_normal((16, 64, 56, 56), dtype=np.float32)
-    want = torch.nn.functional.max_pool2d(torch.from_numpy(y), 2).numpy()
-    np.testing.assert_array_equal(small(y=y), want)
+    rng = np.random.default_rng(7)
+    for kern, shape in ((small, (32, 16, 24, 24)), (halves, (16, 64, 56, 56))):
+        y = rng.standard_normal(shape, dtype=np.float32)
+        want = torch.nn.functional.max_pool2d(torch.from_numpy(y), 2).numpy()
+        np.testing.assert_array_equal(kern(y=y), want)
     monkeypatch.setenv("TENSORC_JIT", "always")
     threaded = tc.compile(pool, y=(64, 16, 24, 24), dtype="float32")
     assert "@njit(parallel=True" in threaded.source
+
+
+@pytest.mark.parametrize("src, shapes, halved", [
+    # a weight shared by both halves, passed whole
+    ("y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < 56, w < 56, x: zero",
+     dict(x=(16, 64, 56, 56), k=(64, 3, 3)), True),
+    # an odd batch does not halve
+    ("y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < 56, w < 56, x: zero",
+     dict(x=(15, 64, 56, 56), k=(64, 3, 3)), False),
+    # x led by n in one read, not in the other: its halves would not hold every read
+    ("y[n,c,h,w] = max[u,v](x[n,c,h+u-1,w+v-1]) * x[0,c,h,w]   where u < 3, v < 3, h < 56, "
+     "w < 56, x: zero",
+     dict(x=(16, 64, 56, 56)), False),
+    # n as a number: each half would count from 0
+    ("y[n,c,h,w] = max[u,v](x[n,c,h+u-1,w+v-1]) * n   where u < 3, v < 3, h < 56, w < 56, "
+     "x: zero",
+     dict(x=(16, 64, 56, 56)), False),
+])
+def test_two_threads_take_halves_only_of_a_leading_batch_index(src, shapes, halved,
+                                                                monkeypatch):
+    """Values as NumPy's (TENSORC_JIT=off) wherever the kernel runs in halves or not."""
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    kern = tc.compile(src, dtype="float64", **shapes)
+    nest = kern.plan.statements[0].loop_nest
+    assert nest is not None and (nest.halves == "n") == halved, kern.plan
+    assert ("_jit.in_halves(" in kern.source) == halved
+    rng = np.random.default_rng(8)
+    arrays = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    monkeypatch.setenv("TENSORC_JIT", "off")
+    want = tc.compile(src, dtype="float64", **shapes)(**arrays)
+    np.testing.assert_allclose(kern(**arrays), want, rtol=1e-12, atol=1e-12)
 
 
 # ---- a loop kernel computing the statement before it (loopnest.producer_indices) --------

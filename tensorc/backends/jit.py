@@ -24,6 +24,7 @@ Without Numba, nothing here is used and the NumPy path runs, as it always can.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import importlib.util
@@ -194,8 +195,9 @@ LLVM_MIN_TRIP_COUNT = 16  # LLVM's default, restored after each listed kernel co
 class _NumbaRenderer(_PythonSyntax):
     """A nest as a Numba function: `prange` over rows, the rest as plain loops."""
 
-    def __init__(self, nest: LoopNest) -> None:
+    def __init__(self, nest: LoopNest, nogil: bool = False) -> None:
         super().__init__(nest)
+        self.nogil = nogil  # (two threads call it at once: `in_halves`)
         self.flat_names = {t: self.fresh(f"{nest_name(t)}_flat") for t in nest.shapes}
         # indices whose current values keep every read that uses them in bounds
         self.interior_indices: set[str] = set()
@@ -608,7 +610,7 @@ class _NumbaRenderer(_PythonSyntax):
             docstring += (f"\n\n    with {nest.producer.text}\n    computed in its loops, "
                           f"once per point of {','.join(nest.outer)}, never stored")
         return "\n".join([
-            f"@njit(parallel={parallel}, cache=True, error_model='numpy', fastmath={{'reassoc', 'contract'}})",
+            f"@njit(parallel={parallel}, {'nogil=True, ' if self.nogil else ''}cache=True, error_model='numpy', fastmath={{'reassoc', 'contract'}})",
             f"def {nest.name}({', '.join(params)}):",
             f'    """{docstring}"""',
             *prologue,
@@ -651,7 +653,8 @@ def render_numba(nests: list[LoopNest], dtype: str, copies: tuple[str, ...] = ()
     """A module with one Numba-compiled function per nest, then the packing copies
     (`render_pack`, `render_scatter`) of the NumPy code around GEMMs."""
     real = "float64" if dtype == "float64" else "float32"
-    renderers = [_NumbaRenderer(n) for n in nests]
+    renderers = [_NumbaRenderer(n.halved() if n.halves else n, nogil=bool(n.halves))
+                 for n in nests]
     functions = [r.function() for r in renderers] + list(copies)
     short = [r.nest.name for r in renderers if r.vectorizes_short_loops()]
     short_loops = "" if not short else (
@@ -873,6 +876,12 @@ _LOCK = threading.Lock()
 _RUN_LOCK = threading.Lock()
 
 
+@functools.cache
+def _second_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that runs the other half of `in_halves` calls."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tensorc-halves")
+
+
 class _Serialized:
     """A kernel module whose kernels run one at a time across threads: Numba's workqueue
     threading layer does not support parallel loops entered from several threads at once
@@ -880,6 +889,19 @@ class _Serialized:
 
     def __init__(self, module: Any) -> None:
         self.module = module
+
+    def in_halves(self, name: str, split: tuple[bool, ...], *arrays: Any) -> None:
+        """Kernel `name` (compiled for half the leading index: LoopNest.halved) called by
+        two threads at once, each on one half of the arrays `split` marks (along their
+        first axis) and on the others whole. Its loops have no `prange`: the two calls may
+        overlap."""
+        function = getattr(self.module, name)
+        halves = [[a[:len(a) // 2] if cut else a for a, cut in zip(arrays, split)],
+                  [a[len(a) // 2:] if cut else a for a, cut in zip(arrays, split)]]
+        with _RUN_LOCK:
+            other = _second_thread().submit(function, *halves[0])
+            function(*halves[1])
+            other.result()
 
     def __getattr__(self, name: str) -> Any:
         function = getattr(self.module, name)

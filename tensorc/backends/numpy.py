@@ -1429,7 +1429,11 @@ class _ModuleRenderer:
         else:
             lines.append(f"{target} = {namespace}.zeros({_tuple(shape)}, dtype=DTYPE)")
         inputs = [contiguous.format(self.variable(t)) for t in nest.inputs]
-        if nest.threads:
+        if nest.threads and nest.halves:  # (Numba's: on two threads, each over half)
+            split = tuple(t in nest.split_tensors for t in (*nest.inputs, statement.target))
+            lines.append(f"_jit.in_halves({nest.name!r}, {split}, "
+                         f"{', '.join(inputs + [target])})")
+        elif nest.threads:
             lines.append(call.format(name=nest.name, threads=nest.threads,
                                      arguments=", ".join(inputs + [target])))
         self.defined.add(statement.target)

@@ -13,7 +13,7 @@ Plan:
 
     statement 1 (line 3): p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2
       ranges: n=64 c=16 h=12 w=12 u=2 v=2
-      strategy: p[64x16x12x12] by a Numba loop kernel compute_p_1, on one thread (589,824 points visited): max over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
+      strategy: p[64x16x12x12] by a Numba loop kernel compute_p_1, on two threads, each over half of n (589,824 points visited): max over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
       naive FLOPs: 589,824   planned FLOPs: 589,824   speedup: 1x
       largest intermediate: 0 elements   peak temporary: 0 B (estimated)
 
@@ -25,7 +25,7 @@ Plan:
 
     statement 3 (line 5): dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
       ranges: n=64 c=16 h=12 u=2 w=12 v=2
-      strategy: dy[64x16x24x24] by a Numba loop kernel compute_dy_3, each element stored once (its windows tile dy), on one thread (1,179,648 points visited); ties[n,c,h,w] computed in its loops once per point of n,c,h,w (sum over u,v in registers), never stored (through windows, without a GEMM: one pass instead of one per window offset)
+      strategy: dy[64x16x24x24] by a Numba loop kernel compute_dy_3, each element stored once (its windows tile dy), on two threads, each over half of n (1,179,648 points visited); ties[n,c,h,w] computed in its loops once per point of n,c,h,w (sum over u,v in registers), never stored (through windows, without a GEMM: one pass instead of one per window offset)
       naive FLOPs: 1,327,104   planned FLOPs: 1,769,472   speedup: 0.75x
       largest intermediate: 0 elements   peak temporary: 0 B (estimated)
 """
@@ -133,12 +133,12 @@ def tc_reflect(p, n):
     return q if q < n else 2 * n - 2 - q
 
 
-@njit(parallel=False, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
+@njit(parallel=False, nogil=True, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
 def compute_p_1(y, p):
     """p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"""
     y_flat = y.reshape(-1)
     p_flat = p.reshape(-1)
-    for row in range(12288):
+    for row in range(6144):
         h = row % 12
         rest = row // 12
         c = rest % 16
@@ -152,7 +152,7 @@ def compute_p_1(y, p):
             p_flat[((n * 16 + c) * 12 + h) * 12 + w] = max_u_v
 
 
-@njit(parallel=False, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
+@njit(parallel=False, nogil=True, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
 def compute_dy_3(dp, y, p, dy):
     """dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
 
@@ -162,7 +162,7 @@ def compute_dy_3(dp, y, p, dy):
     y_flat = y.reshape(-1)
     p_flat = p.reshape(-1)
     dy_flat = dy.reshape(-1)
-    for row in range(12288):
+    for row in range(6144):
         h = row % 12
         rest = row // 12
         c = rest % 16
@@ -192,16 +192,16 @@ _jit = _load_jit(JIT_SOURCE)
 
 def kernel(y, dp):
     # statement 1 (line 3): p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2
-    #   p[64x16x12x12] by a Numba loop kernel compute_p_1, on one thread (589,824 points visited): max over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
+    #   p[64x16x12x12] by a Numba loop kernel compute_p_1, on two threads, each over half of n (589,824 points visited): max over u,v in registers (through windows, without a GEMM: one pass instead of one per window offset)
     p = np.empty((64, 16, 12, 12), dtype=DTYPE)
-    _jit.compute_p_1(np.ascontiguousarray(y), p)
+    _jit.in_halves('compute_p_1', (True, True), np.ascontiguousarray(y), p)
 
     # statement 2 (line 4): ties[n,c,h,w] = sum[u,v](y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
     #   ties[n,c,h,w] computed inside compute_dy_3's loops (statement 3), once per point of n,c,h,w, never stored
 
     # statement 3 (line 5): dy[n,c,2*h+u,2*w+v] += dp[n,c,h,w]/ties[n,c,h,w]*(y[n,c,2*h+u,2*w+v] == p[n,c,h,w])   where u < 2, v < 2
-    #   dy[64x16x24x24] by a Numba loop kernel compute_dy_3, each element stored once (its windows tile dy), on one thread (1,179,648 points visited); ties[n,c,h,w] computed in its loops once per point of n,c,h,w (sum over u,v in registers), never stored (through windows, without a GEMM: one pass instead of one per window offset)
+    #   dy[64x16x24x24] by a Numba loop kernel compute_dy_3, each element stored once (its windows tile dy), on two threads, each over half of n (1,179,648 points visited); ties[n,c,h,w] computed in its loops once per point of n,c,h,w (sum over u,v in registers), never stored (through windows, without a GEMM: one pass instead of one per window offset)
     dy = np.empty((64, 16, 24, 24), dtype=DTYPE)
-    _jit.compute_dy_3(np.ascontiguousarray(dp), np.ascontiguousarray(y), np.ascontiguousarray(p), dy)
+    _jit.in_halves('compute_dy_3', (True, True, True, True), np.ascontiguousarray(dp), np.ascontiguousarray(y), np.ascontiguousarray(p), dy)
 
     return dy
