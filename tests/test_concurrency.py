@@ -347,3 +347,34 @@ def test_recursion_headroom_is_shared_and_restored():
 
     _hammer(work, tasks)
     assert sys.getrecursionlimit() == before
+
+
+HALVES_POOL = "p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_kernel_on_two_threads_from_many_threads_and_after_a_fork(monkeypatch):
+    """A kernel that runs in halves (`in_halves`: the second half on a helper thread) gives
+    NumPy's values when called from many threads at once, and in a forked child, which
+    inherits the helper's executor but not its thread."""
+    pytest.importorskip("numba")
+    import multiprocessing
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    kern = tc.compile(HALVES_POOL, y=(16, 64, 32, 32), dtype="float32")
+    assert "_jit.in_halves(" in kern.source, kern.plan
+    rng = np.random.default_rng(9)
+    inputs = [rng.standard_normal((16, 64, 32, 32), dtype=np.float32) for _ in range(6)]
+    wants = [y.reshape(16, 64, 16, 2, 16, 2).max(axis=(3, 5)) for y in inputs]
+    with ThreadPoolExecutor(3) as pool:
+        gots = list(pool.map(lambda y: kern(y=y), inputs * 3))
+    for got, want in zip(gots, wants * 3):
+        np.testing.assert_array_equal(got, want)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as child:
+        got = child.apply_async(_pool_in_child, (kern.source, inputs[0])).get(timeout=60)
+    np.testing.assert_array_equal(got, wants[0])
+
+
+def _pool_in_child(source: str, y: np.ndarray) -> np.ndarray:
+    from tensorc.backends.numpy import execute_module
+    return execute_module(source, "numpy")["kernel"](y)

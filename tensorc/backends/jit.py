@@ -876,10 +876,18 @@ _LOCK = threading.Lock()
 _RUN_LOCK = threading.Lock()
 
 
-@functools.cache
+_HALVES_THREAD: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+
+
 def _second_thread() -> concurrent.futures.ThreadPoolExecutor:
-    """The thread that runs the other half of `in_halves` calls."""
-    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tensorc-halves")
+    """The thread that runs the other half of `in_halves` calls (under _RUN_LOCK), one per
+    process: a forked child inherits the executor but not its thread, and would wait on it
+    forever."""
+    global _HALVES_THREAD
+    if _HALVES_THREAD is None or _HALVES_THREAD[0] != os.getpid():
+        _HALVES_THREAD = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="tensorc-halves"))
+    return _HALVES_THREAD[1]
 
 
 class _Serialized:
