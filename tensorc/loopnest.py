@@ -216,16 +216,15 @@ class LoopNest:
             if isinstance(n, Read)]
 
     @property
-    def split_tensors(self) -> tuple[str, ...]:
-        """With `halves`: the kernel's arguments it leads (sliced in two), in order."""
-        led = {t for t, maps in self.accesses() if maps and maps[0].indices() == (self.halves,)}
-        return tuple(t for t in (*self.inputs, self.target) if t in led)
+    def split_tensors(self) -> frozenset[str]:
+        """With `halves`: the tensors it leads, sliced in two."""
+        return frozenset(t for t, maps in self.accesses()
+                         if maps and maps[0].indices() == (self.halves,))
 
     def halved(self) -> LoopNest:
         """The nest over half of `halves`' range, the tensors it leads half as long: the
         kernel each of the two threads calls on its slices."""
-        index = self.halves
-        split = {t for t, maps in self.accesses() if maps and maps[0].indices() == (index,)}
+        index, split = self.halves, self.split_tensors
 
         def half(statement: Statement) -> Statement:
             if index not in statement.ranges:

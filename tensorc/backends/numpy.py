@@ -1430,7 +1430,8 @@ class _ModuleRenderer:
             lines.append(f"{target} = {namespace}.zeros({_tuple(shape)}, dtype=DTYPE)")
         inputs = [contiguous.format(self.variable(t)) for t in nest.inputs]
         if nest.threads and nest.halves:  # (Numba's: on two threads, each over half)
-            split = tuple(t in nest.split_tensors for t in (*nest.inputs, statement.target))
+            cut = nest.split_tensors
+            split = tuple(t in cut for t in (*nest.inputs, statement.target))
             lines.append(f"_jit.in_halves({nest.name!r}, {split}, "
                          f"{', '.join(inputs + [target])})")
         elif nest.threads:
