@@ -1346,6 +1346,44 @@ def _substitute(m: IndexMap, index: str, by: IndexMap) -> IndexMap:
     return IndexMap(tuple((n, c) for n, c in terms.items() if c), m.offset + coefficient * by.offset)
 
 
+def without_unit_offsets(statement: Statement, shape: tuple[int, ...]) -> Statement:
+    """`statement` with each window offset that takes one value (u in x[n,c,h+u,w+v] with
+    u < 1) dropped from the positions it shifts: a 1x1 convolution then reads x whole and
+    contracts by GEMM, instead of copying windows of one element (im2col). An offset is
+    dropped only where another map still reads it (k[o,c,u,v]), so that it keeps an axis,
+    and not where it would leave a plain target index short of its dimension (`shape`):
+    dx[n,c,3*w+v] with w < 1 and v < 3 writes 3 of dx's 5 positions."""
+    maps = [*statement.target_maps,
+            *(m for r in walk(statement.value) if isinstance(r, Read) for m in r.maps)]
+    shifts = {n for m in maps if len(m.terms) > 1 for n, _ in m.terms
+              if statement.ranges[n] == 1}
+    unit = {n for n in shifts if any(m.terms == ((n, 1),) for m in maps)}
+    if not unit:
+        return statement
+
+    def dropped(m: IndexMap) -> IndexMap:
+        if len(m.terms) == 1:
+            return m
+        return IndexMap(tuple((n, c) for n, c in m.terms if n not in unit), m.offset)
+
+    value = map_reads(statement.value,
+                      lambda read: replace(read, maps=tuple(map(dropped, read.maps))))
+    target_maps = tuple(map(dropped, statement.target_maps))
+    if any(m.is_plain and not old.is_plain and statement.ranges[m.terms[0][0]] != size
+           for m, old, size in zip(target_maps, statement.target_maps, shape)):
+        return statement
+    # An offset the target no longer names is summed (over its one value), like any other
+    # index the right side alone reads.
+    kept = {n for m in target_maps for n in m.indices()}
+    freed = tuple(n for m in statement.target_maps for n in m.indices() if n not in kept)
+    if freed:
+        if isinstance(value, Reduce) and value.op == "sum" and value.implicit:
+            value = replace(value, indices=(*value.indices, *freed))
+        else:
+            value = Reduce("sum", freed, value, True)
+    return replace(statement, target_maps=target_maps, value=value)
+
+
 def gather_form(statement: Statement, shape: tuple[int, ...]) -> Statement | None:
     """An accumulation through windows, rewritten to read through them instead.
 
@@ -1529,6 +1567,7 @@ def _plan_statement(program: CheckedProgram, number: int, statement: Statement,
     """The plan of one statement of `program` (`defined_before`: whether an input or an
     earlier statement gave its target a value). `windows_read`: the copies of windows it
     reads instead of the windows (reading_kept_windows), each with who made it."""
+    statement = without_unit_offsets(statement, program.tensors[statement.target].shape)
     fresh = not defined_before and not any(
         isinstance(n, Read) and n.tensor == statement.target for n in walk(statement.value))
     budget = settings.budget

@@ -286,6 +286,49 @@ def test_gradients_through_channels_last_windows_match_torch():
     np.testing.assert_allclose(out["dk"], kt.grad.numpy(), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_one_by_one_convolution_reads_its_input_whole_without_im2col(stride):
+    """u < 1 in x[n,c,h+u,w+v] takes one value: the read is x itself (strided for stride 2),
+    contracted by GEMM in all three statements, values and gradients as PyTorch's."""
+    import torch
+    import torch.nn.functional as F
+    at = "h+u, w+v" if stride == 1 else "2*h+u, 2*w+v"
+    source = f"y[n,o,h,w] = x[n,c,{at}] * k[o,c,u,v]   where h < 6, w < 6"
+    rng = np.random.default_rng(3)
+    x, k = rng.standard_normal((4, 24, 6 * stride, 6 * stride)), rng.standard_normal((8, 24, 1, 1))
+    dy = rng.standard_normal((4, 8, 6, 6))
+    kern = tc.compile_grad(source, wrt=["x", "k"], x=x.shape, k=k.shape, dy=dy.shape)
+    strategies = [line for line in str(kern.plan).splitlines() if "strategy:" in line]
+    assert len(strategies) == 3
+    if stride == 1:
+        assert not any("window" in line for line in strategies)
+        assert "as_strided(" not in kern.source and "copyto" not in kern.source
+    else:  # a strided slice of x, copied once into GEMM order
+        assert all("x[n,c,2*h,2*w]" in line for line in strategies[::2])
+    out = kern(x=x, k=k, dy=dy)
+    xt, kt = torch.tensor(x, requires_grad=True), torch.tensor(k, requires_grad=True)
+    yt = F.conv2d(xt, kt, stride=stride)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(out["y"], yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out["dx"], xt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out["dk"], kt.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("source, want", [
+    # the offset is read nowhere else: it stays, and the window of one element is summed
+    ("y[i] = x[i+u]   where i < 5, u < 1", lambda x: x[:5]),
+    ("y[i] = x[i+u-1] * 2   where i < 5, u < 1, x: zero", lambda x: 2 * np.r_[0, x[:4]]),
+    ("y: f64[6]\ny[i+u] += x[i] * k[u]   where u < 1", lambda x: 3 * x),
+    # the position takes one value: y[v] would leave y[3:] to a reader of its range alone
+    ("y: f64[5]\ny[3*w+v] += x[v] * k[w]   where w < 1, v < 3", lambda x: np.r_[3 * x[:3], 0, 0]),
+])
+def test_offsets_of_one_value_read_as_numpy_does(source, want):
+    x = np.arange(1.0, 7.0)
+    kern = tc.compile(source, x=(6,), **({"k": (1,)} if "k[" in source else {}))
+    got = kern(x=x, **({"k": np.array([3.0])} if "k[" in source else {}))
+    np.testing.assert_allclose(got, want(x))
+
+
 GEMV = "products with a vector of ones (BLAS GEMV)"
 
 
