@@ -375,6 +375,43 @@ def test_a_kernel_on_two_threads_from_many_threads_and_after_a_fork(monkeypatch)
     np.testing.assert_array_equal(got, wants[0])
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_a_kernel_runs_starts_with_the_run_lock_free(monkeypatch):
+    """A fork taken while another thread of the parent holds the lock kernels run under
+    (here: held by the test itself) leaves the child a free lock, not one nobody releases."""
+    pytest.importorskip("numba")
+    import multiprocessing
+    from tensorc.backends import jit
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    kern = tc.compile(HALVES_POOL, y=(16, 64, 32, 32), dtype="float32")
+    y = np.random.default_rng(10).standard_normal((16, 64, 32, 32), dtype=np.float32)
+    context = multiprocessing.get_context("fork")
+    with jit._RUN_LOCK, context.Pool(1) as child:  # the lock held as the child forks
+        got = child.apply_async(_pool_in_child, (kern.source, y)).get(timeout=60)
+    np.testing.assert_array_equal(got, y.reshape(16, 64, 16, 2, 16, 2).max(axis=(3, 5)))
+
+
+def test_a_half_that_raises_lets_the_other_half_finish_first():
+    """in_halves waits for the helper thread's half even when its own half raises, so no
+    half still runs once the caller sees the error (or the next kernel starts)."""
+    import threading
+    import time
+    from tensorc.backends import jit
+    finished = []
+    main = threading.get_ident()
+
+    def half(part: np.ndarray) -> None:
+        if threading.get_ident() == main:
+            raise ValueError("this half failed")
+        time.sleep(0.2)
+        finished.append(len(part))
+
+    module = jit._Serialized(type("Module", (), {"half": staticmethod(half)}))
+    with pytest.raises(ValueError, match="this half failed"):
+        module.in_halves("half", (True,), np.zeros(8))
+    assert finished == [4]
+
+
 def _pool_in_child(source: str, y: np.ndarray) -> np.ndarray:
     from tensorc.backends.numpy import execute_module
     return execute_module(source, "numpy")["kernel"](y)

@@ -876,6 +876,17 @@ _LOCK = threading.Lock()
 _RUN_LOCK = threading.Lock()
 
 
+def _unlocked_in_child() -> None:
+    """A forked child starts with both locks free: one another thread of the parent held
+    at the fork would stay held in the child, whose copy of that thread never runs on."""
+    global _LOCK, _RUN_LOCK
+    _LOCK, _RUN_LOCK = threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_unlocked_in_child)
+
+
 _HALVES_THREAD: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
 
 
@@ -908,7 +919,10 @@ class _Serialized:
                   [a[len(a) // 2:] if cut else a for a, cut in zip(arrays, split)]]
         with _RUN_LOCK:
             other = _second_thread().submit(function, *halves[0])
-            function(*halves[1])
+            try:
+                function(*halves[1])
+            finally:  # the other half writes into the same outputs: it ends first
+                concurrent.futures.wait([other])
             other.result()
 
     def __getattr__(self, name: str) -> Any:
