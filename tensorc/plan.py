@@ -1352,12 +1352,17 @@ def without_unit_offsets(statement: Statement, shape: tuple[int, ...]) -> Statem
     contracts by GEMM, instead of copying windows of one element (im2col). An offset is
     dropped only where another map still reads it (k[o,c,u,v]), so that it keeps an axis,
     and not where it would leave a plain target index short of its dimension (`shape`):
-    dx[n,c,3*w+v] with w < 1 and v < 3 writes 3 of dx's 5 positions."""
+    dx[n,c,3*w+v] with w < 1 and v < 3 writes 3 of dx's 5 positions, or name one index
+    in two of the target's dimensions."""
     maps = [*statement.target_maps,
             *(m for r in walk(statement.value) if isinstance(r, Read) for m in r.maps)]
     shifts = {n for m in maps if len(m.terms) > 1 for n, _ in m.terms
               if statement.ranges[n] == 1}
-    unit = {n for n in shifts if any(m.terms == ((n, 1),) for m in maps)}
+    value = statement.value
+    outer = value.body if isinstance(value, Reduce) and value.implicit else value
+    # (an index a reduction inside binds, sum[i](...), is another variable there)
+    inner = {n for node in walk(outer) if isinstance(node, Reduce) for n in node.indices}
+    unit = {n for n in shifts - inner if any(m.terms == ((n, 1),) for m in maps)}
     if not unit:
         return statement
 
@@ -1366,16 +1371,18 @@ def without_unit_offsets(statement: Statement, shape: tuple[int, ...]) -> Statem
             return m
         return IndexMap(tuple((n, c) for n, c in m.terms if n not in unit), m.offset)
 
-    value = map_reads(statement.value,
-                      lambda read: replace(read, maps=tuple(map(dropped, read.maps))))
+    value = map_reads(value, lambda read: replace(read, maps=tuple(map(dropped, read.maps))))
     target_maps = tuple(map(dropped, statement.target_maps))
-    if any(m.is_plain and not old.is_plain and statement.ranges[m.terms[0][0]] != size
-           for m, old, size in zip(target_maps, statement.target_maps, shape)):
-        return statement
+    named = [n for m in target_maps for n in m.indices()]
+    if len(set(named)) < len(named) or any(
+            m.is_plain and not old.is_plain and statement.ranges[m.terms[0][0]] != size
+            for m, old, size in zip(target_maps, statement.target_maps, shape)):
+        return statement  # (y[i+j,i+j] would become a diagonal, y[i,i])
     # An offset the target no longer names is summed (over its one value), like any other
     # index the right side alone reads.
     kept = {n for m in target_maps for n in m.indices()}
-    freed = tuple(n for m in statement.target_maps for n in m.indices() if n not in kept)
+    freed = tuple(dict.fromkeys(n for m in statement.target_maps for n in m.indices()
+                                if n not in kept))
     if freed:
         if isinstance(value, Reduce) and value.op == "sum" and value.implicit:
             value = replace(value, indices=(*value.indices, *freed))

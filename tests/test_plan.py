@@ -321,6 +321,8 @@ def test_a_one_by_one_convolution_reads_its_input_whole_without_im2col(stride):
     ("y: f64[6]\ny[i+u] += x[i] * k[u]   where u < 1", lambda x: 3 * x),
     # the position takes one value: y[v] would leave y[3:] to a reader of its range alone
     ("y: f64[5]\ny[3*w+v] += x[v] * k[w]   where w < 1, v < 3", lambda x: np.r_[3 * x[:3], 0, 0]),
+    # (found by Hypothesis) dropping i from both maps would make the target a diagonal
+    ("y: f64[1, 1]\ny[i+j,i+j] += x[i]   where i < 1, j < 1", lambda x: x[:1, None]),
 ])
 def test_offsets_of_one_value_read_as_numpy_does(source, want):
     x = np.arange(1.0, 7.0)

@@ -949,16 +949,30 @@ def _compare(gp: GeneratedProgram, seed: int, with_shapes: bool) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=name)
 
 
-@settings(max_examples=examples(500), **SETTINGS)
-@given(gp=programs(), seed=st.integers(0, 2 ** 32 - 1), with_shapes=st.booleans())
-def test_compiled_programs_match_reference(gp, seed, with_shapes):
-    _compare(gp, seed, with_shapes)
-
-
 def _pinned(text: str, inputs: dict, accumulators: dict) -> GeneratedProgram:
     """A program found by the generator, kept as an explicit example."""
     shapes = {**inputs, **accumulators}
     return GeneratedProgram(text, tc.parse(text), inputs, shapes, shapes)
+
+
+# Dropping the one-value offset i from both positions made the target a diagonal, y1[j,j],
+# summed i twice, or summed the target's i over a sum[i] that binds another i
+UNIT_OFFSETS_DIAGONAL = _pinned("y1: f64[1, 1]\ny1[i+j,i+j] += a2[i]   where j < 1, y1: zero",
+                                {"a2": (1,)}, {})
+UNIT_OFFSETS_TWICE = _pinned("y1: f64[1, 1]\ny1[i+j,i+k] += a2[i]   where j < 1, k < 1, y1: zero",
+                             {"a2": (1,)}, {})
+UNIT_OFFSET_SHADOWED = _pinned(
+    "y1: f64[1, 1]\ns2: f64\ny1[i+j,i+k] += sum[i](s2 + a3[i])   where i < 1, j < 1, k < 1, "
+    "a3: zero, y1: zero", {"s2": (), "a3": (1,)}, {})
+
+
+@settings(max_examples=examples(500), **SETTINGS)
+@given(gp=programs(), seed=st.integers(0, 2 ** 32 - 1), with_shapes=st.booleans())
+@example(gp=UNIT_OFFSETS_DIAGONAL, seed=0, with_shapes=False)
+@example(gp=UNIT_OFFSETS_TWICE, seed=0, with_shapes=False)
+@example(gp=UNIT_OFFSET_SHADOWED, seed=0, with_shapes=False)
+def test_compiled_programs_match_reference(gp, seed, with_shapes):
+    _compare(gp, seed, with_shapes)
 
 
 # Dask split the max over i into chunks and took the max of y5's sums of maxima
