@@ -1690,13 +1690,14 @@ def _tensors_read(statements) -> set[str]:
     return {n.tensor for s in statements for n in walk(s.value) if isinstance(n, Read)}
 
 
-def full_window_copies(sp: StatementPlan, tensors: Collection[str]
+def full_window_copies(sp: StatementPlan, tensors: Collection[str], chunks: bool = False
                        ) -> Iterator[tuple[PairStep, int, ViewNode, tuple[str, ...]]]:
     """The GEMM operands of a statement's plan that are windows of `tensors` copied into
-    GEMM order in full (not in chunks, not by FFT or shifted GEMMs, not inside a loop
-    kernel): each as its step, its side of the matmul (0 first, 1 second), the window and
-    the axes of the copy in order. The working list follows the renderer's
-    (render_contraction)."""
+    GEMM order whole (not by FFT or shifted GEMMs, not inside a loop kernel), or, with
+    `chunks`, in chunks of the copy's leading axis, each GEMMed into its part of the result
+    (so that the chunks can go to their slices of one buffer; not chunks summed):
+    each as its step, its side of the matmul (0 first, 1 second), the window and the axes
+    of the copy in order. The working list follows the renderer's (render_contraction)."""
     if sp.loop_nest is not None or sp.computed_in is not None:
         return
     sizes = sp.statement.ranges
@@ -1705,7 +1706,9 @@ def full_window_copies(sp: StatementPlan, tensors: Collection[str]
             continue
         working: list[Node | None] = list(contraction.operands)
         for step in contraction.steps:
-            if step.kind == "gemm" and not step.chunked(sizes):
+            chunked = step.chunked(sizes)
+            if step.kind == "gemm" and (chunks or not chunked) \
+                    and not (chunked and step.chunk_axis in step.contracted):
                 pairs = [(working[step.left], step.presum_left),
                          (working[step.right], step.presum_right)]
                 if step.swap:
@@ -1715,7 +1718,8 @@ def full_window_copies(sp: StatementPlan, tensors: Collection[str]
                     if isinstance(node, ViewNode) and node.kind == "strided" and not presum \
                             and node.read.tensor in tensors:
                         axes = tuple(g for g in step.batch if g in node.axes) + first + second
-                        yield step, side, node, axes
+                        if not chunked or axes[0] == step.chunk_axis:
+                            yield step, side, node, axes
             for position in sorted({step.left, step.right}, reverse=True):
                 working.pop(position)
             working.append(None)  # a temporary
@@ -1769,12 +1773,13 @@ def _gemm_operand_only(sp: StatementPlan, tensor: str) -> bool:
 
 def share_windows(plan: ProgramPlan) -> ProgramPlan:
     """`plan` with each statement that reads a window an earlier statement copies into GEMM
-    order in full (full_window_copies) reading that copy instead, where the cost model
-    says it is cheaper: a convolution's forward and weight gradient in one kernel
-    (compile_grad) then make one im2col copy of x, not two. The earlier statement copies
-    into a buffer (`x_cols`, its step's `shared`: steps are marked in place, so call it on
-    a plan just made) that the later one reads as a tensor of the program. Only windows of
-    tensors no statement writes are shared, and no copy a loop kernel would not make."""
+    order (full_window_copies, a forward's chunks of images included) reading that copy
+    instead, where the cost model says it is cheaper: a convolution's forward and weight
+    gradient in one kernel (compile_grad) then make one im2col copy of x, not two. The
+    earlier statement copies into a buffer (`x_cols`, its step's `shared`: steps are marked
+    in place, so call it on a plan just made), chunk by chunk into its slices if it
+    chunks, that the later one reads as a tensor of the program. Only windows of tensors no
+    statement writes are shared, and no copy a loop kernel would not make."""
     program, settings = plan.program, plan.settings
     if settings is None:
         return plan
@@ -1801,8 +1806,13 @@ def share_windows(plan: ProgramPlan) -> ProgramPlan:
             # the statements that would newly hold each copy (until this one), and the bytes
             extra: dict[int, int] = {}
             for w in read:
-                for k in range(last_reader.get(w.name, holders[w.name][2] + 1), number):
-                    extra[k] = extra.get(k, 0) + math.prod(w.shape) * settings.itemsize
+                step, _, by = holders[w.name]
+                size = math.prod(w.shape) * settings.itemsize
+                for k in range(last_reader.get(w.name, by + 1), number):
+                    extra[k] = extra.get(k, 0) + size
+                if w.name not in last_reader and step.chunked(plans[by].statement.ranges):
+                    # the holder copies its chunks into slices of the whole, not into one
+                    extra[by] = extra.get(by, 0) + size - size * step.chunk // w.shape[0]
             fits = all(plans[k].peak_temporary_bytes + size <= settings.budget
                        for k, size in extra.items())
             if fits and candidate.estimated_ns < sp.estimated_ns \
@@ -1820,7 +1830,7 @@ def share_windows(plan: ProgramPlan) -> ProgramPlan:
                         f"{plans[by].strategy}; the im2col copy of {window.read} kept in "
                         f"{window.name} for statement {number + 1}"))
                     last_reader[window.name] = number
-        for step, side, node, axes in full_window_copies(sp, unwritten):
+        for step, side, node, axes in full_window_copies(sp, unwritten, chunks=True):
             shape = tuple(sp.statement.ranges[a] for a in axes)
             if not any(w.read == node.read and w.axes == axes and w.shape == shape
                        for w, *_ in held):
@@ -1935,8 +1945,10 @@ def format_plan(plan: ProgramPlan) -> str:
                 if step.copy_bytes and step.chunked(s.ranges):
                     chunk_bytes = step.copy_bytes * step.chunk // s.ranges[step.chunk_axis]
                     summed = " (summed)" if step.chunk_axis in step.contracted else ""
+                    held = next((name for name in step.shared if name), None)
                     how += (f", im2col in chunks of {step.chunk} along {step.chunk_axis}{summed} "
-                            f"({_si(chunk_bytes, 'B')} reused buffer)")
+                            + (f"(each into its slice of {held})" if held else
+                               f"({_si(chunk_bytes, 'B')} reused buffer)"))
                 elif step.copy_bytes:
                     how += f", copies {_si(step.copy_bytes, 'B')} into GEMM layout"
                 how += "".join(f", kept as {name}" for name in step.kept if name)

@@ -302,6 +302,24 @@ def test_shared_copy_under_every_cpu_mode(monkeypatch, jit, pack):
         assert "_jit.pack_x_1(" in kernel.source.split("# statement 2")[0]
 
 
+@pytest.mark.parametrize("pack", ["off", "always"])
+def test_a_forward_copying_in_chunks_copies_them_into_slices_of_the_shared_copy(
+        monkeypatch, pack):
+    """A forward whose im2col runs in chunks of images (each GEMMed into its part of y)
+    writes each chunk into its slice of one whole copy, which the weight gradient reads."""
+    monkeypatch.setenv("TENSORC_PACK", pack)
+    monkeypatch.setenv("TENSORC_SHIFT", "off")
+    x_shape, k_shape = (16, 32, 28, 28), (32, 32, 3, 3)  # float64: 24.9 MB of windows
+    kernel, y_shape = conv_grad_kernel(x_shape, k_shape, np.float64)
+    plan = str(kernel.plan)
+    assert "along n (each into its slice of x_cols)" in plan, plan
+    assert "read from x_cols, the copy in GEMM order statement 1 made" in plan
+    source = kernel.source
+    assert "x_cols = _scratch('x_cols', (16," in source and "= x_cols[n_start:n_stop]" in source
+    for _ in range(2):  # the second call reuses the buffer
+        check_against_torch(kernel, x_shape, k_shape, y_shape, np.float64)
+
+
 def test_windows_of_a_written_tensor_or_over_other_ranges_are_not_shared():
     written = tc.compile("t[n,c,i,j] = x[n,c,i,j] * 2\n"
                          "y[n,o,h,w] = t[n,c,h+u,w+v] * k[o,c,u,v]\n"

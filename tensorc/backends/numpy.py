@@ -917,10 +917,10 @@ class _StatementRenderer:
                   "dtype=DTYPE)")
         loop_lines: list[str] = []
         arranged = []
-        for value, outer, inner, window in ((first, step.kept_left, step.contracted,
-                                             step.windows[0]),
-                                            (second, step.contracted, step.kept_right,
-                                             step.windows[1])):
+        for value, outer, inner, window, held in ((first, step.kept_left, step.contracted,
+                                                   step.windows[0], step.shared[0]),
+                                                  (second, step.contracted, step.kept_right,
+                                                   step.windows[1], step.shared[1])):
             if axis in value.axes:
                 index = ", ".join([":"] * value.axes.index(axis) + [f"{start}:{stop}"])
                 sliced = _Value(f"{value.code}[{index}]", value.axes, value.shape,
@@ -930,14 +930,20 @@ class _StatementRenderer:
             if window:  # the strided window view: im2col this chunk into the buffer
                 present = [g for g in step.batch if g in value.axes]
                 order = present + list(outer) + list(inner)
-                buffer = self.fresh(value.code.removesuffix("_win") + "_cols")
                 full = tuple(self.sizes[x] if x != axis else step.chunk for x in order)
-                self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(full)})")
+                if held:  # a later statement reads the whole copy (plan.share_windows)
+                    buffer, full = held, tuple(self.sizes[x] for x in order)
+                    self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(full)})  "
+                              "# im2col copy, read again below")
+                else:
+                    buffer = self.fresh(value.code.removesuffix("_win") + "_cols")
+                    self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(full)})")
                 cols = self.fresh("cols")
                 permutation = [value.axes.index(x) for x in order]
                 moved = "" if permutation == sorted(permutation) else \
                     f".transpose{_arguments(permutation)}"
-                loop_lines.append(f"{cols} = {buffer}[:{stop} - {start}]")
+                loop_lines.append(f"{cols} = {buffer}[{start}:{stop}]" if held else
+                                  f"{cols} = {buffer}[:{stop} - {start}]")
                 loop_lines.append(self.copy_chunk(value, sliced.code + moved, cols,
                                                   tuple(order), step, start, stop))
                 copied = _Value(cols, tuple(order), full)
