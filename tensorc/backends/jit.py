@@ -876,29 +876,28 @@ _LOCK = threading.Lock()
 _RUN_LOCK = threading.Lock()
 
 
-def _unlocked_in_child() -> None:
-    """A forked child starts with both locks free: one another thread of the parent held
-    at the fork would stay held in the child, whose copy of that thread never runs on."""
-    global _LOCK, _RUN_LOCK
-    _LOCK, _RUN_LOCK = threading.Lock(), threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_unlocked_in_child)
-
-
-_HALVES_THREAD: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+# The thread that runs the other half of `in_halves` calls (under _RUN_LOCK), made on first use
+_HALVES_THREAD: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def _second_thread() -> concurrent.futures.ThreadPoolExecutor:
-    """The thread that runs the other half of `in_halves` calls (under _RUN_LOCK), one per
-    process: a forked child inherits the executor but not its thread, and would wait on it
-    forever."""
     global _HALVES_THREAD
-    if _HALVES_THREAD is None or _HALVES_THREAD[0] != os.getpid():
-        _HALVES_THREAD = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="tensorc-halves"))
-    return _HALVES_THREAD[1]
+    if _HALVES_THREAD is None:
+        _HALVES_THREAD = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="tensorc-halves")
+    return _HALVES_THREAD
+
+
+def _reset_in_child() -> None:
+    """A forked child inherits the parent's threads only as state, never running: it starts
+    with both locks free (one another thread held at the fork would stay held) and makes
+    its own helper thread (it would wait forever on the parent's executor)."""
+    global _LOCK, _RUN_LOCK, _HALVES_THREAD
+    _LOCK, _RUN_LOCK, _HALVES_THREAD = threading.Lock(), threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
 
 
 class _Serialized:

@@ -933,11 +933,10 @@ class _StatementRenderer:
                 full = tuple(self.sizes[x] if x != axis else step.chunk for x in order)
                 if held:  # a later statement reads the whole copy (plan.share_windows)
                     buffer, full = held, tuple(self.sizes[x] for x in order)
-                    self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(full)})  "
-                              "# im2col copy, read again below")
                 else:
                     buffer = self.fresh(value.code.removesuffix("_win") + "_cols")
-                    self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(full)})")
+                self.emit(f"{buffer} = _scratch({buffer!r}, {_tuple(full)})"
+                          + ("  # im2col copy, read again below" if held else ""))
                 cols = self.fresh("cols")
                 permutation = [value.axes.index(x) for x in order]
                 moved = "" if permutation == sorted(permutation) else \
