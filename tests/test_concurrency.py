@@ -412,6 +412,58 @@ def test_a_half_that_raises_lets_the_other_half_finish_first():
     assert finished == [4]
 
 
+def _halves_pool(monkeypatch):
+    """HALVES_POOL compiled to run in halves, an input and NumPy's answer."""
+    pytest.importorskip("numba")
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    kern = tc.compile(HALVES_POOL, y=(16, 64, 32, 32), dtype="float32")
+    assert "_jit.in_halves(" in kern.source, kern.plan
+    y = np.random.default_rng(11).standard_normal((16, 64, 32, 32), dtype=np.float32)
+    return kern, y, y.reshape(16, 64, 16, 2, 16, 2).max(axis=(3, 5))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs thread affinity and two CPUs")
+def test_the_halves_helper_runs_off_the_calling_threads_cpu(monkeypatch):
+    """in_halves keeps its helper thread off the CPU its caller is on, among the process's
+    CPUs, and follows the caller to another CPU."""
+    from tensorc.backends import jit
+    kern, y, want = _halves_pool(monkeypatch)
+    allowed = os.sched_getaffinity(0)
+    first, second = sorted(allowed)[:2]
+
+    def call_from(cpu: int) -> set[int]:
+        os.sched_setaffinity(0, {cpu})  # the calling worker thread only (Linux: 0 is it)
+        np.testing.assert_array_equal(kern(y=y), want)
+        return os.sched_getaffinity(jit._second_thread().native_id)
+
+    with ThreadPoolExecutor(1) as caller:
+        for cpu in (first, second, first):
+            assert caller.submit(call_from, cpu).result() == allowed - {cpu}
+
+
+def test_halves_run_where_threads_cannot_be_pinned(monkeypatch):
+    """Where the system refuses to pin a thread, in_halves leaves the helper where the
+    scheduler puts it, stops asking, and gives the same values."""
+    from tensorc.backends import jit
+    kern, y, want = _halves_pool(monkeypatch)
+    refusals = []
+
+    def refuse(*args):
+        refusals.append(args)
+        raise PermissionError("not permitted here")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse, raising=False)
+    monkeypatch.setattr(jit, "_HALVES_THREAD", None)  # a helper made under the refusal
+    try:
+        for _ in range(3):
+            np.testing.assert_array_equal(kern(y=y), want)
+    finally:
+        jit._second_thread().executor.shutdown()
+    if hasattr(jit.os, "sched_getaffinity") and jit._current_cpu_reader() is not None:
+        assert len(refusals) <= 1  # asked once (none with one CPU), then left alone
+
+
 def _pool_in_child(source: str, y: np.ndarray) -> np.ndarray:
     from tensorc.backends.numpy import execute_module
     return execute_module(source, "numpy")["kernel"](y)
