@@ -412,6 +412,27 @@ def test_a_half_that_raises_lets_the_other_half_finish_first():
     assert finished == [4]
 
 
+def test_an_error_in_the_helpers_half_reaches_the_caller_and_the_helper_serves_on():
+    """An error raised in the half the helper thread runs is raised by in_halves in the
+    caller's thread, once; the next call's halves both run."""
+    import threading
+    from tensorc.backends import jit
+    main = threading.get_ident()
+    ran = []
+
+    def half(part: np.ndarray, fail: bool) -> None:
+        if fail and threading.get_ident() != main:
+            raise ValueError("the helper's half failed")
+        ran.append(len(part))
+
+    module = jit._Serialized(type("Module", (), {"half": staticmethod(half)}))
+    with pytest.raises(ValueError, match="the helper's half failed"):
+        module.in_halves("half", (True, False), np.zeros(8), True)
+    assert ran == [4]
+    module.in_halves("half", (True, False), np.zeros(8), False)
+    assert ran == [4, 4, 4]
+
+
 def _halves_pool(monkeypatch):
     """HALVES_POOL compiled to run in halves, an input and NumPy's answer."""
     pytest.importorskip("numba")
@@ -455,11 +476,8 @@ def test_halves_run_where_threads_cannot_be_pinned(monkeypatch):
 
     monkeypatch.setattr(os, "sched_setaffinity", refuse, raising=False)
     monkeypatch.setattr(jit, "_HALVES_THREAD", None)  # a helper made under the refusal
-    try:
-        for _ in range(3):
-            np.testing.assert_array_equal(kern(y=y), want)
-    finally:
-        jit._second_thread().executor.shutdown()
+    for _ in range(3):
+        np.testing.assert_array_equal(kern(y=y), want)
     if hasattr(jit.os, "sched_getaffinity") and jit._current_cpu_reader() is not None:
         assert len(refusals) <= 1  # asked once (none with one CPU), then left alone
 
