@@ -196,7 +196,11 @@ class LoopNest:
         elif self.one_thread:
             what += f", on one thread ({self.visits:,} points visited)"
         loops = _reductions(self.statement.value)
-        if loops:
+        if self.separable_window:
+            u, v = self.separable_window
+            what += (f": {self.statement.value.op} over {u} first, into a buffer of "
+                     f"{self.statement.value.body.tensor}'s last dimension, then over {v}")
+        elif loops:
             what += f": {loops} in registers"
         if self.producer is not None:
             what += f"; {self.computed_read} computed in its loops once per point of " \
@@ -208,6 +212,34 @@ class LoopNest:
         if modes:
             what += f"; boundary {', '.join(repr(m) for m in modes)} by index arithmetic"
         return what
+
+    @property
+    def separable_window(self) -> tuple[str, str] | None:
+        """(u, v) when the loops, on one thread, take a max or min over a 2-D window of one
+        tensor, `max[u,v](y[.., a*h+u+b, c*w+v+d])`, v beside the innermost parallel index
+        w in the tensor's last dimension and u alone with outer ones in another: the
+        maximum over u of each whole row segment can go first into a buffer (contiguous
+        reads, which LLVM vectorizes), then the one over v through it (one read two
+        apart instead of one per window point). A 3x3 stride-2 pool over 8x64x112x112 on
+        one thread: 2.65 -> 1.65 ms; over 16x64x112x112 on two, memory-bound: 3.25 -> 2.96
+        ms. Windows of fewer than 3 rows keep one loop over the window."""
+        value, w = self.statement.value, self.parallel[-1] if self.parallel else None
+        if not (self.one_thread and self.producer is None and not self.statement.accumulate
+                and isinstance(value, Reduce) and value.op in ("max", "min")
+                and len(value.indices) == 2 and isinstance(value.body, Read)
+                and value.body.tensor != self.target and value.body.maps
+                and self.statement.target_maps[-1:] == (IndexMap(((w, 1),)),)):
+            return None
+        maps, (first, second) = value.body.maps, value.indices
+        for u, v in ((first, second), (second, first)):
+            if dict(maps[-1].terms).keys() != {w, v} or dict(maps[-1].terms)[v] != 1 \
+                    or self.ranges[u] < 3 or self.ranges[v] < 2:
+                continue  # (2x2 windows: even over 24x24, 1.24x as long over 56x56)
+            with_u = [m for m in maps[:-1] if u in m.indices()]
+            if len(with_u) == 1 and dict(with_u[0].terms)[u] == 1 and not {v, w} & {
+                    i for m in maps[:-1] for i in m.indices()}:
+                return u, v
+        return None
 
     def accesses(self) -> list[tuple[str, tuple[IndexMap, ...]]]:
         """Every (tensor, maps) the loops read or write: the target, then each read."""

@@ -703,3 +703,72 @@ def test_listed_kernels_vectorize_rows_of_12_and_other_numba_functions_keep_llvm
     (machine_code,) = unlisted.compute_dy_3.inspect_asm().values()
     assert not re.search(r"\bv?divpd\b", machine_code)
     assert re.search(r"\bv?divsd\b", machine_code)
+
+
+# ---- windows taken over one dimension first (LoopNest.separable_window) ------------------
+
+# (program, shapes, whether its max or min goes over rows first); large enough for loop
+# kernels on one thread or in halves (TENSORC_JIT=always would make them prange kernels)
+SEPARABLE = {
+    "3x3 stride-2 max-pool, replicate": (
+        "p[n,c,h,w] = max[u,v](y[n,c,2*h+u-1,2*w+v-1])   where u < 3, v < 3, h < 28, w < 28, "
+        "y: replicate", dict(y=(8, 64, 56, 56)), True),
+    "3x3 max, zero padding": (
+        "p[n,h,w] = max[u,v](y[n,h+u-1,w+v-1])   where u < 3, v < 3, h < 24, w < 26, y: zero",
+        dict(y=(64, 24, 26)), True),
+    "3x3 stride-3 min, circular, window index first": (
+        "p[n,h,w] = min[u,v](y[n,u+h-2,v+3*w-1])   where u < 3, v < 3, h < 64, w < 21, "
+        "y: circular", dict(y=(128, 64, 64)), True),
+    "4x3 max, no padding, v named first": (
+        "p[n,h,w] = max[v,u](y[n,h+u,w+v])   where u < 4, v < 3", dict(y=(64, 27, 26)), True),
+    "2x2 max-pool (too few rows)": (
+        "p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2",
+        dict(y=(16, 64, 56, 56)), False),
+    "a sum (its rounding would change)": (
+        "p[n,h,w] = sum[u,v](y[n,h+u,w+v])   where u < 3, v < 3", dict(y=(64, 26, 26)), False),
+    "u in the last dimension too (a slanted window)": (
+        "p[n,h,w] = max[u,v](y[n,h+u,w+u+v])   where u < 3, v < 3", dict(y=(64, 26, 28)),
+        False),
+    "a max of a product": (
+        "p[n,h,w] = max[u,v](y[n,h+u,w+v] * 2)   where u < 3, v < 3", dict(y=(64, 26, 26)),
+        False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEPARABLE))
+def test_a_window_max_goes_over_its_rows_first_into_a_buffer_where_separable(
+        name, jit, monkeypatch):
+    source, shapes, separable = SEPARABLE[name]
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    kern = tc.compile(source, **shapes)
+    assert "Numba loop kernel" in kern.plan.statements[0].strategy, kern.plan
+    assert ("first, into a buffer of y's last dimension" in str(kern.plan)) is separable
+    kernels = kern.source[kern.source.index("JIT_SOURCE = "):kern.source.index("_jit = ")]
+    assert ("= np.empty(" in kernels) is separable
+    rng = np.random.default_rng(14)
+    y = rng.standard_normal(shapes["y"])
+    y.flat[rng.choice(y.size, 3, replace=False)] = [np.nan, np.inf, -np.inf]
+    want = _numpy_path(monkeypatch, lambda: tc.compile(source, **shapes)(y=y))
+    np.testing.assert_array_equal(kern(y=y), want)
+
+
+def test_a_pool_over_rows_first_gives_pytorchs_values_and_gradient(jit, monkeypatch):
+    """ResNet's 3x3 stride-2 max-pool (replicate reads an element the window holds, as
+    PyTorch's -inf padding) against torch, forward and input gradient, on two calls."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    source = ("p[n,c,h,w] = max[u,v](y[n,c,2*h+u-1,2*w+v-1])   where u < 3, v < 3, h < 28, "
+              "w < 28, y: replicate")
+    kern = tc.compile_grad(source, wrt=["y"], y=(8, 16, 56, 55), dp=(8, 16, 28, 28))
+    assert "max over u first" in str(kern.plan)
+    from test_snapshots import check_snapshot
+    check_snapshot("numba_maxpool_rows_first_grad", kern.source)
+    rng = np.random.default_rng(15)
+    for _ in range(2):
+        y, dp = rng.standard_normal((8, 16, 56, 55)), rng.standard_normal((8, 16, 28, 28))
+        got = kern(y=y, dp=dp)
+        yt = torch.from_numpy(y).requires_grad_()
+        p = torch.nn.functional.max_pool2d(yt, 3, 2, 1)
+        p.backward(torch.from_numpy(dp))
+        np.testing.assert_array_equal(got["p"], p.detach().numpy())
+        np.testing.assert_allclose(got["dy"], yt.grad.numpy(), rtol=1e-12, atol=1e-12)

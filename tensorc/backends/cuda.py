@@ -118,6 +118,7 @@ class _NestRenderer:
     def __init__(self, nest: LoopNest) -> None:
         self.nest = nest
         self.ranges = nest.ranges
+        self.shapes = nest.shapes  # (plus, on the CPU, a kernel's own buffers)
         self.lines: list[str] = []
         self.indent = ""
         self.taken = {nest_name(n) for n in list(self.ranges) + list(nest.shapes)}
@@ -178,7 +179,7 @@ class _NestRenderer:
                ) -> tuple[str, list[str]]:
         """The flat offset of `tensor[maps]` under boundary `mode`, and the conditions (zero
         mode) under which that position is inside the tensor."""
-        shape = self.nest.shapes[tensor]
+        shape = self.shapes[tensor]
         positions, inside = [], []
         for m, size in zip(maps, shape):
             position = self.position(m)

@@ -208,6 +208,10 @@ class _NumbaRenderer(_PythonSyntax):
         self.loaded: dict[str, str] | None = None
         # the trailing parallel indices accumulated side by side (`accumulated_points`)
         self.points: tuple[str, ...] = ()
+        # what each point of the parallel loops stores, and the buffers the kernel makes
+        # for itself (name, length): `by_rows_first` changes both
+        self.point_value: Expr = nest.statement.value
+        self.buffers: dict[str, int] = {}
 
     def unrolls(self) -> bool:
         """Whether the loops inside an outer point run unrolled, loads first (see
@@ -286,7 +290,7 @@ class _NumbaRenderer(_PythonSyntax):
         for node in (node for value in values for node in walk(value)):
             if not isinstance(node, Read) or node.boundary is None:
                 continue
-            for m, size in zip(map(self.folded, node.maps), self.nest.shapes[node.tensor]):
+            for m, size in zip(map(self.folded, node.maps), self.shapes[node.tensor]):
                 coefficient = dict(m.terms).get(index, 0)
                 if coefficient == 0 or not self.can_leave(m, size):
                     continue  # (in bounds already: another index's interior holds it)
@@ -322,7 +326,7 @@ class _NumbaRenderer(_PythonSyntax):
             return self.computed  # (read where the producer's loops computed it)
         if e.boundary == "zero" and self.constants and any(
                 not f.terms and not 0 <= f.offset < size
-                for f, size in zip(map(self.folded, e.maps), self.nest.shapes[e.tensor])):
+                for f, size in zip(map(self.folded, e.maps), self.shapes[e.tensor])):
             return "REAL(0)"  # at these numbers, outside the tensor: its zero padding
         flat, inside = self.placed(e.tensor, e.maps, e.boundary)
         value = f"{self.flat_names[e.tensor]}[{flat}]"
@@ -434,7 +438,9 @@ class _NumbaRenderer(_PythonSyntax):
         if not inner:
             self.point()
             return
-        split = self.interior(inner[-1], self.nest.statement.value) \
+        if self.nest.separable_window and not self.threaded():
+            self.point_value = self.by_rows_first()
+        split = self.interior(inner[-1], self.point_value) \
             if len(inner) == 1 and self.disjoint else None
         if split is None:
             depth = len(self.indent)
@@ -442,8 +448,33 @@ class _NumbaRenderer(_PythonSyntax):
                 self.open_loop(nest_name(index), self.ranges[index])
             self.point()
             self.indent = self.indent[:depth]
-            return
-        self.split_loop(nest_name(inner[0]), inner[0], split, self.point)
+        else:
+            self.split_loop(nest_name(inner[0]), inner[0], split, self.point)
+        self.point_value = self.nest.statement.value
+
+    def by_rows_first(self) -> Expr:
+        """For a `LoopNest.separable_window` max (or min) over (u, v): the loop that takes
+        it over u for every position of the read's last dimension into a buffer; returns
+        what is left for each point, the max over v of that buffer."""
+        e = self.nest.statement.value
+        u, v = self.nest.separable_window
+        tensor, maps = e.body.tensor, e.body.maps
+        size = self.shapes[tensor][-1]
+        buffer = next(iter(self.buffers), None) or self.fresh(
+            f"{nest_name(tensor)}_{e.op}_{nest_name(u)}")
+        self.buffers[buffer] = size
+        self.shapes = {**self.shapes, buffer: (size,)}
+        self.flat_names[buffer] = buffer
+        column = self.fresh("column")
+        self.ranges = {**self.ranges, column: size}
+        self.variables[column] = column
+        self.emit(f"for {column} in range({size}):  # {e.op} over {u} first, "
+                  f"for every position of {tensor}'s last dimension")
+        self.indent += self.indent_unit
+        down = Read(tensor, (*maps[:-1], IndexMap(((column, 1),))), e.body.boundary)
+        self.emit(f"{buffer}[{column}] = {self.expr(Reduce(e.op, (u,), down))}")
+        self.indent = self.indent[:-len(self.indent_unit)]
+        return Reduce(e.op, (v,), Read(buffer, maps[-1:], e.body.boundary))
 
     def accumulated_points(self) -> tuple[str, ...]:
         """The trailing parallel indices (at most UNROLLED_POINTS points, a row index left)
@@ -504,7 +535,7 @@ class _NumbaRenderer(_PythonSyntax):
 
     def point(self) -> None:
         """The code for one point of the parallel loops: the value, then its store."""
-        self.store(self.expr(self.nest.statement.value))
+        self.store(self.expr(self.point_value))
 
     def store(self, value: str) -> None:
         """`value` written (or added) into the target at the current point."""
@@ -601,6 +632,7 @@ class _NumbaRenderer(_PythonSyntax):
         params = [nest_name(t) for t in nest.inputs] + [nest_name(nest.target)]
         prologue = [f"    {self.flat_names[t]} = {nest_name(t)}.reshape(-1)"
                     for t in (*nest.inputs, nest.target)]
+        prologue += [f"    {name} = np.empty({size}, REAL)" for name, size in self.buffers.items()]
         row_count = math.prod(sizes)
         parallel = self.threaded()
         loop = "prange" if parallel else "range"
