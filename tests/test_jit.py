@@ -772,3 +772,53 @@ def test_a_pool_over_rows_first_gives_pytorchs_values_and_gradient(jit, monkeypa
         p.backward(torch.from_numpy(dp))
         np.testing.assert_array_equal(got["p"], p.detach().numpy())
         np.testing.assert_allclose(got["dy"], yt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def _rows_first_program(op, rows, cols, strides, pads, mode, u_first, size):
+    """A window max or min over y[n, rows, cols] whose output stays in bounds unpadded."""
+    (sh, sw), (ph, pw) = strides, pads
+    height = (size[0] + 2 * ph - rows) // sh + 1
+    width = (size[1] + 2 * pw - cols) // sw + 1
+    over = "u,v" if u_first else "v,u"
+    source = (f"p[n,h,w] = {op}[{over}](y[n,{sh}*h+u-{ph},{sw}*w+v-{pw}])   "
+              f"where u < {rows}, v < {cols}, h < {height}, w < {width}")
+    return source + (f", y: {mode}" if mode else "")
+
+
+@pytest.mark.skipif(not numba_available(), reason="needs Numba")
+def test_rows_first_windows_give_the_numpy_paths_values_for_any_window(jit, monkeypatch):
+    """Hypothesis draws windows of 3-5 rows and 2-4 columns, strides, padding under every
+    boundary mode, max or min, NaN and infinities among the values; each kernel, rendered
+    on one thread (the kernels TENSORC_JIT=always makes run on all), goes over its rows
+    first and gives the NumPy path's values exactly."""
+    from dataclasses import replace
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from tensorc.backends import jit as backend
+
+    @settings(max_examples=12 * int(os.environ.get("TENSORC_FUZZ_SCALE", "1")),
+              deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(op=st.sampled_from(["max", "min"]), rows=st.integers(3, 5),
+           cols=st.integers(2, 4), strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+           pads=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+           mode=st.sampled_from([None, "zero", "replicate", "circular", "symmetric",
+                                 "reflect"]),
+           u_first=st.booleans(), seed=st.integers(0, 2 ** 16))
+    def check(op, rows, cols, strides, pads, mode, u_first, seed):
+        size = (7, 9)
+        source = _rows_first_program(op, rows, cols, strides, pads if mode else (0, 0),
+                                     mode, u_first, size)
+        monkeypatch.setenv("TENSORC_JIT", "always")
+        nest = tc.compile(source, y=(3, *size)).plan.statements[0].loop_nest
+        nest = replace(nest, one_thread=True)
+        assert nest.separable_window == ("u", "v"), source
+        module = backend.load(backend.render_numba([nest], "float64"))
+        rng = np.random.default_rng(seed)
+        y = rng.standard_normal((3, *size))
+        y.flat[rng.choice(y.size, 3, replace=False)] = [np.nan, np.inf, -np.inf]
+        got = np.empty(nest.shapes["p"])
+        getattr(module, nest.name)(y, got)
+        want = _numpy_path(monkeypatch, lambda: tc.compile(source, y=y.shape)(y=y))
+        np.testing.assert_array_equal(got, want, err_msg=source)
+    check()

@@ -974,6 +974,8 @@ class _HalvesThread:
             raise error
 
     def keep_off_callers_cpu(self) -> None:
+        """Pins the helper to the process's CPUs but the calling thread's, unless it already
+        is (or cannot be: then it stops trying)."""
         if self.current_cpu is None:
             return
         cpu = self.current_cpu()
@@ -988,7 +990,6 @@ class _HalvesThread:
             self.current_cpu = None
             return
         self.away_from = cpu
-
 
 
 _HALVES_THREAD: _HalvesThread | None = None  # made on first use
