@@ -157,9 +157,13 @@ def plan_statement(sp: StatementPlan, program: CheckedProgram, itemsize: int,
     bound = _bound_inside(statement)
     plain_targets = [m.terms[0][0] for m in statement.target_maps if m.is_plain]
     through_window = {i for m in statement.target_maps if not m.is_plain for i in m.indices()}
+    # (blocks of an index cut the target's dimension only where the index covers it whole)
+    covering = {m.terms[0][0] for m, size in zip(statement.target_maps,
+                                                 program.tensors[statement.target].shape)
+                if m.is_plain and statement.ranges[m.terms[0][0]] == size}
     if not reads_target and len(set(plain_targets)) == len(plain_targets):
         for index in plain_targets:
-            if index not in bound and index not in through_window:
+            if index not in bound and index not in through_window and index in covering:
                 bounds = _index_bounds(index, statement.ranges[index], statement, chunks)
                 if len(bounds) > 2:
                     plan.blocks[index] = bounds
@@ -340,9 +344,12 @@ def _padded_chunks(chunks: tuple[tuple[int, ...], ...],
 
 
 def _target_shape(statement: Statement, program: CheckedProgram, block: _Block) -> tuple[int, ...]:
+    """The target's part one block computes: a blocked index's block along its plain
+    dimension, the whole dimension elsewhere (which an index may cover only in part:
+    `y[j-3,j] += s   where j in 3:4, y: zero` writes one row of two)."""
     shape = program.tensors[statement.target].shape
-    return tuple(block.ranges[m.terms[0][0]] if m.is_plain else size
-                 for m, size in zip(statement.target_maps, shape))
+    return tuple(block.ranges[m.terms[0][0]] if m.is_plain and m.terms[0][0] in block.starts
+                 else size for m, size in zip(statement.target_maps, shape))
 
 
 def _shift(expr: Expr, starts: dict[str, int], lows: dict[str, list[int]]) -> Expr:
