@@ -971,9 +971,15 @@ PARTLY_COVERED_ROWS = _pinned(
     "y1: f64[1]\ns2: f64\ny4: f64[2, 4]\ns5: f64\ny1[i] += (s2 + a3[i])^2\n"
     "y4[j-3,j] += s5   where j in 3:4, y4: zero", {"s2": (), "a3": (1,), "s5": ()}, {})
 
+# An '=' whose index reaches only the start of its declared target returned that start,
+# shape (3,), not y1's six elements with the rest zero (found by hand, next to the above)
+PARTLY_COVERED_ASSIGNMENT = _pinned(
+    "y1: f64[6]\ny1[i] = a2[i]   where i < 3, y1: zero", {"a2": (6,)}, {})
+
 
 @settings(max_examples=examples(500), **SETTINGS)
 @given(gp=programs(), seed=st.integers(0, 2 ** 32 - 1), with_shapes=st.booleans())
+@example(gp=PARTLY_COVERED_ASSIGNMENT, seed=0, with_shapes=False)
 @example(gp=UNIT_OFFSETS_DIAGONAL, seed=0, with_shapes=False)
 @example(gp=PARTLY_COVERED_ROWS, seed=0, with_shapes=False)
 @example(gp=UNIT_OFFSETS_TWICE, seed=0, with_shapes=False)

@@ -1154,6 +1154,15 @@ class _StatementRenderer:
 
     def assign(self, target: str, value: _Value, lhs: tuple[str, ...],
                shape: tuple[int, ...]) -> None:
+        covered = tuple(self.sizes[i] for i in lhs)
+        if covered != tuple(shape) and len(set(lhs)) == len(lhs):
+            # the indices reach only the start of the target (`y[i] = x[i]   where i < 3`
+            # into y: [6]): the rest of it is zero
+            code = value.code if not value.axes or value.axes == lhs else \
+                self.aligned(value, lhs)
+            self.emit(f"{target} = np.zeros({_tuple(shape)}, dtype=DTYPE)")
+            self.emit(f"{target}[{', '.join(f':{n}' for n in covered)}] = {code}")
+            return
         if not lhs:
             self.emit(f"{target} = np.array({value.code}, dtype=DTYPE)  # a copy: later += must not touch the source")
         elif not value.axes and not value.owned:
