@@ -975,11 +975,16 @@ PARTLY_COVERED_ROWS = _pinned(
 # shape (3,), not y1's six elements with the rest zero (found by hand, next to the above)
 PARTLY_COVERED_ASSIGNMENT = _pinned(
     "y1: f64[6]\ny1[i] = a2[i]   where i < 3, y1: zero", {"a2": (6,)}, {})
+# ... and a reduction computed under the target's name (found by an ad hoc fuzz of the form)
+PARTLY_COVERED_REDUCTION = _pinned(
+    "y1: f64[4, 2]\ny1[i,k] = max[j](a2[i,j] + a3[j,k])   where i < 1, k < 2, y1: zero",
+    {"a2": (7, 7), "a3": (7, 7)}, {})
 
 
 @settings(max_examples=examples(500), **SETTINGS)
 @given(gp=programs(), seed=st.integers(0, 2 ** 32 - 1), with_shapes=st.booleans())
 @example(gp=PARTLY_COVERED_ASSIGNMENT, seed=0, with_shapes=False)
+@example(gp=PARTLY_COVERED_REDUCTION, seed=0, with_shapes=False)
 @example(gp=UNIT_OFFSETS_DIAGONAL, seed=0, with_shapes=False)
 @example(gp=PARTLY_COVERED_ROWS, seed=0, with_shapes=False)
 @example(gp=UNIT_OFFSETS_TWICE, seed=0, with_shapes=False)
