@@ -196,8 +196,9 @@ class LoopNest:
         elif self.one_thread:
             what += f", on one thread ({self.visits:,} points visited)"
         loops = _reductions(self.statement.value)
-        if self.separable_window:
-            u, v = self.separable_window
+        window = self.separable_window
+        if window:
+            u, v = window
             what += (f": {self.statement.value.op} over {u} first, into a buffer of "
                      f"{self.statement.value.body.tensor}'s last dimension, then over {v}")
         elif loops:

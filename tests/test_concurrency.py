@@ -352,6 +352,16 @@ def test_recursion_headroom_is_shared_and_restored():
 HALVES_POOL = "p[n,c,h,w] = max[u,v](y[n,c,2*h+u,2*w+v])   where u < 2, v < 2"
 
 
+def _halves_pool(monkeypatch, seed: int = 11):
+    """HALVES_POOL compiled to run in halves, an input and NumPy's answer."""
+    pytest.importorskip("numba")
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    kern = tc.compile(HALVES_POOL, y=(16, 64, 32, 32), dtype="float32")
+    assert "_jit.in_halves(" in kern.source, kern.plan
+    y = np.random.default_rng(seed).standard_normal((16, 64, 32, 32), dtype=np.float32)
+    return kern, y, y.reshape(16, 64, 16, 2, 16, 2).max(axis=(3, 5))
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_kernel_on_two_threads_from_many_threads_and_after_a_fork(monkeypatch):
     """A kernel that runs in halves (`in_halves`: the second half on a helper thread) gives
@@ -379,16 +389,13 @@ def test_a_kernel_on_two_threads_from_many_threads_and_after_a_fork(monkeypatch)
 def test_a_child_forked_while_a_kernel_runs_starts_with_the_run_lock_free(monkeypatch):
     """A fork taken while another thread of the parent holds the lock kernels run under
     (here: held by the test itself) leaves the child a free lock, not one nobody releases."""
-    pytest.importorskip("numba")
     import multiprocessing
     from tensorc.backends import jit
-    monkeypatch.setenv("TENSORC_JIT", "auto")
-    kern = tc.compile(HALVES_POOL, y=(16, 64, 32, 32), dtype="float32")
-    y = np.random.default_rng(10).standard_normal((16, 64, 32, 32), dtype=np.float32)
+    kern, y, want = _halves_pool(monkeypatch, seed=10)
     context = multiprocessing.get_context("fork")
     with jit._RUN_LOCK, context.Pool(1) as child:  # the lock held as the child forks
         got = child.apply_async(_pool_in_child, (kern.source, y)).get(timeout=60)
-    np.testing.assert_array_equal(got, y.reshape(16, 64, 16, 2, 16, 2).max(axis=(3, 5)))
+    np.testing.assert_array_equal(got, want)
 
 
 def test_a_half_that_raises_lets_the_other_half_finish_first():
@@ -431,16 +438,6 @@ def test_an_error_in_the_helpers_half_reaches_the_caller_and_the_helper_serves_o
     assert ran == [4]
     module.in_halves("half", (True, False), np.zeros(8), False)
     assert ran == [4, 4, 4]
-
-
-def _halves_pool(monkeypatch):
-    """HALVES_POOL compiled to run in halves, an input and NumPy's answer."""
-    pytest.importorskip("numba")
-    monkeypatch.setenv("TENSORC_JIT", "auto")
-    kern = tc.compile(HALVES_POOL, y=(16, 64, 32, 32), dtype="float32")
-    assert "_jit.in_halves(" in kern.source, kern.plan
-    y = np.random.default_rng(11).standard_normal((16, 64, 32, 32), dtype=np.float32)
-    return kern, y, y.reshape(16, 64, 16, 2, 16, 2).max(axis=(3, 5))
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
