@@ -979,12 +979,18 @@ PARTLY_COVERED_ASSIGNMENT = _pinned(
 PARTLY_COVERED_REDUCTION = _pinned(
     "y1: f64[4, 2]\ny1[i,k] = max[j](a2[i,j] + a3[j,k])   where i < 1, k < 2, y1: zero",
     {"a2": (7, 7), "a3": (7, 7)}, {})
+# ... and one broadcast over the target's other indices (found once the generator drew
+# partly covered '=' targets): the set-aside missed the target's name inside `t1[:, None, None]`
+PARTLY_COVERED_BROADCAST = _pinned(
+    "t1: f64[2, 1, 1]\na2: f64[1, 1]\nt1[i,j,k] = a2[i,l]   where i < 1, j < 1, k < 1",
+    {"a2": (1, 1)}, {})
 
 
 @settings(max_examples=examples(500), **SETTINGS)
 @given(gp=programs(), seed=st.integers(0, 2 ** 32 - 1), with_shapes=st.booleans())
 @example(gp=PARTLY_COVERED_ASSIGNMENT, seed=0, with_shapes=False)
 @example(gp=PARTLY_COVERED_REDUCTION, seed=0, with_shapes=False)
+@example(gp=PARTLY_COVERED_BROADCAST, seed=0, with_shapes=False)
 @example(gp=UNIT_OFFSETS_DIAGONAL, seed=0, with_shapes=False)
 @example(gp=PARTLY_COVERED_ROWS, seed=0, with_shapes=False)
 @example(gp=UNIT_OFFSETS_TWICE, seed=0, with_shapes=False)

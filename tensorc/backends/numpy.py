@@ -1160,9 +1160,11 @@ class _StatementRenderer:
             # into y: [6]): the rest of it is zero
             code = value.code if not value.axes or value.axes == lhs else \
                 self.aligned(value, lhs)
-            if code == target:  # (computed under the target's name: set it aside)
-                code = self.fresh(f"{target}_covered")
-                self.emit(f"{code} = {target}")
+            if re.search(rf"\b{re.escape(target)}\b", code):
+                # computed under the target's name (maybe broadcast): set it aside first
+                aside = self.fresh(f"{target}_covered")
+                self.emit(f"{aside} = {code}")
+                code = aside
             self.emit(f"{target} = np.zeros({_tuple(shape)}, dtype=DTYPE)")
             self.emit(f"{target}[{', '.join(f':{n}' for n in covered)}] = {code}")
             return
