@@ -351,6 +351,7 @@ class _StatementBuilder:
         self.accesses: list[tuple[str, tuple[S.Affine, ...], tuple[int, ...]]] = []
         self.new_inputs: dict[str, tuple[int, ...]] = {}
         self.target_name: str | None = None
+        self.partial: set[str] = set()  # '=' target indices covering part of its dimension
 
     # -- indices --
     def index_candidates(self, scope: tuple[str, ...]) -> list[str]:
@@ -686,7 +687,14 @@ class _StatementBuilder:
             self.target_indices = tuple(names)
             self.indices.update(names)
             if draw(st.integers(0, 4)) == 0:  # declare the result: its shape fixes ranges
-                target_shape = tuple(self.sizes[n] for n in names)
+                # ... or is larger than some indices' ranges, given by `where`: the '=' then
+                # covers only the start of those dimensions and the rest is zero
+                partial = [n for n in names if draw(st.integers(0, 2)) == 0]
+                target_shape = tuple(self.sizes[n] + (draw(st.integers(1, 3)) if n in partial
+                                                      else 0) for n in names)
+                self.partial = set(partial)
+                if partial and draw(st.booleans()):
+                    target_mode = "zero"
                 b.declarations[name] = declaration(name, draw(st.sampled_from(["f64", None])),
                                                    target_shape)
         else:
@@ -759,10 +767,10 @@ class _StatementBuilder:
         indices = sorted(bracket_names(value) | set(self.target_indices))
         where: dict[str, S.RangeBound] = {}
         for index in indices:
-            if draw(st.integers(0, 6)) == 0:
+            if index in self.partial or draw(st.integers(0, 6)) == 0:
                 size = self.sizes[index]
                 low = 0
-                if index not in self.target_indices or accumulate:
+                if index not in self.target_indices or accumulate or index in self.partial:
                     low = draw(st.integers(0, size - 1))
                 high = size if low == 0 else draw(st.integers(low + 1, size))
                 if low == 0 and size in b.size_names and draw(st.booleans()):
@@ -795,7 +803,7 @@ class _StatementBuilder:
                 count *= self.sizes[index]
             b.magnitudes[name] = b.magnitudes[name] + count * magnitude
         else:
-            b.shapes[name] = tuple(self.sizes[n] for n in self.target_indices)
+            b.shapes[name] = target_shape or tuple(self.sizes[n] for n in self.target_indices)
             b.magnitudes[name] = magnitude
             b.results.append(name)
         if accumulate and name not in b.results:
