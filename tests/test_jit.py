@@ -535,7 +535,7 @@ def test_short_reductions_are_unrolled_one_update_per_point(name, jit, monkeypat
             assert len(re.findall(rf"^\s+{accumulator} (?:\+= |= tc_max\({accumulator}, )",
                                   function, re.M)) == updates
     if "k[c,u,v]" in source:  # the window's numbers folded into k's offset, k[c,1,2] at:
-        assert "k_flat[c * 9 + 5]" in function
+        assert "k_flat[tc_at(c * 9 + 5)]" in function
     arrays = _inputs(kern, "float64", seed=15)
     first = next(iter(arrays))
     arrays[first][0, 1, 2, 3], arrays[first][1, 2, 4, 5] = np.nan, np.inf

@@ -67,6 +67,12 @@ from numba import njit, prange
 REAL = np.{real}  # what the kernels compute in
 {short_loops}
 
+# A flat position in bounds is never negative. Cast to an unsigned integer, it spares
+# Numba's check for a negative (from-the-end) index: a select on every access, which kept
+# a depthwise convolution's interior loop from vectorizing well (2.3 ms -> 1.0-1.4 ms).
+tc_at = np.uintp
+
+
 # NaN propagates through max and min, as in NumPy. The conditions combine with | rather
 # than `or`: a short-circuit is a branch on the data wherever a loop does not vectorize
 # (random signs mispredict half the time: a 3x3 max-pool with zero padding took 2.3x as
@@ -329,8 +335,11 @@ class _NumbaRenderer(_PythonSyntax):
                 for f, size in zip(map(self.folded, e.maps), self.shapes[e.tensor])):
             return "REAL(0)"  # at these numbers, outside the tensor: its zero padding
         flat, inside = self.placed(e.tensor, e.maps, e.boundary)
-        value = f"{self.flat_names[e.tensor]}[{flat}]"
-        value = f"({value} if {' and '.join(inside)} else REAL(0))" if inside else value
+        if inside:  # (the position may be negative where it is not taken)
+            value = f"({self.flat_names[e.tensor]}[{flat}] if {' and '.join(inside)} " \
+                    "else REAL(0))"
+        else:
+            value = f"{self.flat_names[e.tensor]}[tc_at({flat})]"
         if self.loaded is None:
             return value
         if value not in self.loaded:  # unrolled: each element read once, before any store
@@ -544,12 +553,12 @@ class _NumbaRenderer(_PythonSyntax):
         flat, inside = self.placed(self.nest.target, statement.target_maps,
                                    statement.target_boundary)
         if not self.nest.atomic:
-            self.emit(f"{target}[{flat}] = {value}")
+            self.emit(f"{target}[tc_at({flat})] = {value}")
         elif inside:
             self.emit(f"if {' and '.join(inside)}:")
             self.emit(f"    {target}[{flat}] += {value}")
         else:
-            self.emit(f"{target}[{flat}] += {value}")
+            self.emit(f"{target}[tc_at({flat})] += {value}")
 
     @property
     def disjoint(self) -> bool:

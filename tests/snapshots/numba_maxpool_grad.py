@@ -53,6 +53,12 @@ REAL = np.float32  # what the kernels compute in
 SHORT_LOOPS_VECTORIZED = ('compute_p_1', 'compute_dy_3')
 
 
+# A flat position in bounds is never negative. Cast to an unsigned integer, it spares
+# Numba's check for a negative (from-the-end) index: a select on every access, which kept
+# a depthwise convolution's interior loop from vectorizing well (2.3 ms -> 1.0-1.4 ms).
+tc_at = np.uintp
+
+
 # NaN propagates through max and min, as in NumPy. The conditions combine with | rather
 # than `or`: a short-circuit is a branch on the data wherever a loop does not vectorize
 # (random signs mispredict half the time: a 3x3 max-pool with zero padding took 2.3x as
@@ -145,11 +151,11 @@ def compute_p_1(y, p):
         n = rest // 16
         for w in range(12):
             max_u_v = REAL(-np.inf)
-            max_u_v = tc_max(max_u_v, y_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w)])
-            max_u_v = tc_max(max_u_v, y_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w + 1)])
-            max_u_v = tc_max(max_u_v, y_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w)])
-            max_u_v = tc_max(max_u_v, y_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w + 1)])
-            p_flat[((n * 16 + c) * 12 + h) * 12 + w] = max_u_v
+            max_u_v = tc_max(max_u_v, y_flat[tc_at(((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w))])
+            max_u_v = tc_max(max_u_v, y_flat[tc_at(((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w + 1))])
+            max_u_v = tc_max(max_u_v, y_flat[tc_at(((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w))])
+            max_u_v = tc_max(max_u_v, y_flat[tc_at(((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w + 1))])
+            p_flat[tc_at(((n * 16 + c) * 12 + h) * 12 + w)] = max_u_v
 
 
 @njit(parallel=False, nogil=True, cache=True, error_model='numpy', fastmath={'reassoc', 'contract'})
@@ -171,21 +177,21 @@ def compute_dy_3(dp, y, p, dy):
             # unrolled: each element read once, before the stores
             # ties[n,c,h,w], computed here (never stored):
             sum_u_v = REAL(0)
-            y_0 = y_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w)]
-            p_1 = p_flat[((n * 16 + c) * 12 + h) * 12 + w]
+            y_0 = y_flat[tc_at(((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w))]
+            p_1 = p_flat[tc_at(((n * 16 + c) * 12 + h) * 12 + w)]
             sum_u_v += REAL(y_0 == p_1)
-            y_2 = y_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w + 1)]
+            y_2 = y_flat[tc_at(((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w + 1))]
             sum_u_v += REAL(y_2 == p_1)
-            y_3 = y_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w)]
+            y_3 = y_flat[tc_at(((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w))]
             sum_u_v += REAL(y_3 == p_1)
-            y_4 = y_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w + 1)]
+            y_4 = y_flat[tc_at(((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w + 1))]
             sum_u_v += REAL(y_4 == p_1)
             ties = sum_u_v
-            dp_5 = dp_flat[((n * 16 + c) * 12 + h) * 12 + w]
-            dy_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w)] = ((dp_5 / ties) * REAL(y_0 == p_1))
-            dy_flat[((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w + 1)] = ((dp_5 / ties) * REAL(y_2 == p_1))
-            dy_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w)] = ((dp_5 / ties) * REAL(y_3 == p_1))
-            dy_flat[((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w + 1)] = ((dp_5 / ties) * REAL(y_4 == p_1))
+            dp_5 = dp_flat[tc_at(((n * 16 + c) * 12 + h) * 12 + w)]
+            dy_flat[tc_at(((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w))] = ((dp_5 / ties) * REAL(y_0 == p_1))
+            dy_flat[tc_at(((n * 16 + c) * 24 + (2 * h)) * 24 + (2 * w + 1))] = ((dp_5 / ties) * REAL(y_2 == p_1))
+            dy_flat[tc_at(((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w))] = ((dp_5 / ties) * REAL(y_3 == p_1))
+            dy_flat[tc_at(((n * 16 + c) * 24 + (2 * h + 1)) * 24 + (2 * w + 1))] = ((dp_5 / ties) * REAL(y_4 == p_1))
 '''
 _jit = _load_jit(JIT_SOURCE)
 

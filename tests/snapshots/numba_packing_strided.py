@@ -68,6 +68,12 @@ from numba import njit, prange
 REAL = np.float32  # what the kernels compute in
 
 
+# A flat position in bounds is never negative. Cast to an unsigned integer, it spares
+# Numba's check for a negative (from-the-end) index: a select on every access, which kept
+# a depthwise convolution's interior loop from vectorizing well (2.3 ms -> 1.0-1.4 ms).
+tc_at = np.uintp
+
+
 # NaN propagates through max and min, as in NumPy. The conditions combine with | rather
 # than `or`: a short-circuit is a branch on the data wherever a loop does not vectorize
 # (random signs mispredict half the time: a 3x3 max-pool with zero padding took 2.3x as
