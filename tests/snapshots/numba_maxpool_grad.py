@@ -55,7 +55,7 @@ SHORT_LOOPS_VECTORIZED = ('compute_p_1', 'compute_dy_3')
 
 # A flat position in bounds is never negative. Cast to an unsigned integer, it spares
 # Numba's check for a negative (from-the-end) index: a select on every access, which kept
-# a depthwise convolution's interior loop from vectorizing well (2.3 ms -> 1.0-1.4 ms).
+# the interior loops from vectorizing well (a 3x3 depthwise layer: 1.90 -> 1.20 ms).
 tc_at = np.uintp
 
 
