@@ -447,7 +447,7 @@ class _NumbaRenderer(_PythonSyntax):
         if not inner:
             self.point()
             return
-        if self.nest.separable_window and not self.threaded():
+        if self.nest.separable_window:  # (on one thread: its buffer is the kernel's own)
             self.point_value = self.by_rows_first()
         split = self.interior(inner[-1], self.point_value) \
             if len(inner) == 1 and self.disjoint else None
