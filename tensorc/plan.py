@@ -45,10 +45,18 @@ GEMM_CALL_NS = 300.0  # each entry of a batched matmul
 # batched against 1.0-1.5 ms as one [4096x32]@[32x400] GEMM (5-27 us per entry, 2 cores)
 GEMM_THREADED_CALL_NS = 5000.0
 OPENBLAS_THREADED_MNK = 4 * 65536  # GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
+# A GEMM of at most that many multiply-adds runs on one thread, at most one core's speed
+# (GEMM_FLOPS_PER_NS is the development machine's 2 cores together): 96 x [96x48]@[48x48]
+# took 0.59 ms with OpenBLAS on 2 threads or on 1, 16 x [64x576]@[576x784] 6.5 against
+# 11.8 ms. Smaller dimensions slow it further (_gemm_efficiency, measured on such GEMMs).
+GEMM_CORES = 2
 TRANSPOSED_COPY_NS = 1.2  # per element, materializing a transposed array
 # ... when the copy's two innermost axes both step a cache line or more through the source,
 # so each line read serves one element (dy[n,o,h,w] -> [h,w,n,o]): measured ~0.9 ns slower
 TRANSPOSED_SCATTER_NS = 2.1
+# ... and when its innermost axis is the source's own, so it moves whole runs (dy[n,o,h,w]
+# -> [o,n,h,w]: 0.08 ms for 64x16x24x24 floats; -> [n,h,w,o], o innermost: 0.27 ms)
+TRANSPOSED_RUNS_NS = 0.4
 CACHE_LINE_ELEMENTS = 16
 BATCH_SUM_NS = 0.3  # per element of a batched matmul's result summed over its batch axis
 TRANSPOSED_VIEW_NS = 0.05  # per element, handing a statement's result back transposed
@@ -1142,9 +1150,11 @@ class _StatementPlanner:
         left_kind, right_kind = (kinds["b"], kinds["a"]) if swap else (kinds["a"], kinds["b"])
         m, n, k = size(first), size(second), size(contracted)
         efficiency = _gemm_efficiency(m, n, k, batched=size(group) > 1)
-        call = GEMM_CALL_NS + (GEMM_THREADED_CALL_NS if size(group) > 1
-                               and m * n * k > OPENBLAS_THREADED_MNK else 0.0)
-        cost = size(group) * (call + 2 * m * n * k / (GEMM_FLOPS_PER_NS * efficiency))
+        threaded = m * n * k > OPENBLAS_THREADED_MNK
+        call = GEMM_CALL_NS + (GEMM_THREADED_CALL_NS if size(group) > 1 and threaded else 0.0)
+        speed = GEMM_FLOPS_PER_NS * (efficiency if threaded else
+                                     min(efficiency, 1 / GEMM_CORES))
+        cost = size(group) * (call + 2 * m * n * k / speed)
         if bound is not None and cost > bound:
             return None
         copies, window_elements = [], 0
@@ -1168,10 +1178,9 @@ class _StatementPlanner:
                 copies.append((elements, arranged, short))
                 window_elements += elements
             elif axes not in (arranged, present + tuple(inner) + tuple(outer)) \
-                    and max(len(outer), len(inner)) > 1:
-                elements = size(arranged)  # a transpose that reshape must copy
-                cost += elements * (TRANSPOSED_SCATTER_NS if self.scattered_copy(axes, arranged)
-                                    else TRANSPOSED_COPY_NS)
+                    and (max(len(outer), len(inner)) > 1 or self.unit_axis_batched(axes, present)):
+                elements = size(arranged)  # a transpose that reshape (or matmul) must copy
+                cost += elements * self.transposed_copy_ns(axes, arranged)
                 copies.append((elements, arranged, False))
         if bound is not None and cost > bound:
             return None
@@ -1200,6 +1209,25 @@ class _StatementPlanner:
             cost += size(result) * (TRANSPOSED_VIEW_NS if result_may_be_view
                                     else TRANSPOSED_COPY_NS)
         return cost, copies
+
+    def unit_axis_batched(self, axes: tuple[str, ...], batch: list[str]) -> bool:
+        """Whether the axis an operand is stored along (its last of more than one entry) is
+        a batch axis of the matmul: no matrix of the batch then steps by one element along
+        a row or a column, as BLAS needs, and NumPy's matmul takes about as long as a copy
+        and a GEMM (96 x [96x48]@[48x48] batched along it: 0.77 ms; copied first, 0.74 ms;
+        batched as stored, 0.59 ms)."""
+        stored = [x for x in axes if self.sizes[x] > 1]
+        return bool(stored) and stored[-1] in batch
+
+    def transposed_copy_ns(self, source: tuple[str, ...], arranged: tuple[str, ...]) -> float:
+        """Nanoseconds per element of copying an array laid out in `source` order into
+        `arranged` order."""
+        if self.scattered_copy(source, arranged):
+            return TRANSPOSED_SCATTER_NS
+        inner = [a for a in arranged if self.sizes[a] > 1][-1:]
+        if inner and inner == [a for a in source if self.sizes[a] > 1][-1:]:
+            return TRANSPOSED_RUNS_NS
+        return TRANSPOSED_COPY_NS
 
     def scattered_copy(self, source: tuple[str, ...], arranged: tuple[str, ...]) -> bool:
         """Whether copying an array laid out in `source` order into `arranged` order steps at

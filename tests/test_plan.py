@@ -387,12 +387,13 @@ def test_blas_calls_lists_the_matmuls_a_plan_makes():
     lenet2 = tc.compile_grad(conv, wrt=["x", "k"], dtype="float32", x=(64, 16, 12, 12),
                              k=(32, 16, 5, 5), dy=(64, 32, 8, 8))
     # as the source calls them: y [n*h*w, u*v*c] @ [u*v*c, o]; dx [c*u*v, o] @ [o, n*h*w]
-    # (w innermost for the col2im); dk [u*v*c, n*h*w] @ [n*h*w, o] (x_cols.T: the copy the
-    # forward shares)
+    # (w innermost for the col2im); dk [o, n*h*w] @ [n*h*w, u*v*c] (dy copied in runs of
+    # whole planes; x_cols: the copy the forward shares)
     assert blas_calls(lenet2.plan) == [BlasCall(0, 1, 1, 4096, 400, 32),
                                        BlasCall(1, 1, 1, 400, 32, 4096),
-                                       BlasCall(2, 1, 1, 400, 4096, 32)]
-    assert "np.matmul(x_cols.reshape(4096, 400).T, dy" in lenet2.source
+                                       BlasCall(2, 1, 1, 32, 4096, 400)]
+    assert "np.matmul(dy.transpose(1, 0, 2, 3).reshape(32, 4096), x_cols.reshape(4096, 400))" \
+        in lenet2.source
     assert sum(c.flops for c in blas_calls(lenet2.plan)) == lenet2.plan.flops
     # chunks of 3 along h (summed): 9 of 3 rows of 28, then one of 1
     padded = "y[n,o,h,w] = x[n,c,h+u-1,w+v-1] * k[o,c,u,v]   where h < 28, w < 28, x: zero"

@@ -15,7 +15,7 @@ Plan:
       naive FLOPs: 221,184,000   planned FLOPs: 16,669,981   speedup: 13.3x
       largest intermediate: 229,376 elements   peak temporary: 5.41 MB (estimated)
       step  contraction                                       FLOPs  how
-      1     [n,c,~h,~w],[o,c,~h,~w]->[n,o,~h,~w]            917,504  batched GEMM 1792 x [4x8]@[8x8], sum over c
+      1     [n,c,~h,~w],[o,c,~h,~w]->[n,o,~h,~w]            917,504  batched GEMM 1792 x [4x8]@[8x8], sum over c, copies 1.38 MB into GEMM layout
 """
 
 import numpy as np
