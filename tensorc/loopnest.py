@@ -195,6 +195,8 @@ class LoopNest:
                      f"({self.visits:,} points visited)")
         elif self.one_thread:
             what += f", on one thread ({self.visits:,} points visited)"
+        else:
+            what += f", its rows shared among threads ({self.visits:,} points visited)"
         loops = _reductions(self.statement.value)
         window = self.separable_window
         if window:
@@ -493,6 +495,20 @@ PARALLEL_MIN_VISITS = 1 << 28
 # a 3x3 depthwise convolution over 16x64x56x56 3.7 / 2.0, a 2x2 max-pool over
 # 16x64x56x56 0.42 / 0.37 and over 64x16x24x24 (590K visits) 0.17 / 0.13.
 HALVES_MIN_VISITS = 1 << 19
+# ... and where no index halves so (a weight gradient, dk[c,u,v] summed over n,h,w), a
+# kernel whose every point sums at least this many terms keeps `prange` over its rows: its
+# long innermost loops gain from the second core where short ones lose. A 3x3 depthwise
+# layer's forward and gradients over 16x64x56x56 took 0.83-0.87 of the time with its dk
+# threaded so, in two in-process comparisons (dk alone on one thread about 2.7 ms).
+THREADED_REDUCTION_MIN_TERMS = 256
+
+
+def _long_reductions(nest: LoopNest) -> bool:
+    """Whether every value of the nest is a sum over THREADED_REDUCTION_MIN_TERMS terms or
+    more."""
+    return all(isinstance(value, Reduce) and value.op == "sum" and math.prod(
+        nest.ranges[i] for i in value.indices) >= THREADED_REDUCTION_MIN_TERMS
+        for value in nest.values)
 
 
 def _leading_half_index(nest: LoopNest) -> str | None:
@@ -607,9 +623,10 @@ def _as_loop_kernel(sp: StatementPlan, plan: ProgramPlan, fresh: bool, device: s
     if at is not None:
         nest = with_producer(nest, producer, at, plan.program)
     if device == "numba" and not threaded and nest.visits < PARALLEL_MIN_VISITS:
-        nest = replace(nest, one_thread=True)
-        if nest.visits >= HALVES_MIN_VISITS:
-            nest = replace(nest, halves=_leading_half_index(nest))
+        halves = _leading_half_index(nest) if nest.visits >= HALVES_MIN_VISITS else None
+        if halves is not None or nest.visits < HALVES_MIN_VISITS \
+                or not _long_reductions(nest):
+            nest = replace(nest, one_thread=True, halves=halves)
     strategy = f"{nest.describe(device)} ({why})"
     if GATHER_FORM in sp.strategy:
         strategy = f"{GATHER_FORM}; {strategy}"

@@ -336,6 +336,34 @@ def test_two_threads_take_halves_only_of_a_leading_batch_index(src, shapes, halv
     np.testing.assert_allclose(kern(**arrays), want, rtol=1e-12, atol=1e-12)
 
 
+def test_long_sums_with_no_batch_to_halve_share_their_rows_among_threads(monkeypatch):
+    """A depthwise weight gradient, dk[c,u,v] summed over n,h,w: n is summed, so no index
+    halves the kernel; each point sums 16*56*56 terms (THREADED_REDUCTION_MIN_TERMS or
+    more), so its rows (c) run under prange rather than on one thread. Its forward, a sum
+    of 9 terms per point, keeps its halves. Values as NumPy's (TENSORC_JIT=off)."""
+    from tensorc.loopnest import HALVES_MIN_VISITS
+    monkeypatch.setenv("TENSORC_JIT", "auto")
+    src = "y[n,c,h,w] = x[n,c,h+u-1,w+v-1] * k[c,u,v]   where h < 56, w < 56, x: zero"
+    shapes = dict(x=(16, 64, 56, 56), k=(64, 3, 3), dy=(16, 64, 56, 56))
+    both = tc.compile_grad(src, wrt=["x", "k"], dtype="float64", **shapes)
+    y_nest, _, dk_nest = (sp.loop_nest for sp in both.plan.statements)
+    assert y_nest.halves == "n"
+    assert dk_nest.halves is None and not dk_nest.one_thread
+    assert dk_nest.visits >= HALVES_MIN_VISITS
+    assert "its rows shared among threads (28,901,376 points visited)" in str(both.plan)
+    source = _jit_source(both)
+    kernel = source[source.index("def compute_dk_3"):]
+    assert "for row in prange(64):" in kernel.split("\n\n")[0]
+    assert "@njit(parallel=True" in source[:source.index("def compute_dk_3")].rsplit("\n", 2)[-2]
+    rng = np.random.default_rng(9)
+    arrays = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    monkeypatch.setenv("TENSORC_JIT", "off")
+    want = tc.compile_grad(src, wrt=["x", "k"], dtype="float64", **shapes)(**arrays)
+    got = both(**arrays)
+    for name in ("y", "dx", "dk"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-10)
+
+
 # ---- a loop kernel computing the statement before it (loopnest.producer_indices) --------
 
 POOL_GEOMETRIES = [(8, 2, 2), (9, 2, 2), (9, 3, 2)]  # tiling, a border no window reaches,
