@@ -498,8 +498,8 @@ HALVES_MIN_VISITS = 1 << 19
 # ... and where no index halves so (a weight gradient, dk[c,u,v] summed over n,h,w), a
 # kernel whose every point sums at least this many terms keeps `prange` over its rows: its
 # long innermost loops gain from the second core where short ones lose. A 3x3 depthwise
-# layer's forward and gradients over 16x64x56x56 took 0.83-0.87 of the time with its dk
-# threaded so, in two in-process comparisons (dk alone on one thread about 2.7 ms).
+# layer's forward and gradients over 16x64x56x56 took 0.77-0.87 of the time with its dk
+# threaded so, in three in-process comparisons (dk alone on one thread about 2.7 ms).
 THREADED_REDUCTION_MIN_TERMS = 256
 
 
