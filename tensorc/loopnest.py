@@ -298,7 +298,13 @@ def loop_nest(statement: Statement, program: CheckedProgram, dtype: str, name: s
     tiled = fresh and statement.accumulate and tiles_exactly(statement, shape)
     if tiled:
         name = name.replace("accumulate_", "compute_", 1)
-    parallel = tuple(dict.fromkeys(i for m in statement.target_maps for i in m.indices()))
+    # A store goes to the flat position of the thread's number (cuda.py), so the indices
+    # decompose it in the target's layout: a tiling map's index of the larger coefficient
+    # first (y[i+2*j]: j, then i)
+    parallel = tuple(dict.fromkeys(
+        i for m in statement.target_maps
+        for i in ([n for n, _ in sorted(m.terms, key=lambda term: -term[1])] if tiled
+                  else m.indices())))
     tensors = {statement.target} | {n.tensor for n in walk(statement.value) if isinstance(n, Read)}
     shapes = {t: program.tensors[t].shape for t in sorted(tensors)}
     return LoopNest(name, statement, parallel, shapes, dtype, tiled)

@@ -992,6 +992,11 @@ PARTLY_COVERED_REDUCTION = _pinned(
 PARTLY_COVERED_BROADCAST = _pinned(
     "t1: f64[2, 1, 1]\na2: f64[1, 1]\nt1[i,j,k] = a2[i,l]   where i < 1, j < 1, k < 1",
     {"a2": (1, 1)}, {})
+# ... and a '+=' whose windows tile its fresh target with the smaller coefficient first
+# (found by CI's --cupy-emulated run): the CUDA kernel, which stores at the flat position
+# of its thread's number, decomposed that number as [i][j] where y1[i+2*j] lays out [j][i]
+TILED_SMALL_STRIDE_FIRST = _pinned(
+    "y1: f64[6]\na2: f64[2]\ny1[i+2*j] += a2[i]   where i < 2, a2: zero", {"a2": (2,)}, {})
 
 
 @settings(max_examples=examples(500), **SETTINGS)
@@ -999,6 +1004,7 @@ PARTLY_COVERED_BROADCAST = _pinned(
 @example(gp=PARTLY_COVERED_ASSIGNMENT, seed=0, with_shapes=False)
 @example(gp=PARTLY_COVERED_REDUCTION, seed=0, with_shapes=False)
 @example(gp=PARTLY_COVERED_BROADCAST, seed=0, with_shapes=False)
+@example(gp=TILED_SMALL_STRIDE_FIRST, seed=0, with_shapes=False)
 @example(gp=UNIT_OFFSETS_DIAGONAL, seed=0, with_shapes=False)
 @example(gp=PARTLY_COVERED_ROWS, seed=0, with_shapes=False)
 @example(gp=UNIT_OFFSETS_TWICE, seed=0, with_shapes=False)
