@@ -630,8 +630,9 @@ def _as_loop_kernel(sp: StatementPlan, plan: ProgramPlan, fresh: bool, device: s
         nest = with_producer(nest, producer, at, plan.program)
     if device == "numba" and not threaded and nest.visits < PARALLEL_MIN_VISITS:
         halves = _leading_half_index(nest) if nest.visits >= HALVES_MIN_VISITS else None
-        if halves is not None or nest.visits < HALVES_MIN_VISITS \
-                or not _long_reductions(nest):
+        rows_threaded = halves is None and nest.visits >= HALVES_MIN_VISITS \
+            and _long_reductions(nest)
+        if not rows_threaded:
             nest = replace(nest, one_thread=True, halves=halves)
     strategy = f"{nest.describe(device)} ({why})"
     if GATHER_FORM in sp.strategy:

@@ -1258,22 +1258,26 @@ class _StatementPlanner:
                                     else TRANSPOSED_COPY_NS)
         return cost, copies
 
+    def innermost(self, axes: tuple[str, ...], count: int = 1) -> list[str]:
+        """The last `count` of `axes` that have more than one entry (an array laid out in
+        `axes` order steps along the last of them element by element)."""
+        return [a for a in axes if self.sizes[a] > 1][-count:]
+
     def unit_axis_batched(self, axes: tuple[str, ...], batch: list[str]) -> bool:
         """Whether the axis an operand is stored along (its last of more than one entry) is
         a batch axis of the matmul: no matrix of the batch then steps by one element along
         a row or a column, as BLAS needs, and NumPy's matmul takes about as long as a copy
         and a GEMM (96 x [96x48]@[48x48] batched along it: 0.77 ms; copied first, 0.74 ms;
         batched as stored, 0.59 ms)."""
-        stored = [x for x in axes if self.sizes[x] > 1]
-        return bool(stored) and stored[-1] in batch
+        return any(x in batch for x in self.innermost(axes))
 
     def transposed_copy_ns(self, source: tuple[str, ...], arranged: tuple[str, ...]) -> float:
         """Nanoseconds per element of copying an array laid out in `source` order into
         `arranged` order."""
         if self.scattered_copy(source, arranged):
             return TRANSPOSED_SCATTER_NS
-        inner = [a for a in arranged if self.sizes[a] > 1][-1:]
-        if inner and inner == [a for a in source if self.sizes[a] > 1][-1:]:
+        inner = self.innermost(arranged)
+        if inner and inner == self.innermost(source):
             return TRANSPOSED_RUNS_NS
         return TRANSPOSED_COPY_NS
 
@@ -1284,7 +1288,7 @@ class _StatementPlanner:
         for axis in reversed(source):
             strides[axis] = step
             step *= self.sizes[axis]
-        inner = [a for a in arranged if self.sizes[a] > 1][-2:]
+        inner = self.innermost(arranged, 2)
         return len(inner) == 2 and all(strides[a] >= CACHE_LINE_ELEMENTS for a in inner)
 
     def chunk_for(self, step: PairStep, left: tuple[str, ...], right: tuple[str, ...],
